@@ -1,0 +1,135 @@
+"""The model interface every loader returns, whatever the file format."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from service.models.metadata import ModelMetadata
+
+
+@dataclass(frozen=True)
+class Capability:
+    """Whether a salience method can run on a model, and why (or why not)."""
+
+    method: str
+    available: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"method": self.method, "available": self.available, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """A global-average-pool + linear head found after the target layer.
+
+    ``weight`` is [C, K] and ``bias`` [C] such that ``logits = weight @ mean_hw(A) + bias``.
+    """
+
+    layer: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    where: str  # human-readable location (node names), for the capability table
+
+
+@dataclass
+class Forward:
+    """Outputs of one forward pass: logits [N, C] and, when asked for, the target layer's
+    activation [N, K, h, w]."""
+
+    logits: torch.Tensor
+    activation: torch.Tensor | None = None
+
+
+@dataclass
+class Model(ABC):
+    """A loaded classifier. Images come in as float RGB in [0, 1], shape [N, 3, H, W]."""
+
+    sha256: str
+    metadata: ModelMetadata
+    num_outputs: int
+    device: torch.device
+    format: str = ""
+    capabilities: dict[str, Capability] = field(default_factory=dict)
+
+    # -- preprocessing -------------------------------------------------------------------------
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Reorder channels and normalise with the metadata's mean/std."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images [N, 3, H, W], got {tuple(images.shape)}")
+        x = images.to(self.device, torch.float32)
+        if self.metadata.channel_order == "BGR":
+            x = x.flip(1)
+        mean = torch.tensor(self.metadata.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.metadata.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    # -- forward passes ------------------------------------------------------------------------
+    @abstractmethod
+    def forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
+        """Forward-only pass (no autograd); with ``layer``, also return that activation."""
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward(images).logits
+
+    @property
+    @abstractmethod
+    def supports_autograd(self) -> bool: ...
+
+    def autograd_forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
+        """Forward pass with autograd enabled on the preprocessed input (``.pt2`` only)."""
+        raise NotImplementedError(f"{self.format} models do not support autograd")
+
+    @abstractmethod
+    def resolve_layer(self, layer: str) -> str:
+        """Map ``auto`` or a user-given name to a concrete 4-D activation name, or raise BadInput."""
+
+    @abstractmethod
+    def head(self, layer: str) -> HeadInfo | None:
+        """The GAP + linear head after ``layer``, when the graph has one."""
+
+    # -- reading outputs -----------------------------------------------------------------------
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities [N, n_classes] under the metadata's score activation."""
+        act = self.metadata.score_activation
+        if act == "softmax":
+            return torch.softmax(logits.float(), dim=1)
+        if act == "sigmoid":  # one output: P(class 1)
+            p1 = torch.sigmoid(logits.float()[:, :1])
+            return torch.cat([1 - p1, p1], dim=1)
+        return torch.sigmoid(logits.float())  # sigmoid_per_logit: the paper's PAScore
+
+    def predicted(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.num_outputs == 1:
+            return (logits[:, 0] > 0).long()
+        return logits.argmax(dim=1)
+
+    def class_logit(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The pre-activation quantity gradient methods differentiate, per image."""
+        if self.num_outputs == 1:
+            return torch.where(targets == 1, logits[:, 0], -logits[:, 0])
+        return logits.gather(1, targets.view(-1, 1)).squeeze(1)
+
+    def class_weights(self, head: HeadInfo, targets: torch.Tensor) -> torch.Tensor:
+        """Rows of the head's weight for each target class: [N, K] (sign-flipped for 1-output class 0)."""
+        w = head.weight.to(self.device)
+        if self.num_outputs == 1:
+            return torch.where((targets == 1).view(-1, 1), w[0:1], -w[0:1])
+        return w[targets]
+
+    @property
+    def n_classes(self) -> int:
+        return 2 if self.num_outputs == 1 else self.num_outputs
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "sha256": self.sha256,
+            "format": self.format,
+            "metadata": self.metadata.model_dump(mode="json"),
+            "num_outputs": self.num_outputs,
+            "device": str(self.device),
+            "capabilities": {k: v.as_dict() for k, v in self.capabilities.items()},
+        }
