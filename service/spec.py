@@ -6,8 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MEASURE_FAMILIES = ("entropy", "noise", "oos_set", "geometry", "stability", "degradation", "agreement",
-                    "accuracy")
+MEASURE_FAMILIES = (
+    "entropy",
+    "noise",
+    "oos_set",
+    "geometry",
+    "stability",
+    "degradation",
+    "agreement",
+    "accuracy",
+)
 METHODS = ("gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise")
 
 
@@ -17,8 +25,9 @@ class CandidateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")
-    models: list[str] = Field(..., min_length=1, max_length=50,
-                              description="Model file paths (library/CLI) or model ids (API).")
+    models: list[str] = Field(
+        ..., min_length=1, max_length=50, description="Model file paths (library/CLI) or model ids (API)."
+    )
 
 
 class EvaluationSpec(BaseModel):
@@ -28,14 +37,16 @@ class EvaluationSpec(BaseModel):
 
     candidates: list[CandidateSpec] = Field(..., min_length=1, max_length=20)
     dataset: str = Field(..., description="Dataset folder (library/CLI) or dataset id (API).")
-    split: str | None = Field(None, description="Split to use when the dataset has splits; default test, "
-                                                "else all images.")
+    split: str | None = Field(
+        None, description="Split to use when the dataset has splits; default test, else all images."
+    )
     ood_dataset: str | None = None
     ood_split: str | None = None
     measures: list[str] = Field(default_factory=lambda: list(MEASURE_FAMILIES))
     measure_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    method: Literal["gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad",
-                    "rise"] = "gradcam"
+    method: Literal[
+        "gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise"
+    ] = "gradcam"
     method_params: dict[str, Any] = Field(default_factory=dict)
     layer: str = "auto"
     target: Literal["predicted"] | int | str = "predicted"

@@ -52,11 +52,14 @@ class ModelMetadata(BaseModel):
 
     @model_validator(mode="after")
     def _positive_in_classes(self) -> ModelMetadata:
-        if self.class_names is not None and self.positive_class is not None:
-            if self.positive_class not in self.class_names:
-                raise ValueError(
-                    f"positive_class {self.positive_class!r} is not one of class_names {self.class_names}"
-                )
+        if (
+            self.class_names is not None
+            and self.positive_class is not None
+            and self.positive_class not in self.class_names
+        ):
+            raise ValueError(
+                f"positive_class {self.positive_class!r} is not one of class_names {self.class_names}"
+            )
         return self
 
     def resolved(self, num_outputs: int) -> ModelMetadata:
@@ -70,7 +73,9 @@ class ModelMetadata(BaseModel):
             )
         if num_outputs == 1 and self.score_activation != "sigmoid":
             raise ValueError("a model with one output needs score_activation 'sigmoid'")
-        return self.model_copy(update={"class_names": names, "positive_class": self.positive_class or names[-1]})
+        return self.model_copy(
+            update={"class_names": names, "positive_class": self.positive_class or names[-1]}
+        )
 
     @property
     def positive_index(self) -> int:

@@ -1,0 +1,237 @@
+"""Load a model file safely: sniff the format, refuse what could run code, read metadata.
+
+Refused with a message: pickles and ``torch.save`` checkpoints, TorchScript archives, ONNX files
+that fail ``onnx.checker`` or reference external data, graphs whose input is not one 4-D image
+tensor or whose output is not one ``[N, C]`` tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import onnx
+import torch
+
+from service.errors import ModelRefused
+from service.models.base import Model
+from service.models.capabilities import capability_table
+from service.models.metadata import ModelMetadata
+from service.models.onnx_head import find_head
+from service.models.onnx_model import OnnxModel
+from service.models.pt2_model import Pt2Model, analyse_graph, load_exported_program
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sniff_format(path: Path) -> str:
+    """'onnx' or 'pt2' from the bytes; ModelRefused for pickles, checkpoints, TorchScript, unknown."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise ModelRefused(f"{path.name} is empty")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise ModelRefused(
+            f"{path.name} is a Python pickle; pickles can run arbitrary code and are never "
+            "loaded. Export the model with torch.onnx.export (.onnx) or torch.export.save (.pt2)"
+        )
+    if head[:2] == b"PK":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile as exc:
+            raise ModelRefused(f"{path.name} is a damaged zip archive") from exc
+        if any(n.endswith("/models/model.json") or n.startswith("models/") for n in names) and any(
+            "archive_format" in n for n in names
+        ):
+            return "pt2"
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            raise ModelRefused(
+                f"{path.name} is a TorchScript archive; TorchScript has no safe loading mode. "
+                "Export with torch.export.save (.pt2) or torch.onnx.export (.onnx) instead"
+            )
+        if any(n.endswith("data.pkl") for n in names):
+            raise ModelRefused(
+                f"{path.name} is a torch.save checkpoint (pickled); it is never loaded. Export "
+                "with torch.export.save (.pt2) or torch.onnx.export (.onnx) instead"
+            )
+        raise ModelRefused(f"{path.name} is a zip archive but not a torch.export .pt2 program")
+    return "onnx"
+
+
+def read_sidecar(path: Path) -> ModelMetadata | None:
+    for cand in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if cand.is_file():
+            return ModelMetadata.from_json_text(cand.read_text(), cand.name)
+    return None
+
+
+def load_model(
+    path: str | Path, metadata: ModelMetadata | None = None, device: str | None = None, threads: int = 0
+) -> Model:
+    """Load ``path`` (.onnx or .pt2). Metadata: explicit > sidecar JSON > ONNX metadata_props > defaults.
+
+    Raises:
+        ModelRefused: unsafe or malformed files, with the reason.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    fmt = sniff_format(path)
+    try:
+        meta = metadata or read_sidecar(path)
+    except ValueError as exc:
+        raise ModelRefused(f"bad metadata for {path.name}: {exc}") from exc
+    sha = file_sha256(path)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = _load_onnx(path, meta, sha, threads) if fmt == "onnx" else _load_pt2(path, meta, sha, dev)
+    model.capabilities = capability_table(model)
+    return model
+
+
+def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -> OnnxModel:
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelRefused(
+            f"{path.name} is neither an ONNX model nor a .pt2 program ({type(exc).__name__})"
+        ) from exc
+    if not proto.graph.node:
+        raise ModelRefused(f"{path.name} is not an ONNX model (no graph nodes)")
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ModelRefused(
+            f"{path.name} references external data for {len(external)} tensor(s) "
+            f"(e.g. {external[0]!r}); upload a self-contained ONNX file (save_as_external_data=False)"
+        )
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ModelRefused(f"{path.name} fails onnx.checker: {str(exc).splitlines()[0][:300]}") from exc
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelRefused(
+            f"the model must take one image tensor, it takes {len(inputs)} inputs "
+            f"({[i.name for i in inputs]})"
+        )
+    dims = _dims(inputs[0])
+    if len(dims) != 4:
+        raise ModelRefused(
+            f"the model input {inputs[0].name!r} has rank {len(dims)}; an image tensor "
+            "[N, 3, H, W] is required"
+        )
+    if isinstance(dims[1], int) and dims[1] != 3:
+        raise ModelRefused(f"the model input has {dims[1]} channels; 3 (RGB or BGR) are required")
+    if len(proto.graph.output) != 1:
+        raise ModelRefused(f"the model must have one output [N, C], it has {len(proto.graph.output)}")
+    odims = _dims(proto.graph.output[0])
+    if len(odims) != 2:
+        raise ModelRefused(
+            f"the model output has rank {len(odims)}; one [N, C] tensor of class scores is required"
+        )
+    if not isinstance(odims[1], int):
+        raise ModelRefused("the number of classes (output dimension 1) must be fixed in the graph")
+    meta = _metadata(meta, proto, dims, path.name)
+    try:
+        meta = meta.resolved(odims[1])
+    except ValueError as exc:
+        raise ModelRefused(str(exc)) from exc
+    fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    model = OnnxModel(
+        sha256=sha,
+        metadata=meta,
+        num_outputs=odims[1],
+        device=torch.device("cpu"),
+        proto=proto,
+        input_name=inputs[0].name,
+        output_name=proto.graph.output[0].name,
+        fixed_batch=fixed,
+        threads=threads,
+    )
+    model.onnx_head = find_head(proto, model.output_name)
+    return model
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
+
+
+def _metadata(meta: ModelMetadata | None, proto: onnx.ModelProto, dims: list, name: str) -> ModelMetadata:
+    if meta is None:
+        props = {p.key: p.value for p in proto.metadata_props}
+        if "etm" in props:
+            try:
+                meta = ModelMetadata.from_json_text(props["etm"], f"{name} metadata_props")
+            except ValueError as exc:
+                raise ModelRefused(str(exc)) from exc
+    if meta is None:
+        meta = ModelMetadata()
+        if isinstance(dims[2], int) and isinstance(dims[3], int):
+            meta = meta.model_copy(update={"input_size": (dims[2], dims[3])})
+    if isinstance(dims[2], int) and isinstance(dims[3], int) and tuple(meta.input_size) != (dims[2], dims[3]):
+        raise ModelRefused(
+            f"metadata input_size {list(meta.input_size)} disagrees with the graph's fixed input "
+            f"size {[dims[2], dims[3]]}"
+        )
+    return meta
+
+
+def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.device) -> Pt2Model:
+    try:
+        ep = load_exported_program(path)
+    except ModelRefused:
+        raise
+    except Exception as exc:
+        raise ModelRefused(
+            f"{path.name} could not be read as a torch.export program: "
+            f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}"
+        ) from exc
+    user_inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    if len(user_inputs) != 1:
+        raise ModelRefused(f"the program must take one image tensor, it takes {len(user_inputs)} inputs")
+    gm = ep.module().to(device)
+    for p in gm.parameters():
+        p.requires_grad_(False)
+    meta = meta or ModelMetadata()
+    probe = torch.zeros(2, 3, *meta.input_size, device=device)
+    try:
+        with torch.no_grad():
+            out = gm(probe)
+    except Exception as exc:
+        raise ModelRefused(
+            f"the program does not run on a [2, 3, {meta.input_size[0]}, {meta.input_size[1]}] "
+            f"input (check input_size in the metadata; batch size must be dynamic): "
+            f"{str(exc).splitlines()[0][:200]}"
+        ) from exc
+    if not isinstance(out, torch.Tensor) and not (isinstance(out, (tuple, list)) and len(out) == 1):
+        raise ModelRefused("the program must return one [N, C] tensor")
+    out = out if isinstance(out, torch.Tensor) else out[0]
+    if out.ndim != 2:
+        raise ModelRefused(
+            f"the program's output has shape {tuple(out.shape)}; one [N, C] tensor is required"
+        )
+    try:
+        meta = meta.resolved(int(out.shape[1]))
+    except ValueError as exc:
+        raise ModelRefused(str(exc)) from exc
+    layer, chain, pool = analyse_graph(gm)
+    return Pt2Model(
+        sha256=sha,
+        metadata=meta,
+        num_outputs=int(out.shape[1]),
+        device=device,
+        gm=gm,
+        auto_layer=layer,
+        head_chain=chain,
+        pool_desc=pool,
+    )

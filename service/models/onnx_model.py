@@ -1,0 +1,117 @@
+"""ONNX models, run by ONNX Runtime (CUDA provider when present, CPU otherwise).
+
+Why ONNX Runtime and not a conversion to PyTorch: ONNX Runtime is the reference implementation of
+the format, so every exporter's output runs as exported (the dynamo exporter's opset 18+ graphs
+with ``ReduceMean`` v18 and ``Reshape(allowzero=1)``, the legacy exporter's ``Identity`` nodes on
+initializers), whereas converters such as ``onnx2torch`` fail on dynamo exports. Gradients are
+needed only for the classification head (see ``onnx_head``); methods that need gradients through the
+whole network are reported as unavailable on ONNX, never substituted.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from service.errors import BadInput, ModelRuntimeError
+from service.models.base import Forward, HeadInfo, Model
+from service.models.onnx_head import OnnxHead
+
+
+def _providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+@dataclass
+class OnnxModel(Model):
+    """A checked ONNX graph plus lazily built ONNX Runtime sessions (one per set of extra outputs)."""
+
+    proto: onnx.ModelProto | None = None
+    input_name: str = ""
+    output_name: str = ""
+    fixed_batch: int | None = None
+    threads: int = 0
+    onnx_head: OnnxHead | None = None
+    _sessions: dict[tuple[str, ...], ort.InferenceSession] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    format: str = "onnx"
+
+    @property
+    def supports_autograd(self) -> bool:
+        return False
+
+    def _session(self, extra: tuple[str, ...]) -> ort.InferenceSession:
+        with self._lock:
+            if extra not in self._sessions:
+                assert self.proto is not None
+                proto = onnx.ModelProto()
+                proto.CopyFrom(self.proto)
+                for name in extra:
+                    proto.graph.output.append(
+                        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                    )
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = self.threads
+                opts.inter_op_num_threads = 1
+                opts.log_severity_level = 3
+                self._sessions[extra] = ort.InferenceSession(
+                    proto.SerializeToString(), sess_options=opts, providers=_providers()
+                )
+            return self._sessions[extra]
+
+    def forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
+        x = self.preprocess(images).cpu().numpy()
+        extra = (layer,) if layer else ()
+        sess = self._session(extra)
+        outputs = [self.output_name, *extra]
+        chunk = self.fixed_batch or max(len(x), 1)
+        logits, acts = [], []
+        for i in range(0, len(x), chunk):
+            res = sess.run(outputs, {self.input_name: x[i : i + chunk]})
+            logits.append(np.asarray(res[0], dtype=np.float32))
+            if layer:
+                acts.append(np.asarray(res[1], dtype=np.float32))
+        out = torch.from_numpy(np.concatenate(logits))
+        _check_logits(out, len(x), self.num_outputs)
+        act = torch.from_numpy(np.concatenate(acts)) if layer else None
+        if act is not None and act.ndim != 4:
+            raise BadInput(f"layer {layer!r} is not a 4-D activation (shape {tuple(act.shape)})")
+        return Forward(out, act)
+
+    def resolve_layer(self, layer: str) -> str:
+        if layer == "auto":
+            if self.onnx_head is None:
+                raise BadInput(
+                    "no global average pooling found before the output, so the target layer cannot "
+                    "be chosen automatically; name a 4-D activation with layer=<tensor name>"
+                )
+            return self.onnx_head.layer
+        assert self.proto is not None
+        names = {o for n in self.proto.graph.node for o in n.output}
+        if layer not in names:
+            raise BadInput(
+                f"layer {layer!r} is not a tensor of this ONNX graph; use 'auto' or one of the "
+                f"node outputs, e.g. {sorted(names)[-5:]}"
+            )
+        return layer
+
+    def head(self, layer: str) -> HeadInfo | None:
+        h = self.onnx_head
+        if h is None or h.layer != layer or not h.linear:
+            return None
+        w, b = h.linear_weights()
+        return HeadInfo(layer=layer, weight=w, bias=b, where=f"{h.pool} then {h.chain}")
+
+
+def _check_logits(out: torch.Tensor, n: int, c: int) -> None:
+    if out.ndim != 2 or out.shape[0] != n or out.shape[1] != c:
+        raise ModelRuntimeError(f"model output has shape {tuple(out.shape)}, expected [{n}, {c}]")
+    if not torch.isfinite(out).all():
+        raise ModelRuntimeError("model output contains NaN or Inf")

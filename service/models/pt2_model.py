@@ -1,0 +1,224 @@
+"""PyTorch ``torch.export`` programs (``.pt2``), loaded without unpickling anything.
+
+``torch.export.load`` falls back to ``torch.load(weights_only=False)`` for pickled weights,
+constants and sample inputs, so it must not see an upload. We open the archive ourselves, refuse
+any member that would be unpickled, rebuild the weights from raw tensor bytes, deserialize the graph
+from its JSON, and then check that every call in the graph is a PyTorch operator (aten/prims),
+so a crafted graph cannot call arbitrary Python. The result keeps autograd, so every gradient
+method works on it.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.fx
+from torch.export.pt2_archive import _package as pt2
+
+from service.errors import BadInput, ModelRefused
+from service.models.base import Forward, HeadInfo, Model
+
+_POOL_TARGETS = {"aten.mean.dim", "aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default"}
+_SHAPE_OPS = {
+    "aten.view.default",
+    "aten.reshape.default",
+    "aten._unsafe_view.default",
+    "aten.flatten.using_ints",
+    "aten.squeeze.dims",
+    "aten.squeeze.dim",
+    "aten.clone.default",
+    "aten.dropout.default",
+    "aten.alias.default",
+    "aten.contiguous.default",
+    "aten.dropout_.default",
+}
+_LINEAR_OPS = {"aten.linear.default", "aten.addmm.default", "aten.mm.default"}
+_ALLOWED_NAMESPACES = ("aten", "prims")
+
+
+def load_exported_program(path: Path) -> torch.export.ExportedProgram:
+    """Deserialize a ``.pt2`` archive without unpickling; raise ModelRefused when it would need to."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except zipfile.BadZipFile as exc:
+        raise ModelRefused(f"{path.name} is not a .pt2 archive (not a zip file)") from exc
+    if any(n.startswith("/") or ".." in n.split("/") for n in names):
+        raise ModelRefused(f"{path.name} has archive members with absolute or '..' paths")
+    reader = pt2.PT2ArchiveReader(str(path))
+    files = reader.get_file_names()
+    models = [f for f in files if f.startswith(pt2.MODELS_DIR) and f.endswith(".json")]
+    if len(models) != 1:
+        raise ModelRefused(f"{path.name} must hold exactly one exported program, found {len(models)}")
+    model_name = models[0][len(pt2.MODELS_DIR) : -len(".json")]
+    _refuse_pickled_payloads(reader, model_name, files, path.name)
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _bytes_to_dataclass
+
+    serialized = _bytes_to_dataclass(schema.ExportedProgram, reader.read_bytes(models[0]))
+    state_dict = pt2._load_state_dict(reader, model_name)
+    constants = pt2._load_constants(reader, model_name)
+    # Sample inputs are a torch.save pickle: we never read them (b"" deserializes to nothing).
+    ep = ExportedProgramDeserializer(None).deserialize(serialized, state_dict, constants, b"")
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and node.target is not operator.getitem:
+            ns = getattr(node.target, "namespace", None)
+            if not isinstance(node.target, torch._ops.OpOverload) or ns not in _ALLOWED_NAMESPACES:
+                raise ModelRefused(
+                    f"{path.name} calls {node.target!r}, which is not a PyTorch aten/prims "
+                    "operator; only plain operator graphs are accepted"
+                )
+    return ep
+
+
+def _refuse_pickled_payloads(
+    reader: pt2.PT2ArchiveReader, model_name: str, files: list[str], fname: str
+) -> None:
+    legacy = [f"{pt2.WEIGHTS_DIR}{model_name}.pt", f"{pt2.CONSTANTS_DIR}{model_name}.pt"]
+    if any(f in files for f in legacy):
+        raise ModelRefused(
+            f"{fname} stores weights in the legacy pickled format; re-export it with a current "
+            "torch.export.save()"
+        )
+    for cfg_name in (
+        pt2.WEIGHTS_CONFIG_FILENAME_FORMAT.format(model_name),
+        pt2.CONSTANTS_CONFIG_FILENAME_FORMAT.format(model_name),
+    ):
+        if cfg_name not in files:
+            raise ModelRefused(f"{fname} lacks {cfg_name}; is it a torch.export.save() archive?")
+        cfg = json.loads(reader.read_string(cfg_name)).get("config", {})
+        for fqn, meta in cfg.items():
+            if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(
+                ("weight_", "tensor_")
+            ):
+                raise ModelRefused(
+                    f"{fname} stores {fqn!r} as a pickled object; only raw tensors are accepted "
+                    "(pickles can run code)"
+                )
+
+
+class _Capture(torch.fx.Interpreter):
+    """Runs the graph node by node and keeps one intermediate value (the target activation)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, layer: str | None) -> None:
+        super().__init__(gm)
+        self.layer = layer
+        self.captured: torch.Tensor | None = None
+
+    def run_node(self, n: torch.fx.Node) -> object:
+        out = super().run_node(n)
+        if n.name == self.layer:
+            self.captured = out  # type: ignore[assignment]
+        return out
+
+
+@dataclass
+class Pt2Model(Model):
+    gm: torch.fx.GraphModule | None = None
+    auto_layer: str | None = None
+    head_chain: list[str] | None = None
+    pool_desc: str = ""
+    format: str = "pt2"
+
+    @property
+    def supports_autograd(self) -> bool:
+        return True
+
+    def _run(self, x: torch.Tensor, layer: str | None) -> Forward:
+        assert self.gm is not None
+        if layer is None:
+            out = self.gm(x)
+            return Forward(_first(out))
+        cap = _Capture(self.gm, layer)
+        out = cap.run(x)
+        if cap.captured is None or cap.captured.ndim != 4:
+            raise BadInput(f"layer {layer!r} did not produce a 4-D activation")
+        return Forward(_first(out), cap.captured)
+
+    def forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
+        with torch.no_grad():
+            f = self._run(self.preprocess(images), layer)
+        f.logits = f.logits.float()
+        from service.models.onnx_model import _check_logits
+
+        _check_logits(f.logits, len(images), self.num_outputs)
+        return f
+
+    def autograd_forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
+        """``images`` may require grad; gradients flow through preprocessing to them."""
+        with torch.enable_grad():
+            return self._run(self.preprocess(images), layer)
+
+    def resolve_layer(self, layer: str) -> str:
+        assert self.gm is not None
+        if layer == "auto":
+            if self.auto_layer is None:
+                raise BadInput(
+                    "no global average pooling found before the output, so the target layer cannot be "
+                    "chosen automatically; name a 4-D activation with layer=<graph node name>"
+                )
+            return self.auto_layer
+        names = [n.name for n in self.gm.graph.nodes if n.op == "call_function"]
+        if layer not in names:
+            raise BadInput(
+                f"layer {layer!r} is not a node of this program; use 'auto' or a node name such as "
+                f"{names[-6:]}"
+            )
+        return layer
+
+    def head(self, layer: str) -> HeadInfo | None:
+        """pt2 programs differentiate the whole network, so no head weights are needed."""
+        return None
+
+    @property
+    def head_is_linear(self) -> bool:
+        chain = self.head_chain or []
+        return (
+            bool(chain)
+            and all(op in _SHAPE_OPS | _LINEAR_OPS or op == "aten.add.Tensor" for op in chain)
+            and sum(op in _LINEAR_OPS for op in chain) == 1
+        )
+
+
+def _first(out: object) -> torch.Tensor:
+    while isinstance(out, (tuple, list)):
+        if len(out) != 1:
+            raise BadInput(f"the model returns {len(out)} outputs; exactly one [N, C] tensor is required")
+        out = out[0]
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+def analyse_graph(gm: torch.fx.GraphModule) -> tuple[str | None, list[str], str]:
+    """Find the auto target layer (input of the last global average pool) and the head op chain."""
+    const: set[str] = set()
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" or (
+            n.op == "call_function" and all(a.name in const for a in n.all_input_nodes) and n.all_input_nodes
+        ):
+            const.add(n.name)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    cur = out_node.all_input_nodes[0] if out_node.all_input_nodes else None
+    chain: list[str] = []
+    while cur is not None and cur.op == "call_function":
+        target = str(cur.target)
+        data = [a for a in cur.all_input_nodes if a.name not in const]
+        if target in _POOL_TARGETS and _is_global(cur):
+            chain.reverse()
+            return data[0].name, chain, f"{target} at node {cur.name!r}"
+        chain.append(target)
+        cur = data[0] if data else None
+    return None, [], ""
+
+
+def _is_global(node: torch.fx.Node) -> bool:
+    if str(node.target) == "aten.mean.dim":
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return dims is not None and sorted(int(d) % 4 for d in dims) == [2, 3]
+    size = node.args[1] if len(node.args) > 1 else None
+    return size is not None and list(size) == [1, 1]

@@ -1,0 +1,62 @@
+"""Activation-based salience: CAM and Score-CAM."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from service.models.base import Model
+from service.models.onnx_model import OnnxModel
+from service.salience.registry import register, targets_for
+
+
+@register("cam", has_native=True, defaults={"chunk": 32})
+def cam(
+    model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CAM (Zhou et al. 2016): ReLU(sum_k w_ck A_k) for a GAP + linear head.
+
+    ONNX: the head's weights are read from the graph. pt2: autograd gives d logit / d A = w_c / (h*w)
+    exactly for a linear head, so CAM = h*w x Grad-CAM there.
+    """
+    if isinstance(model, OnnxModel):
+        f = model.forward(images, layer)
+        head = model.head(layer)
+        assert f.activation is not None and head is not None
+        targets = targets_for(model, f.logits, fixed)
+        weights = model.class_weights(head, targets)
+        return torch.relu(torch.einsum("nk,nkhw->nhw", weights, f.activation)), f.logits
+    from service.salience.gradient import _autograd_activation
+
+    act, grad, logits = _autograd_activation(model, images, fixed, layer, chunk)
+    return torch.relu(torch.einsum("nk,nkhw->nhw", grad.sum(dim=(2, 3)), act)), logits
+
+
+@register("scorecam", has_native=True, defaults={"batch": 64})
+def scorecam(
+    model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score-CAM (Wang et al. 2020): each channel, upsampled and min-max scaled to [0, 1], masks the
+    (normalised) input; the target probability on the masked input weights the channel. Masking is
+    applied in normalised space, so masked-out pixels take the dataset mean colour."""
+    f = model.forward(images, layer)
+    act = f.activation
+    assert act is not None
+    targets = targets_for(model, f.logits, fixed)
+    n, k = act.shape[:2]
+    h, w = images.shape[-2:]
+    mean = torch.tensor(model.metadata.mean, device=images.device).view(1, 3, 1, 1)
+    if model.metadata.channel_order == "BGR":
+        mean = mean.flip(1)
+    weights = torch.empty(n, k)
+    for i in range(n):
+        up = F.interpolate(act[i : i + 1].transpose(0, 1), size=(h, w), mode="bilinear", align_corners=False)
+        lo = up.amin(dim=(2, 3), keepdim=True)
+        hi = up.amax(dim=(2, 3), keepdim=True)
+        masks = torch.where(hi > lo, (up - lo) / (hi - lo + 1e-12), torch.zeros_like(up)).to(images.device)
+        for j in range(0, k, batch):
+            m = masks[j : j + batch]
+            masked = mean + m * (images[i : i + 1] - mean)
+            probs = model.probabilities(model.forward(masked).logits)
+            weights[i, j : j + batch] = probs[:, int(targets[i])].cpu()
+    return torch.relu(torch.einsum("nk,nkhw->nhw", weights.to(act.device), act)), f.logits

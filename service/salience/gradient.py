@@ -1,0 +1,150 @@
+"""Gradient-based salience: Grad-CAM, Grad-CAM++, Integrated Gradients, SmoothGrad.
+
+ONNX models: Grad-CAM and Grad-CAM++ need only ``d logit / d A`` at the target layer, which for a
+global-average-pool head is ``d logit / d z`` spread over the ``h*w`` cells. For a linear head that
+is the weight row (the one-forward-pass fast path); otherwise autograd runs on the small head alone.
+``.pt2`` models use autograd through the whole network (the reference the fast path is tested
+against). IG and SmoothGrad need input gradients, so only ``.pt2`` models offer them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from service.models.base import Model
+from service.models.onnx_model import OnnxModel
+from service.salience.registry import register, targets_for
+
+
+def _head_gradient(
+    model: OnnxModel, act: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, layer: str
+) -> torch.Tensor:
+    """d class_logit / d A for every cell, [N, K, 1, 1] (constant over space under GAP)."""
+    hw = act.shape[2] * act.shape[3]
+    head = model.head(layer)
+    if head is not None:  # linear head: the gradient is the weight row, no autograd at all
+        dz = model.class_weights(head, targets)
+    else:
+        assert model.onnx_head is not None
+        fn = model.onnx_head.as_torch()
+        z = act.mean(dim=(2, 3)).detach().requires_grad_(True)
+        with torch.enable_grad():
+            sel = model.class_logit(fn(z), targets).sum()
+            (dz,) = torch.autograd.grad(sel, z)
+    return (dz / hw)[:, :, None, None]
+
+
+def _autograd_activation(
+    model: Model, images: torch.Tensor, fixed: int | None, layer: str, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activation A, d class_logit / d A and logits by autograd (pt2), in chunks to bound memory."""
+    acts, grads, logits = [], [], []
+    for i in range(0, len(images), chunk):
+        # The input must require grad for A to be part of an autograd graph (weights are frozen).
+        f = model.autograd_forward(images[i : i + chunk].detach().requires_grad_(True), layer)
+        assert f.activation is not None
+        targets = targets_for(model, f.logits.detach(), fixed)
+        sel = model.class_logit(f.logits, targets).sum()
+        (g,) = torch.autograd.grad(sel, f.activation)
+        acts.append(f.activation.detach())
+        grads.append(g.detach())
+        logits.append(f.logits.detach().float())
+    return torch.cat(acts), torch.cat(grads), torch.cat(logits)
+
+
+def _activation_and_grad(
+    model: Model, images: torch.Tensor, fixed: int | None, layer: str, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if isinstance(model, OnnxModel):
+        f = model.forward(images, layer)
+        assert f.activation is not None
+        targets = targets_for(model, f.logits, fixed)
+        return f.activation, _head_gradient(model, f.activation, f.logits, targets, layer), f.logits
+    return _autograd_activation(model, images, fixed, layer, chunk)
+
+
+@register("gradcam", has_native=True, defaults={"chunk": 32})
+def gradcam(
+    model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU(sum_k alpha_k A_k), alpha_k = spatial mean of d logit / d A_k (Selvaraju et al. 2017)."""
+    act, grad, logits = _activation_and_grad(model, images, fixed, layer, chunk)
+    alpha = grad.mean(dim=(2, 3))
+    return torch.relu(torch.einsum("nk,nkhw->nhw", alpha, act)), logits
+
+
+@register("gradcam++", has_native=True, defaults={"chunk": 32})
+def gradcam_pp(
+    model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM++ (Chattopadhay et al. 2018) with the usual exponential-output closed form for the
+    higher derivatives (as in pytorch-grad-cam)."""
+    act, grad, logits = _activation_and_grad(model, images, fixed, layer, chunk)
+    grad = grad.expand_as(act)
+    g2, g3 = grad.pow(2), grad.pow(3)
+    sum_act = act.sum(dim=(2, 3), keepdim=True)
+    aij = g2 / (2 * g2 + sum_act * g3 + 1e-7)
+    aij = torch.where(grad != 0, aij, torch.zeros_like(aij))
+    weights = (torch.relu(grad) * aij).sum(dim=(2, 3))
+    return torch.relu(torch.einsum("nk,nkhw->nhw", weights, act)), logits
+
+
+def _input_gradients(model: Model, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    x = images.detach().requires_grad_(True)
+    f = model.autograd_forward(x)
+    (g,) = torch.autograd.grad(model.class_logit(f.logits, targets).sum(), x)
+    return g
+
+
+@register("integrated_gradients", has_native=False, defaults={"steps": 32, "baseline": "black", "chunk": 16})
+def integrated_gradients(
+    model: Model,
+    images: torch.Tensor,
+    *,
+    fixed: int | None,
+    layer: None,
+    seeds: torch.Tensor,
+    steps: int,
+    baseline: str,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrated Gradients (Sundararajan et al. 2017), trapezoid rule over ``steps`` points from a
+    black (or ``grey``) baseline; the map is |attribution| summed over channels."""
+    if baseline not in ("black", "grey"):
+        raise ValueError("integrated_gradients baseline must be 'black' or 'grey'")
+    logits = model.forward(images).logits
+    targets = targets_for(model, logits, fixed)
+    base = torch.zeros_like(images) if baseline == "black" else torch.full_like(images, 0.5)
+    alphas = torch.linspace(0, 1, steps, device=images.device)
+    weights = torch.full((steps,), 1.0 / (steps - 1), device=images.device)
+    weights[0] = weights[-1] = 0.5 / (steps - 1)
+    total = torch.zeros_like(images)
+    for i in range(0, len(images), chunk):
+        x, b, t = images[i : i + chunk], base[i : i + chunk], targets[i : i + chunk]
+        for a, wgt in zip(alphas, weights, strict=True):
+            total[i : i + chunk] += wgt * _input_gradients(model, b + a * (x - b), t)
+    attribution = (images - base) * total
+    return attribution.abs().sum(dim=1), logits
+
+
+@register("smoothgrad", has_native=False, defaults={"samples": 25, "noise": 0.15})
+def smoothgrad(
+    model: Model,
+    images: torch.Tensor,
+    *,
+    fixed: int | None,
+    layer: None,
+    seeds: torch.Tensor,
+    samples: int,
+    noise: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SmoothGrad (Smilkov et al. 2017): mean input gradient over ``samples`` noisy copies (Gaussian,
+    sigma = ``noise`` x the [0, 1] range), |mean| summed over channels. Noise is seeded per image."""
+    logits = model.forward(images).logits
+    targets = targets_for(model, logits, fixed)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds.tolist()]
+    total = torch.zeros_like(images)
+    for _ in range(samples):
+        eps = torch.stack([torch.randn(images.shape[1:], generator=g) for g in gens]).to(images.device)
+        total += _input_gradients(model, images + noise * eps, targets)
+    return (total / samples).abs().sum(dim=1), logits
