@@ -44,9 +44,7 @@ class EvaluationSpec(BaseModel):
     ood_split: str | None = None
     measures: list[str] = Field(default_factory=lambda: list(MEASURE_FAMILIES))
     measure_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    method: Literal[
-        "gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise"
-    ] = "gradcam"
+    method: Literal["gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise"] = "gradcam"
     method_params: dict[str, Any] = Field(default_factory=dict)
     layer: str = "auto"
     target: Literal["predicted"] | int | str = "predicted"

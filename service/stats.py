@@ -34,8 +34,9 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
-def resample_indices(n: int, seed: int | np.random.SeedSequence,
-                     n_resamples: int = DEFAULT_RESAMPLES) -> Iterator[np.ndarray]:
+def resample_indices(
+    n: int, seed: int | np.random.SeedSequence, n_resamples: int = DEFAULT_RESAMPLES
+) -> Iterator[np.ndarray]:
     """Bootstrap index matrices [c, n] (c resamples each) that together give ``n_resamples`` rows.
 
     The chunking depends only on ``n``, so the stream is a pure function of (n, seed, n_resamples).
@@ -63,8 +64,9 @@ def _check_level(level: float) -> None:
         raise ValueError(f"level must be in (0, 1), got {level}")
 
 
-def bootstrap_ci(values: np.ndarray, seed: int, n_resamples: int = DEFAULT_RESAMPLES,
-                 level: float = DEFAULT_LEVEL) -> tuple[float, float] | None:
+def bootstrap_ci(
+    values: np.ndarray, seed: int, n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL
+) -> tuple[float, float] | None:
     """Percentile bootstrap CI of the mean of the finite ``values``; None with fewer than 2."""
     _check_level(level)
     v = _finite(values)
@@ -74,9 +76,13 @@ def bootstrap_ci(values: np.ndarray, seed: int, n_resamples: int = DEFAULT_RESAM
     return _percentile_ci(means, level)
 
 
-def bootstrap_statistic(n: int, statistic: Callable[[np.ndarray], np.ndarray], seed: int,
-                        n_resamples: int = DEFAULT_RESAMPLES,
-                        level: float = DEFAULT_LEVEL) -> tuple[float, float] | None:
+def bootstrap_statistic(
+    n: int,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    seed: int,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    level: float = DEFAULT_LEVEL,
+) -> tuple[float, float] | None:
     """Percentile bootstrap CI of a statistic of n items (e.g. images).
 
     ``statistic(weights)`` gets float64 resample counts [c, n] (how often each item was drawn in each
@@ -133,8 +139,7 @@ def summarize_runs(values: np.ndarray, seed: int, n_resamples: int = DEFAULT_RES
     return out
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, seed: int,
-                      n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, Any]:
+def paired_difference(a: np.ndarray, b: np.ndarray, seed: int, n_resamples: int = DEFAULT_RESAMPLES) -> dict[str, Any]:
     """Mean of ``a - b`` over images where both are finite, with a bootstrap CI over those images."""
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
@@ -142,13 +147,16 @@ def paired_difference(a: np.ndarray, b: np.ndarray, seed: int,
         raise ValueError(f"paired values need equal lengths, got {a.size} and {b.size}")
     ok = np.isfinite(a) & np.isfinite(b)
     d = a[ok] - b[ok]
-    return {"mean_diff": as_float(d.mean()) if d.size else None,
-            "ci": bootstrap_ci(d, seed, n_resamples), "n": int(d.size)}
+    return {
+        "mean_diff": as_float(d.mean()) if d.size else None,
+        "ci": bootstrap_ci(d, seed, n_resamples),
+        "n": int(d.size),
+    }
 
 
-def two_sample_difference(a: np.ndarray, b: np.ndarray, seed: int,
-                          n_resamples: int = DEFAULT_RESAMPLES,
-                          level: float = DEFAULT_LEVEL) -> dict[str, Any]:
+def two_sample_difference(
+    a: np.ndarray, b: np.ndarray, seed: int, n_resamples: int = DEFAULT_RESAMPLES, level: float = DEFAULT_LEVEL
+) -> dict[str, Any]:
     """mean(a) - mean(b) for independent samples, CI from resampling each sample on its own.
 
     The two samples are resampled from independent streams spawned from ``seed``.

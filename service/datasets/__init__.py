@@ -9,5 +9,4 @@
 from service.datasets.batches import Batch, decode_batch, iter_batches
 from service.datasets.loading import Dataset, Item, Skipped, content_sha256, load_dataset
 
-__all__ = ["Batch", "Dataset", "Item", "Skipped", "content_sha256", "decode_batch", "iter_batches",
-           "load_dataset"]
+__all__ = ["Batch", "Dataset", "Item", "Skipped", "content_sha256", "decode_batch", "iter_batches", "load_dataset"]

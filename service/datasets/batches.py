@@ -41,8 +41,15 @@ class Batch:
         return len(self.keys)
 
 
-def iter_batches(dataset: Dataset, indices: Sequence[int] | range, batch_size: int,
-                 size: tuple[int, int], *, prefetch: int = 2, workers: int | None = None) -> Iterator[Batch]:
+def iter_batches(
+    dataset: Dataset,
+    indices: Sequence[int] | range,
+    batch_size: int,
+    size: tuple[int, int],
+    *,
+    prefetch: int = 2,
+    workers: int | None = None,
+) -> Iterator[Batch]:
     """Yield the dataset's items as batches, decoding the next ones while the caller works.
 
     The images of the next ``prefetch`` batches are decoded on a pool of ``workers`` threads
@@ -80,12 +87,13 @@ def iter_batches(dataset: Dataset, indices: Sequence[int] | range, batch_size: i
     n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if n_workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    chunks = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
     return _generate(dataset, chunks, (int(size[0]), int(size[1])), prefetch, n_workers)
 
 
-def _generate(dataset: Dataset, chunks: list[list[int]], size: tuple[int, int], prefetch: int,
-              workers: int) -> Iterator[Batch]:
+def _generate(
+    dataset: Dataset, chunks: list[list[int]], size: tuple[int, int], prefetch: int, workers: int
+) -> Iterator[Batch]:
     # A separate generator so that argument errors raise at the call, not at the first next().
     if not chunks:
         return
@@ -115,8 +123,7 @@ class _PendingBatch:
     """A batch whose images are being decoded on a pool (or, without one, right away), each
     straight into its slot of the batch arrays."""
 
-    def __init__(self, pool: Executor | None, dataset: Dataset, indices: Sequence[int],
-                 size: tuple[int, int]) -> None:
+    def __init__(self, pool: Executor | None, dataset: Dataset, indices: Sequence[int], size: tuple[int, int]) -> None:
         height, width = size
         self.indices = list(indices)
         self.items = [dataset.items[i] for i in self.indices]
@@ -148,9 +155,14 @@ class _PendingBatch:
         except BaseException:
             self.cancel()
             raise
-        return Batch(indices=self.indices, keys=[it.key for it in self.items],
-                     labels=[it.label for it in self.items], images=torch.from_numpy(self.images),
-                     masks=torch.from_numpy(self.masks), has_mask=torch.from_numpy(self.has_mask))
+        return Batch(
+            indices=self.indices,
+            keys=[it.key for it in self.items],
+            labels=[it.label for it in self.items],
+            images=torch.from_numpy(self.images),
+            masks=torch.from_numpy(self.masks),
+            has_mask=torch.from_numpy(self.has_mask),
+        )
 
 
 def decode_batch(dataset: Dataset, indices: Sequence[int], size: tuple[int, int]) -> Batch:
@@ -170,11 +182,14 @@ def decode_batch(dataset: Dataset, indices: Sequence[int], size: tuple[int, int]
     return _PendingBatch(None, dataset, indices, size).result()
 
 
-def _decode(what: str, fn: Callable[[Path, tuple[int, int]], np.ndarray], path: Path, key: str,
-            size: tuple[int, int]) -> np.ndarray:
+def _decode(
+    what: str, fn: Callable[[Path, tuple[int, int]], np.ndarray], path: Path, key: str, size: tuple[int, int]
+) -> np.ndarray:
     try:
         return fn(path, size)
     except Exception as e:  # noqa: BLE001 - any decode failure means the same thing here
-        raise DatasetError(f"{what} {path} (item {key}) could not be decoded: {type(e).__name__}: {e}. "
-                           "It passed validation when the dataset was loaded, so it has probably "
-                           "changed since; reload the dataset") from e
+        raise DatasetError(
+            f"{what} {path} (item {key}) could not be decoded: {type(e).__name__}: {e}. "
+            "It passed validation when the dataset was loaded, so it has probably "
+            "changed since; reload the dataset"
+        ) from e

@@ -32,12 +32,49 @@ from PIL import Image, UnidentifiedImageError
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
 
 # Extensions of files that are obviously not images: skipped without being opened.
-NOT_IMAGE_SUFFIXES = frozenset({
-    ".txt", ".csv", ".tsv", ".json", ".jsonl", ".md", ".rst", ".yaml", ".yml", ".xml", ".html",
-    ".htm", ".toml", ".ini", ".cfg", ".log", ".py", ".ipynb", ".sh", ".pdf", ".zip", ".tar", ".gz",
-    ".tgz", ".bz2", ".xz", ".7z", ".npy", ".npz", ".pt", ".pth", ".pt2", ".onnx", ".pkl", ".h5",
-    ".mat", ".mp4", ".avi", ".mov",
-})
+NOT_IMAGE_SUFFIXES = frozenset(
+    {
+        ".txt",
+        ".csv",
+        ".tsv",
+        ".json",
+        ".jsonl",
+        ".md",
+        ".rst",
+        ".yaml",
+        ".yml",
+        ".xml",
+        ".html",
+        ".htm",
+        ".toml",
+        ".ini",
+        ".cfg",
+        ".log",
+        ".py",
+        ".ipynb",
+        ".sh",
+        ".pdf",
+        ".zip",
+        ".tar",
+        ".gz",
+        ".tgz",
+        ".bz2",
+        ".xz",
+        ".7z",
+        ".npy",
+        ".npz",
+        ".pt",
+        ".pth",
+        ".pt2",
+        ".onnx",
+        ".pkl",
+        ".h5",
+        ".mat",
+        ".mp4",
+        ".avi",
+        ".mov",
+    }
+)
 
 # JPEG can decode at 1/8 scale ("draft"): validation still reads the whole entropy-coded stream
 # (so truncation is caught) at a fraction of the cost of a full decode.

@@ -120,10 +120,12 @@ class Dataset:
             "n_images": len(self.items),
             "classes": list(self.classes),
             "counts": dict(self.counts),
-            "split_counts": None if self.split_counts is None
-            else {s: dict(c) for s, c in self.split_counts.items()},
-            "annotations": {"masks_folder": self.has_masks_folder, "n_with_mask": n_mask,
-                            "n_without_mask": len(self.items) - n_mask},
+            "split_counts": None if self.split_counts is None else {s: dict(c) for s, c in self.split_counts.items()},
+            "annotations": {
+                "masks_folder": self.has_masks_folder,
+                "n_with_mask": n_mask,
+                "n_without_mask": len(self.items) - n_mask,
+            },
             "n_skipped": len(self.skipped),
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
         }
@@ -187,8 +189,7 @@ def load_dataset(root: str | Path, split: str | None = None) -> Dataset:
             to_check.append(cand)
 
     usable: list[tuple[_Candidate, str]] = []
-    for cand, (sha, reason) in zip(to_check, _parallel_map(check_image, [c.path for c in to_check]),
-                                   strict=True):
+    for cand, (sha, reason) in zip(to_check, _parallel_map(check_image, [c.path for c in to_check]), strict=True):
         if sha is None:
             skipped.append(Skipped(cand.key, reason or "unreadable"))
         else:
@@ -196,8 +197,11 @@ def load_dataset(root: str | Path, split: str | None = None) -> Dataset:
 
     masks_dir = root_path / MASKS_DIR
     has_masks_folder = masks_dir.is_dir()
-    items = _attach_masks(root_path, masks_dir, usable, skipped) if has_masks_folder else [
-        Item(c.key, c.label, c.path, None, sha) for c, sha in usable]
+    items = (
+        _attach_masks(root_path, masks_dir, usable, skipped)
+        if has_masks_folder
+        else [Item(c.key, c.label, c.path, None, sha) for c, sha in usable]
+    )
     items.sort(key=lambda it: it.key)
     skipped.sort(key=lambda s: s.path)
 
@@ -214,9 +218,16 @@ def load_dataset(root: str | Path, split: str | None = None) -> Dataset:
 
     counts = dict(sorted(Counter(it.label for it in items).items()))
     return Dataset(
-        root=root_path, layout=listing.layout, split=listing.split, splits=listing.splits,
-        classes=list(counts), items=items, skipped=skipped, counts=counts,
-        split_counts=listing.split_counts, has_masks_folder=has_masks_folder,
+        root=root_path,
+        layout=listing.layout,
+        split=listing.split,
+        splits=listing.splits,
+        classes=list(counts),
+        items=items,
+        skipped=skipped,
+        counts=counts,
+        split_counts=listing.split_counts,
+        has_masks_folder=has_masks_folder,
         sha256=content_sha256(items),
     )
 
@@ -239,12 +250,14 @@ def content_sha256(items: Sequence[Item]) -> str:
 
 # -- layouts -------------------------------------------------------------------------------------
 
+
 def _choose_split(available: list[str], requested: str | None, where: str) -> str | None:
     """The split to use, or a DatasetError that lists the available ones."""
     if not available:
         if requested is not None:
-            raise DatasetError(f"{where} has no splits, but split {requested!r} was asked for; "
-                               "leave split unset to use all images")
+            raise DatasetError(
+                f"{where} has no splits, but split {requested!r} was asked for; leave split unset to use all images"
+            )
         return None
     wanted = "test" if requested is None else requested
     if wanted in available:
@@ -253,8 +266,7 @@ def _choose_split(available: list[str], requested: str | None, where: str) -> st
     if len(folded) == 1:
         return folded[0]
     if requested is None:
-        raise DatasetError(f"{where} has splits {available} and none is called 'test'; "
-                           "choose one with split=...")
+        raise DatasetError(f"{where} has splits {available} and none is called 'test'; choose one with split=...")
     raise DatasetError(f"unknown split {requested!r} in {where}; available splits: {available}")
 
 
@@ -281,16 +293,32 @@ def _list_folders(root: Path, split: str | None) -> _Listing:
     skipped = [_loose_file(root, p) for p in loose]
 
     if not dirs:
-        return _Listing("classes", None, [], None, [], skipped,
-                        f"{MANIFEST}, class folders (<class>/<image>) or split folders "
-                        f"({'/'.join(SPLIT_NAMES)}/<class>/<image>), but {root.name!r} has no folders")
+        return _Listing(
+            "classes",
+            None,
+            [],
+            None,
+            [],
+            skipped,
+            f"{MANIFEST}, class folders (<class>/<image>) or split folders "
+            f"({'/'.join(SPLIT_NAMES)}/<class>/<image>), but {root.name!r} has no folders",
+        )
 
     if not all(d.name.lower() in SPLIT_NAMES for d in dirs):
         if split is not None:
-            raise DatasetError(f"{root} has no splits (its folders are classes), but split {split!r} "
-                               "was asked for; leave split unset to use all images")
-        return _Listing("classes", None, [], None, _list_class_folders(root, dirs), skipped,
-                        f"{_ACCEPTED} files in class folders (<class>/<image>)")
+            raise DatasetError(
+                f"{root} has no splits (its folders are classes), but split {split!r} "
+                "was asked for; leave split unset to use all images"
+            )
+        return _Listing(
+            "classes",
+            None,
+            [],
+            None,
+            _list_class_folders(root, dirs),
+            skipped,
+            f"{_ACCEPTED} files in class folders (<class>/<image>)",
+        )
 
     splits = [d.name for d in dirs]
     chosen = _choose_split(splits, split, str(root))
@@ -299,19 +327,19 @@ def _list_folders(root: Path, split: str | None) -> _Listing:
     for d in dirs:
         class_dirs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
         found = _list_class_folders(root, class_dirs)
-        split_counts[d.name] = dict(sorted(Counter(
-            c.label for c in found if not is_obviously_not_image(c.path)).items()))
+        split_counts[d.name] = dict(
+            sorted(Counter(c.label for c in found if not is_obviously_not_image(c.path)).items())
+        )
         if d.name == chosen:
             candidates = found
-            skipped += [_loose_file(root, p) for p in sorted(d.iterdir())
-                        if p.is_file() and not p.name.startswith(".")]
-    return _Listing("splits", chosen, splits, split_counts, candidates, skipped,
-                    f"{_ACCEPTED} files in {chosen}/<class>/ folders")
+            skipped += [_loose_file(root, p) for p in sorted(d.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    return _Listing(
+        "splits", chosen, splits, split_counts, candidates, skipped, f"{_ACCEPTED} files in {chosen}/<class>/ folders"
+    )
 
 
 def _list_class_folders(root: Path, class_dirs: list[Path]) -> list[_Candidate]:
-    return [_Candidate(path.relative_to(root).as_posix(), d.name, path)
-            for d in class_dirs for path in _walk_files(d)]
+    return [_Candidate(path.relative_to(root).as_posix(), d.name, path) for d in class_dirs for path in _walk_files(d)]
 
 
 def _manifest_key(raw: str) -> tuple[str | None, str | None]:
@@ -341,8 +369,10 @@ def _list_manifest(root: Path, split: str | None) -> _Listing:
     columns = [h.strip().lower() for h in header]
     missing = [c for c in ("split", "label", "path") if c not in columns]
     if missing:
-        raise DatasetError(f"{manifest} header lacks column(s) {missing}; expected 'split,label,path' "
-                           f"(extra columns are ignored), found {header}")
+        raise DatasetError(
+            f"{manifest} header lacks column(s) {missing}; expected 'split,label,path' "
+            f"(extra columns are ignored), found {header}"
+        )
     i_split, i_label, i_path = (columns.index(c) for c in ("split", "label", "path"))
     width = max(i_split, i_label, i_path) + 1
 
@@ -362,16 +392,14 @@ def _list_manifest(root: Path, split: str | None) -> _Listing:
             split_counts_raw[s][label] += 1
     splits = sorted(split_counts_raw)
     chosen = _choose_split(splits, split, str(manifest))
-    split_counts = ({s: dict(sorted(c.items())) for s, c in sorted(split_counts_raw.items())}
-                    if splits else None)
+    split_counts = {s: dict(sorted(c.items())) for s, c in sorted(split_counts_raw.items())} if splits else None
 
     candidates: list[_Candidate] = []
     first_line: dict[str, int] = {}
     for line, s, label, raw in entries:
         if chosen is not None and s != chosen:
             if not s:
-                skipped.append(Skipped(raw, f"{MANIFEST} line {line}: no split given while other rows "
-                                            "have one"))
+                skipped.append(Skipped(raw, f"{MANIFEST} line {line}: no split given while other rows have one"))
             continue
         reason: str | None
         key, reason = _manifest_key(raw)
@@ -394,14 +422,17 @@ def _list_manifest(root: Path, split: str | None) -> _Listing:
         skipped.append(Skipped(raw or f"{MANIFEST} line {line}", f"{MANIFEST} line {line}: {reason}"))
 
     where = f"split {chosen!r} of " if chosen is not None else ""
-    return _Listing("manifest", chosen, splits, split_counts, candidates, skipped,
-                    f"{_ACCEPTED} files listed in {where}{MANIFEST}")
+    return _Listing(
+        "manifest", chosen, splits, split_counts, candidates, skipped, f"{_ACCEPTED} files listed in {where}{MANIFEST}"
+    )
 
 
 # -- masks ---------------------------------------------------------------------------------------
 
-def _attach_masks(root: Path, masks_dir: Path, usable: list[tuple[_Candidate, str]],
-                  skipped: list[Skipped]) -> list[Item]:
+
+def _attach_masks(
+    root: Path, masks_dir: Path, usable: list[tuple[_Candidate, str]], skipped: list[Skipped]
+) -> list[Item]:
     """Match masks to images by file stem; validate and hash the matched masks."""
     index: dict[str, list[Path]] = defaultdict(list)
     for p in _walk_files(masks_dir):
@@ -418,13 +449,16 @@ def _attach_masks(root: Path, masks_dir: Path, usable: list[tuple[_Candidate, st
         raise DatasetError(
             "masks are matched to images by file stem, but these stems name more than one image: "
             + _name_some(f"{stem!r} ({', '.join(keys)})" for stem, keys in sorted(dups.items()))
-            + "; rename the images so that each stem is unique")
+            + "; rename the images so that each stem is unique"
+        )
     ambiguous = {stem: paths for stem, paths in index.items() if len(paths) > 1 and stem in by_stem}
     if ambiguous:
         raise DatasetError(
             "more than one mask file matches an image: "
-            + _name_some(", ".join(p.relative_to(root).as_posix() for p in paths)
-                         for _, paths in sorted(ambiguous.items())))
+            + _name_some(
+                ", ".join(p.relative_to(root).as_posix() for p in paths) for _, paths in sorted(ambiguous.items())
+            )
+        )
 
     matched = [index[c.path.stem][0] if c.path.stem in index else None for c, _ in usable]
     wanted = [p for p in matched if p is not None]
@@ -435,14 +469,19 @@ def _attach_masks(root: Path, masks_dir: Path, usable: list[tuple[_Candidate, st
         if mask is not None:
             mask_sha, reason = results[mask]
             if mask_sha is None:
-                skipped.append(Skipped(mask.relative_to(root).as_posix(),
-                                       f"mask of {cand.key} unusable, image kept without mask: {reason}"))
+                skipped.append(
+                    Skipped(
+                        mask.relative_to(root).as_posix(),
+                        f"mask of {cand.key} unusable, image kept without mask: {reason}",
+                    )
+                )
                 mask = None
         items.append(Item(cand.key, cand.label, cand.path, mask, sha, mask_sha))
     return items
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
 
 def _name_some(names: Iterator[str] | Sequence[str]) -> str:
     names = list(names)

@@ -118,9 +118,19 @@ class AccuracyMeasure(Measure):
         names = (prefix, f"{prefix}.balanced", f"{prefix}.auroc")
         params = {"bootstrap_resamples": reps, "excluded": "images with label -1 (unknown)"}
         if not ok.any():
-            return [MeasureResult(name=nm, value=None, ci=None, n=0, direction=self.variants[nm][1],
-                                  variant=self.variants[nm][0], parameters=params,
-                                  details={"message": "no labelled images"}) for nm in names]
+            return [
+                MeasureResult(
+                    name=nm,
+                    value=None,
+                    ci=None,
+                    n=0,
+                    direction=self.variants[nm][1],
+                    variant=self.variants[nm][0],
+                    parameters=params,
+                    details={"message": "no labelled images"},
+                )
+                for nm in names
+            ]
         y = labels[ok]
         pred = np.asarray(cols["predicted"])[ok]
         score = np.asarray(cols["score"], dtype=np.float64)[ok]
@@ -138,8 +148,10 @@ class AccuracyMeasure(Measure):
         for nm, stats in per_run_stats.items():
             kind, direction = self.variants[nm]
             value = as_float(_family(stats)(ones)[0])
-            per_run = [{"run": r, "value": as_float(st(ones)[0]),
-                        "ci": bootstrap_statistic(n, st, rng_seed, reps)} for r, st in enumerate(stats)]
+            per_run = [
+                {"run": r, "value": as_float(st(ones)[0]), "ci": bootstrap_statistic(n, st, rng_seed, reps)}
+                for r, st in enumerate(stats)
+            ]
             details: dict[str, Any] = {
                 "n_positive": int(positive.sum()),
                 "n_negative": int((~positive).sum()),
@@ -152,8 +164,19 @@ class AccuracyMeasure(Measure):
                 if positive.all() or not positive.any():
                     details["message"] = "AUROC needs labelled images of both the positive class and others"
             ci = bootstrap_statistic(n, _family(stats), rng_seed, reps)
-            out.append(MeasureResult(name=nm, value=value, ci=ci, n=n, direction=direction, variant=kind,
-                                     parameters=p, per_run=per_run, details=details))
+            out.append(
+                MeasureResult(
+                    name=nm,
+                    value=value,
+                    ci=ci,
+                    n=n,
+                    direction=direction,
+                    variant=kind,
+                    parameters=p,
+                    per_run=per_run,
+                    details=details,
+                )
+            )
         return out
 
     def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:

@@ -69,8 +69,7 @@ class AgreementMeasure(Measure):
             pos = up.to(torch.float64).clamp_min(0.0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 mass = per_map_sum(pos * region) / per_map_sum(pos)
-            values = {"pearson": pearson(up01, mask01).numpy(), "ssim": ssim(up01, mask01, 1.0).numpy(),
-                      "mass": mass}
+            values = {"pearson": pearson(up01, mask01).numpy(), "ssim": ssim(up01, mask01, 1.0).numpy(), "mass": mass}
             for key, v in values.items():
                 v[emp] = np.nan
                 cols[key][has, r] = v
@@ -93,13 +92,39 @@ class AgreementMeasure(Measure):
             if key == "mass":
                 params["region_threshold"] = REGION_THRESHOLD
             if n_masked == 0:
-                out.append(MeasureResult(name=variant, value=None, ci=None, n=0, direction=direction,
-                                         variant=kind, parameters=params, details={"message": NO_MASKS}))
+                out.append(
+                    MeasureResult(
+                        name=variant,
+                        value=None,
+                        ci=None,
+                        n=0,
+                        direction=direction,
+                        variant=kind,
+                        parameters=params,
+                        details={"message": NO_MASKS},
+                    )
+                )
                 continue
             s = summarize_runs(np.asarray(cols[key])[has], rng_seed, reps)
-            details = {"what": what, "median": s["median"], "std": s["std"], "images_with_mask": n_masked,
-                       "images_without_value": s["n_empty"]}
-            out.append(MeasureResult(name=variant, value=s["value"], ci=s["ci"], n=s["n"],
-                                     direction=direction, variant=kind, parameters=params, n_empty=n_empty,
-                                     per_run=s["per_run"], details=details))
+            details = {
+                "what": what,
+                "median": s["median"],
+                "std": s["std"],
+                "images_with_mask": n_masked,
+                "images_without_value": s["n_empty"],
+            }
+            out.append(
+                MeasureResult(
+                    name=variant,
+                    value=s["value"],
+                    ci=s["ci"],
+                    n=s["n"],
+                    direction=direction,
+                    variant=kind,
+                    parameters=params,
+                    n_empty=n_empty,
+                    per_run=s["per_run"],
+                    details=details,
+                )
+            )
         return out

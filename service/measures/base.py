@@ -89,6 +89,9 @@ class MeasureResult:
     n_empty: int = 0
     per_run: list[dict[str, Any]] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    # Per-image values behind ``value`` (family mean over runs, canonical image order; NaN = no value).
+    # Used for paired comparisons between candidates; not serialised.
+    per_image: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -61,11 +61,13 @@ def deletion_ranks(maps: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     A pixel of rank r is replaced once more than r pixels are. Stable sorts break ties by pixel index.
     """
     flat = maps.flatten(1)
-    orders = torch.stack([
-        torch.argsort(flat, dim=1, descending=True, stable=True),
-        torch.argsort(flat, dim=1, stable=True),
-        keyed_permutation(seeds.to(flat.device), RANDOM_STREAM, flat.shape[1]),
-    ])
+    orders = torch.stack(
+        [
+            torch.argsort(flat, dim=1, descending=True, stable=True),
+            torch.argsort(flat, dim=1, stable=True),
+            keyed_permutation(seeds.to(flat.device), RANDOM_STREAM, flat.shape[1]),
+        ]
+    )
     ar = torch.arange(flat.shape[1], device=flat.device).expand_as(orders)
     return torch.empty_like(orders).scatter_(2, orders, ar)
 
@@ -97,11 +99,15 @@ class DegradationMeasure(Measure):
         p = self.params
         unknown = [v for v in p["variants"] if v not in self.variants]
         if unknown or not p["variants"]:
-            raise BadInput(f"degradation variants must be a non-empty subset of {list(self.variants)}, "
-                           f"got {p['variants']}")
+            raise BadInput(
+                f"degradation variants must be a non-empty subset of {list(self.variants)}, got {p['variants']}"
+            )
         steps = [float(s) for s in p["steps"]]
-        if len(steps) < 2 or any(not 0 <= s <= 100 for s in steps) or any(
-                b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if (
+            len(steps) < 2
+            or any(not 0 <= s <= 100 for s in steps)
+            or any(b <= a for a, b in zip(steps, steps[1:], strict=False))
+        ):
             raise BadInput(f"deletion steps must be >= 2 increasing percentages in [0, 100], got {steps}")
         if p["baseline"] not in ("blur", "mean"):
             raise BadInput(f"baseline must be 'blur' or 'mean', got {p['baseline']!r}")
@@ -112,9 +118,16 @@ class DegradationMeasure(Measure):
         p["steps"] = steps
 
     def default_params(self) -> dict[str, Any]:
-        return {"variants": [DELETION, BLUR], "steps": list(range(0, 101, 10)), "baseline": "blur",
-                "baseline_sigma": 10.0, "mean_color": [0.5, 0.5, 0.5], "chunk_size": 256,
-                "smooth_sigma": 5.0, "bootstrap_resamples": DEFAULT_RESAMPLES}
+        return {
+            "variants": [DELETION, BLUR],
+            "steps": list(range(0, 101, 10)),
+            "baseline": "blur",
+            "baseline_sigma": 10.0,
+            "mean_color": [0.5, 0.5, 0.5],
+            "chunk_size": 256,
+            "smooth_sigma": 5.0,
+            "bootstrap_resamples": DEFAULT_RESAMPLES,
+        }
 
     def _on(self, variant: str) -> bool:
         return variant in self.params["variants"]
@@ -169,7 +182,7 @@ class DegradationMeasure(Measure):
                 o, s, img = idx // (len(mid) * n), (idx // n) % len(mid), idx % n
                 gone = (ranks[o, img] < counts_t[s].view(-1, 1)).view(-1, 1, h, w)
                 composite = torch.where(gone, base[img], ctx.images[img])
-                flat[start:start + idx.numel()] = _np(ctx.scores(r, composite, targets[img]))
+                flat[start : start + idx.numel()] = _np(ctx.scores(r, composite, targets[img]))
             curves[:, :, r, mid] = flat.reshape(len(ORDERS), len(mid), n).transpose(0, 2, 1)
             empty = is_empty(clean.upsampled).cpu().numpy()
             curves[:2, empty, r, :] = np.nan  # no salience order without salience
@@ -177,8 +190,10 @@ class DegradationMeasure(Measure):
 
     def _blur(self, ctx: BatchContext) -> Columns:
         n, k = len(ctx.keys), ctx.n_runs
-        cols = {name: np.full((n, k), np.nan) for name in (
-            "blur_before", *(f"blur_{what}_{m}" for what in ("after", "ssim") for m in MODES))}
+        cols = {
+            name: np.full((n, k), np.nan)
+            for name in ("blur_before", *(f"blur_{what}_{m}" for what in ("after", "ssim") for m in MODES))
+        }
         for r, clean in enumerate(ctx.clean):
             empty = is_empty(clean.native).cpu().numpy()
             maps8 = to_uint8(clean.upsampled)
@@ -212,8 +227,7 @@ class DegradationMeasure(Measure):
         curves, aucs, auc_values = {}, {}, {}
         for o in ORDERS:
             v = np.asarray(cols[f"deletion_{o}"], dtype=np.float64)
-            curves[o] = [{"k": float(s), **summarize_runs(v[:, :, i], seed, reps)}
-                         for i, s in enumerate(steps)]
+            curves[o] = [{"k": float(s), **summarize_runs(v[:, :, i], seed, reps)} for i, s in enumerate(steps)]
             auc_values[o] = trapezoid_auc(v, x)  # [N, K]
             aucs[o] = summarize_runs(auc_values[o], seed, reps)
         gap = summarize_runs(auc_values["lerf"] - auc_values["morf"], seed, reps)
@@ -221,12 +235,26 @@ class DegradationMeasure(Measure):
         kind, direction = self.variants[DELETION]
         p = self.params
         return MeasureResult(
-            name=DELETION, value=gap["value"], ci=gap["ci"], n=gap["n"], direction=direction, variant=kind,
-            parameters={"steps": steps.tolist(), "baseline": p["baseline"],
-                        **({"baseline_sigma": float(p["baseline_sigma"])} if p["baseline"] == "blur"
-                           else {"mean_color": [float(c) for c in p["mean_color"]]}),
-                        "map": "upsampled", "ties": "pixel index", "bootstrap_resamples": reps},
-            n_empty=gap["n_empty"], per_run=gap["per_run"],
+            name=DELETION,
+            value=gap["value"],
+            ci=gap["ci"],
+            n=gap["n"],
+            direction=direction,
+            variant=kind,
+            parameters={
+                "steps": steps.tolist(),
+                "baseline": p["baseline"],
+                **(
+                    {"baseline_sigma": float(p["baseline_sigma"])}
+                    if p["baseline"] == "blur"
+                    else {"mean_color": [float(c) for c in p["mean_color"]]}
+                ),
+                "map": "upsampled",
+                "ties": "pixel index",
+                "bootstrap_resamples": reps,
+            },
+            n_empty=gap["n_empty"],
+            per_run=gap["per_run"],
             details={
                 "headline": "AUC(LeRF) - AUC(MoRF), trapezoid over k in [0, 1]",
                 "curves": curves,
@@ -248,21 +276,37 @@ class DegradationMeasure(Measure):
                 "score_drop": summarize_runs(valid_before - after, seed, reps),
                 "ssim": summarize_runs(np.asarray(cols[f"blur_ssim_{mode}"], dtype=np.float64), seed, reps),
             }
-        head = summarize_runs(np.asarray(cols["blur_after_background"], dtype=np.float64)
-                              - np.asarray(cols["blur_after_object"], dtype=np.float64), seed, reps)
+        head = summarize_runs(
+            np.asarray(cols["blur_after_background"], dtype=np.float64)
+            - np.asarray(cols["blur_after_object"], dtype=np.float64),
+            seed,
+            reps,
+        )
         kind, direction = self.variants[BLUR]
         details: dict[str, Any] = {
             "headline": "drop(object) - drop(background) = score(background blurred) - score(object blurred)",
             "modes": per_mode,
             "levels": "8-bit upsampled map smoothed (sigma 5), min-max to [0, 10], rounded to 0.1; "
-                      "sigma = (10 - v)**4 / 1000",
+            "sigma = (10 - v)**4 / 1000",
             "score": "probability of the clean image's target class",
         }
         if notes:
             details["notes"] = notes
         return MeasureResult(
-            name=BLUR, value=head["value"], ci=head["ci"], n=head["n"], direction=direction, variant=kind,
-            parameters={"smooth_sigma": float(self.params["smooth_sigma"]), "max_sigma": 10.0,
-                        "ssim_maps": "8-bit native", "data_range": 255, "bootstrap_resamples": reps},
-            n_empty=head["n_empty"], per_run=head["per_run"], details=details,
+            name=BLUR,
+            value=head["value"],
+            ci=head["ci"],
+            n=head["n"],
+            direction=direction,
+            variant=kind,
+            parameters={
+                "smooth_sigma": float(self.params["smooth_sigma"]),
+                "max_sigma": 10.0,
+                "ssim_maps": "8-bit native",
+                "data_range": 255,
+                "bootstrap_resamples": reps,
+            },
+            n_empty=head["n_empty"],
+            per_run=head["per_run"],
+            details=details,
         )

@@ -26,8 +26,10 @@ from service.ops.maps import is_empty, to_uint8
 from service.stats import DEFAULT_RESAMPLES, histogram, row_nanmean, summarize, summarize_runs
 
 INPUT_SIZE_NOTE = "native map unavailable for this method; input-size map used"
-HISTOGRAM_FLAW = ("entropy.histogram measures the diversity of 8-bit values, not spatial focus: a "
-                  "perfectly uniform map scores 0 (the 'most focused' value)")
+HISTOGRAM_FLAW = (
+    "entropy.histogram measures the diversity of 8-bit values, not spatial focus: a "
+    "perfectly uniform map scores 0 (the 'most focused' value)"
+)
 
 
 def _plogp_sum(p: np.ndarray) -> np.ndarray:
@@ -77,12 +79,10 @@ def _class_key(c: int) -> str:
 
 def split_by_true_class(per_image: np.ndarray, labels: np.ndarray, seed: int, n_resamples: int) -> dict:
     """``summarize`` of a per-image column [N] for each true class (``-1`` -> "unknown")."""
-    return {_class_key(int(c)): summarize(per_image[labels == c], seed, n_resamples)
-            for c in np.unique(labels)}
+    return {_class_key(int(c)): summarize(per_image[labels == c], seed, n_resamples) for c in np.unique(labels)}
 
 
-def split_by_predicted_class(values: np.ndarray, predicted: np.ndarray, seed: int,
-                             n_resamples: int) -> dict:
+def split_by_predicted_class(values: np.ndarray, predicted: np.ndarray, seed: int, n_resamples: int) -> dict:
     """For each predicted class c: per image, the mean over the runs that predicted c ([N, K] values
     and predictions), summarised over the images where at least one run did."""
     out = {}
@@ -155,10 +155,22 @@ class EntropyMeasure(Measure):
                 details["known_flaw"] = HISTOGRAM_FLAW
             if input_size:
                 details["note"] = INPUT_SIZE_NOTE
-            out.append(MeasureResult(
-                name=variant, value=s["value"], ci=s["ci"], n=s["n"], direction=direction, variant=kind,
-                parameters={"map": "input-size" if input_size else "native", "normalisation": "log2(h*w)",
-                            "bootstrap_resamples": reps},
-                n_empty=n_empty, per_run=s["per_run"], details=details,
-            ))
+            out.append(
+                MeasureResult(
+                    name=variant,
+                    value=s["value"],
+                    ci=s["ci"],
+                    n=s["n"],
+                    direction=direction,
+                    variant=kind,
+                    parameters={
+                        "map": "input-size" if input_size else "native",
+                        "normalisation": "log2(h*w)",
+                        "bootstrap_resamples": reps,
+                    },
+                    n_empty=n_empty,
+                    per_run=s["per_run"],
+                    details=details,
+                )
+            )
         return out

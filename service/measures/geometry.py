@@ -64,8 +64,7 @@ class GeometryMeasure(Measure):
                 raise BadInput(str(e)) from e
 
     def default_params(self) -> dict[str, Any]:
-        return {"transforms": list(PAPER_TRANSFORMS), "extra_transforms": [],
-                "bootstrap_resamples": DEFAULT_RESAMPLES}
+        return {"transforms": list(PAPER_TRANSFORMS), "extra_transforms": [], "bootstrap_resamples": DEFAULT_RESAMPLES}
 
     def requested(self) -> list[str]:
         """All requested transform names, de-duplicated, in order."""
@@ -105,22 +104,35 @@ class GeometryMeasure(Measure):
         reps = int(self.params["bootstrap_resamples"])
         square = bool(np.all(cols["square"])) if len(cols["square"]) else True
         names = self.transform_names(square)
-        notes = [] if square else [
-            f"{n} skipped: the input is not square, so a 90-degree rotation changes the shape"
-            for n in self.requested() if n not in names]
+        notes = (
+            []
+            if square
+            else [
+                f"{n} skipped: the input is not square, so a 90-degree rotation changes the shape"
+                for n in self.requested()
+                if n not in names
+            ]
+        )
         flip = np.asarray(cols["flip"], dtype=np.float64)
         flip_per = {name: summarize_runs(flip[:, :, t], rng_seed, reps) for t, name in enumerate(names)}
         flip_all = summarize_runs(row_nanmean(flip), rng_seed, reps)
-        params = {"transforms": names, "maps": "upsampled, min-max over the valid region",
-                  "data_range": 1.0, "bootstrap_resamples": reps}
+        params = {
+            "transforms": names,
+            "maps": "upsampled, min-max over the valid region",
+            "data_range": 1.0,
+            "bootstrap_resamples": reps,
+        }
         out = []
         for variant, key in (("geometry.ssim", "ssim"), ("geometry.pearson", "pearson")):
             kind, direction = self.variants[variant]
             v = np.asarray(cols[key], dtype=np.float64)
             overall = summarize_runs(row_nanmean(v), rng_seed, reps)  # mean over transforms first
             per_transform = {
-                name: {"similarity": summarize_runs(v[:, :, t], rng_seed, reps),
-                       "flip_rate": flip_per[name], "excluded": int(np.isnan(v[:, :, t]).sum())}
+                name: {
+                    "similarity": summarize_runs(v[:, :, t], rng_seed, reps),
+                    "flip_rate": flip_per[name],
+                    "excluded": int(np.isnan(v[:, :, t]).sum()),
+                }
                 for t, name in enumerate(names)
             }
             details: dict[str, Any] = {
@@ -131,9 +143,18 @@ class GeometryMeasure(Measure):
             }
             if notes:
                 details["notes"] = notes
-            out.append(MeasureResult(
-                name=variant, value=overall["value"], ci=overall["ci"], n=overall["n"],
-                direction=direction, variant=kind, parameters=params, n_empty=overall["n_empty"],
-                per_run=overall["per_run"], details=details,
-            ))
+            out.append(
+                MeasureResult(
+                    name=variant,
+                    value=overall["value"],
+                    ci=overall["ci"],
+                    n=overall["n"],
+                    direction=direction,
+                    variant=kind,
+                    parameters=params,
+                    n_empty=overall["n_empty"],
+                    per_run=overall["per_run"],
+                    details=details,
+                )
+            )
         return out

@@ -74,16 +74,18 @@ class NoiseMeasure(Measure):
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         amounts = [float(a) for a in self.params["amounts"]]
-        if len(amounts) < 2 or any(not 0.0 <= a <= 1.0 for a in amounts) or any(
-                b <= a for a, b in zip(amounts, amounts[1:], strict=False)):
+        if (
+            len(amounts) < 2
+            or any(not 0.0 <= a <= 1.0 for a in amounts)
+            or any(b <= a for a, b in zip(amounts, amounts[1:], strict=False))
+        ):
             raise BadInput(f"noise amounts must be >= 2 strictly increasing values in [0, 1], got {amounts}")
         if not 0.0 <= float(self.params["salt_vs_pepper"]) <= 1.0:
             raise BadInput(f"salt_vs_pepper must be in [0, 1], got {self.params['salt_vs_pepper']}")
         self.params["amounts"] = amounts
 
     def default_params(self) -> dict[str, Any]:
-        return {"amounts": list(PAPER_AMOUNTS), "salt_vs_pepper": 0.5,
-                "bootstrap_resamples": DEFAULT_RESAMPLES}
+        return {"amounts": list(PAPER_AMOUNTS), "salt_vs_pepper": 0.5, "bootstrap_resamples": DEFAULT_RESAMPLES}
 
     def passes_per_image(self, n_runs: int) -> dict[str, int]:
         noisy = sum(1 for a in self.params["amounts"] if a > 0)
@@ -99,8 +101,9 @@ class NoiseMeasure(Measure):
         for j, amount in enumerate(amounts):
             noisy = None
             if amount > 0:
-                noisy = salt_and_pepper(ctx.images, amount, ctx.image_seeds, noise_stream(amount),
-                                        float(self.params["salt_vs_pepper"]))
+                noisy = salt_and_pepper(
+                    ctx.images, amount, ctx.image_seeds, noise_stream(amount), float(self.params["salt_vs_pepper"])
+                )
             for r, clean in enumerate(ctx.clean):
                 if noisy is None:
                     score, res = clean.scores, clean
@@ -124,8 +127,9 @@ class NoiseMeasure(Measure):
         areas: dict[str, dict[str, Any]] = {}
         for c in CURVES:
             v = np.asarray(cols[c], dtype=np.float64)
-            curves[c] = [{"amount": float(a), **summarize_runs(v[:, :, j], rng_seed, reps)}
-                         for j, a in enumerate(amounts)]
+            curves[c] = [
+                {"amount": float(a), **summarize_runs(v[:, :, j], rng_seed, reps)} for j, a in enumerate(amounts)
+            ]
             areas[c] = summarize_runs(trapezoid_auc(v, amounts), rng_seed, reps)
         head = areas["ssim"]
         details: dict[str, Any] = {
@@ -133,16 +137,30 @@ class NoiseMeasure(Measure):
             "curves": curves,
             "areas": areas,
             "score": "probability of the clean image's target class on the noisy image",
-            "empty_maps_per_amount": [int(np.isnan(np.asarray(cols["entropy"])[:, :, j]).sum())
-                                      for j in range(len(amounts))],
+            "empty_maps_per_amount": [
+                int(np.isnan(np.asarray(cols["entropy"])[:, :, j]).sum()) for j in range(len(amounts))
+            ],
         }
         if bool(np.any(cols["native_is_input_size"])):
             details["note"] = INPUT_SIZE_NOTE
         kind, direction = self.variants["oos.noise"]
-        return [MeasureResult(
-            name="oos.noise", value=head["value"], ci=head["ci"], n=head["n"], direction=direction,
-            variant=kind,
-            parameters={"amounts": amounts.tolist(), "salt_vs_pepper": float(self.params["salt_vs_pepper"]),
-                        "map": "8-bit native", "data_range": 255, "bootstrap_resamples": reps},
-            n_empty=head["n_empty"], per_run=head["per_run"], details=details,
-        )]
+        return [
+            MeasureResult(
+                name="oos.noise",
+                value=head["value"],
+                ci=head["ci"],
+                n=head["n"],
+                direction=direction,
+                variant=kind,
+                parameters={
+                    "amounts": amounts.tolist(),
+                    "salt_vs_pepper": float(self.params["salt_vs_pepper"]),
+                    "map": "8-bit native",
+                    "data_range": 255,
+                    "bootstrap_resamples": reps,
+                },
+                n_empty=head["n_empty"],
+                per_run=head["per_run"],
+                details=details,
+            )
+        ]

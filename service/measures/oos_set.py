@@ -135,23 +135,34 @@ class OodSetMeasure(Measure):
         reps = int(self.params["bootstrap_resamples"])
         bins = int(self.params["bins"])
         kind, direction = self.variants["oos.set"]
-        params = {"entropy": f"entropy.{self.params['entropy']}", "bootstrap_resamples": reps,
-                  "ssim_data_range": 255}
+        params = {"entropy": f"entropy.{self.params['entropy']}", "bootstrap_resamples": reps, "ssim_data_range": 255}
         if not ood_cols or not len(ood_cols.get("entropy", ())):
-            return [MeasureResult(name="oos.set", value=None, ci=None, n=0, direction=direction, variant=kind,
-                                  parameters=params, details={"message": NO_OOD})]
+            return [
+                MeasureResult(
+                    name="oos.set",
+                    value=None,
+                    ci=None,
+                    n=0,
+                    direction=direction,
+                    variant=kind,
+                    parameters=params,
+                    details={"message": NO_OOD},
+                )
+            ]
         h_in, h_out = cols["entropy"], ood_cols["entropy"]
         in_img, out_img = row_nanmean(h_in), row_nanmean(h_out)
         diff = two_sample_difference(out_img, in_img, rng_seed, reps)
         sim = ood_cols["ssim_to_inset_mean"]
         per_run = []
         for r in range(h_in.shape[1]):
-            per_run.append({
-                "run": r,
-                "entropy_difference": two_sample_difference(h_out[:, r], h_in[:, r], rng_seed, reps),
-                "wasserstein1": _w1(h_out[:, r], h_in[:, r]),
-                "ssim_to_inset_mean": summarize(sim[:, r], rng_seed, reps),
-            })
+            per_run.append(
+                {
+                    "run": r,
+                    "entropy_difference": two_sample_difference(h_out[:, r], h_in[:, r], rng_seed, reps),
+                    "wasserstein1": _w1(h_out[:, r], h_in[:, r]),
+                    "ssim_to_inset_mean": summarize(sim[:, r], rng_seed, reps),
+                }
+            )
         details: dict[str, Any] = {
             "headline": "mean entropy (out-of-set) - mean entropy (in-set)",
             "entropy_difference": diff,
@@ -159,8 +170,10 @@ class OodSetMeasure(Measure):
             "entropy_inset": {**summarize(in_img, rng_seed, reps), "histogram": histogram(in_img, bins)},
             "entropy_ood": {**summarize(out_img, rng_seed, reps), "histogram": histogram(out_img, bins)},
             "ssim_to_inset_mean": summarize(row_nanmean(sim), rng_seed, reps),
-            "scores": {"inset": self._scores(cols["score"], rng_seed, reps, bins),
-                       "ood": self._scores(ood_cols["score"], rng_seed, reps, bins)},
+            "scores": {
+                "inset": self._scores(cols["score"], rng_seed, reps, bins),
+                "ood": self._scores(ood_cols["score"], rng_seed, reps, bins),
+            },
             "n_inset": int(np.isfinite(in_img).sum()),
             "n_ood": int(np.isfinite(out_img).sum()),
             "empty_maps": {"inset": int(np.sum(cols["empty"])), "ood": int(np.sum(ood_cols["empty"]))},
@@ -169,11 +182,20 @@ class OodSetMeasure(Measure):
             details["ssim_note"] = NO_INSET_STATE
         if np.any(cols["native_is_input_size"]) or np.any(ood_cols["native_is_input_size"]):
             details["note"] = INPUT_SIZE_NOTE
-        return [MeasureResult(
-            name="oos.set", value=diff["mean_diff"], ci=diff["ci"], n=diff["n_a"], direction=direction,
-            variant=kind, parameters=params,
-            n_empty=int(np.sum(cols["empty"]) + np.sum(ood_cols["empty"])), per_run=per_run, details=details,
-        )]
+        return [
+            MeasureResult(
+                name="oos.set",
+                value=diff["mean_diff"],
+                ci=diff["ci"],
+                n=diff["n_a"],
+                direction=direction,
+                variant=kind,
+                parameters=params,
+                n_empty=int(np.sum(cols["empty"]) + np.sum(ood_cols["empty"])),
+                per_run=per_run,
+                details=details,
+            )
+        ]
 
 
 def _w1(a: np.ndarray, b: np.ndarray) -> float | None:

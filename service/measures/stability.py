@@ -99,15 +99,28 @@ class StabilityMeasure(Measure):
         empty = np.asarray(cols["empty"], dtype=bool)
         n_empty = int(empty.sum())
         input_size = bool(np.any(cols["native_is_input_size"]))
-        params = {"map": "input-size 8-bit" if input_size else "native 8-bit", "data_range": 255,
-                  "bootstrap_resamples": reps}
+        params = {
+            "map": "input-size 8-bit" if input_size else "native 8-bit",
+            "data_range": 255,
+            "bootstrap_resamples": reps,
+        }
         out = []
         for variant, key in (("stability.ssim", "ssim"), ("stability.pearson", "pearson")):
             kind, direction = self.variants[variant]
             if k < 2:
-                out.append(MeasureResult(name=variant, value=None, ci=None, n=0, direction=direction,
-                                         variant=kind, parameters=params, n_empty=n_empty,
-                                         details={"message": NEEDS_FAMILY, "n_runs": k}))
+                out.append(
+                    MeasureResult(
+                        name=variant,
+                        value=None,
+                        ci=None,
+                        n=0,
+                        direction=direction,
+                        variant=kind,
+                        parameters=params,
+                        n_empty=n_empty,
+                        details={"message": NEEDS_FAMILY, "n_runs": k},
+                    )
+                )
                 continue
             pairs = run_pairs(k)
             vals = np.asarray(cols[f"{key}_pairs"], dtype=np.float64)
@@ -120,12 +133,14 @@ class StabilityMeasure(Measure):
             per_run = []
             for r in range(k):
                 others = np.delete(matrix[r], r)
-                per_run.append({
-                    "run": r,
-                    "similarity_to_family_mean": summarize(to_mean[:, r], rng_seed, reps),
-                    "mean_similarity_to_other_runs": as_float(row_nanmean(others)),
-                    "empty_maps": int(empty[:, r].sum()),
-                })
+                per_run.append(
+                    {
+                        "run": r,
+                        "similarity_to_family_mean": summarize(to_mean[:, r], rng_seed, reps),
+                        "mean_similarity_to_other_runs": as_float(row_nanmean(others)),
+                        "empty_maps": int(empty[:, r].sum()),
+                    }
+                )
             run_means = np.array([p["similarity_to_family_mean"]["value"] for p in per_run], dtype=float)
             ii, jj = np.array(pairs).T
             excluded = empty[:, ii] | empty[:, jj]
@@ -144,7 +159,18 @@ class StabilityMeasure(Measure):
                 details["note"] = "Pearson r of the same 8-bit maps; NaN (undefined) for constant maps"
             if input_size:
                 details["map_note"] = INPUT_SIZE_NOTE
-            out.append(MeasureResult(name=variant, value=s["value"], ci=s["ci"], n=s["n"],
-                                     direction=direction, variant=kind, parameters=params,
-                                     n_empty=n_empty, per_run=per_run, details=details))
+            out.append(
+                MeasureResult(
+                    name=variant,
+                    value=s["value"],
+                    ci=s["ci"],
+                    n=s["n"],
+                    direction=direction,
+                    variant=kind,
+                    parameters=params,
+                    n_empty=n_empty,
+                    per_run=per_run,
+                    details=details,
+                )
+            )
         return out

@@ -29,29 +29,21 @@ def capability_table(model: Model) -> dict[str, Capability]:
         else:
             where = f"{head.pool} on {head.layer!r}, head {head.chain}"
             if head.linear:
-                caps.append(
-                    Capability("gradcam", True, f"gradcam: fast path, GAP+linear head found: {where}")
-                )
+                caps.append(Capability("gradcam", True, f"gradcam: fast path, GAP+linear head found: {where}"))
                 caps.append(Capability("cam", True, f"cam: GAP+linear head: {where}"))
-                caps.append(
-                    Capability("gradcam++", True, f"gradcam++: fast path from the head's weights: {where}")
-                )
+                caps.append(Capability("gradcam++", True, f"gradcam++: fast path from the head's weights: {where}"))
             elif not head.unsupported:
                 reason = f"one forward pass plus autograd on the head only: {where}"
                 caps.append(Capability("gradcam", True, f"gradcam: {reason}"))
                 caps.append(Capability("gradcam++", True, f"gradcam++: {reason}"))
-                caps.append(
-                    Capability("cam", False, f"cam: needs a linear head after the pool, found {head.chain}")
-                )
+                caps.append(Capability("cam", False, f"cam: needs a linear head after the pool, found {head.chain}"))
             else:
                 why = (
                     f"the head after {head.pool} contains {sorted(set(head.unsupported))}, which cannot be "
                     "differentiated without the network; upload the .pt2 export for gradient methods"
                 )
                 caps += [Capability(m, False, f"{m}: {why}") for m in ("gradcam", "gradcam++", "cam")]
-            caps.append(
-                Capability("scorecam", True, f"scorecam: forward passes on masks from {head.layer!r}")
-            )
+            caps.append(Capability("scorecam", True, f"scorecam: forward passes on masks from {head.layer!r}"))
         grad_why = (
             "needs input gradients through the whole network, unavailable for an ONNX graph (ONNX "
             "Runtime has no autograd); upload the .pt2 export to use it"
@@ -87,9 +79,7 @@ def capability_table(model: Model) -> dict[str, Capability]:
                         f"{' -> '.join(model.head_chain or []) or '(none)'}",
                     )
                 )
-            caps.append(
-                Capability("scorecam", True, f"scorecam: forward passes on masks from {model.auto_layer!r}")
-            )
+            caps.append(Capability("scorecam", True, f"scorecam: forward passes on masks from {model.auto_layer!r}"))
         caps.append(Capability("integrated_gradients", True, "integrated_gradients: autograd on the input"))
         caps.append(Capability("smoothgrad", True, "smoothgrad: autograd on the input"))
     caps.append(Capability("rise", True, "rise: black-box, forward passes on random masks"))

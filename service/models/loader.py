@@ -101,9 +101,7 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ModelRefused(
-            f"{path.name} is neither an ONNX model nor a .pt2 program ({type(exc).__name__})"
-        ) from exc
+        raise ModelRefused(f"{path.name} is neither an ONNX model nor a .pt2 program ({type(exc).__name__})") from exc
     if not proto.graph.node:
         raise ModelRefused(f"{path.name} is not an ONNX model (no graph nodes)")
     external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
@@ -120,14 +118,12 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
     inputs = [i for i in proto.graph.input if i.name not in inits]
     if len(inputs) != 1:
         raise ModelRefused(
-            f"the model must take one image tensor, it takes {len(inputs)} inputs "
-            f"({[i.name for i in inputs]})"
+            f"the model must take one image tensor, it takes {len(inputs)} inputs ({[i.name for i in inputs]})"
         )
     dims = _dims(inputs[0])
     if len(dims) != 4:
         raise ModelRefused(
-            f"the model input {inputs[0].name!r} has rank {len(dims)}; an image tensor "
-            "[N, 3, H, W] is required"
+            f"the model input {inputs[0].name!r} has rank {len(dims)}; an image tensor [N, 3, H, W] is required"
         )
     if isinstance(dims[1], int) and dims[1] != 3:
         raise ModelRefused(f"the model input has {dims[1]} channels; 3 (RGB or BGR) are required")
@@ -135,9 +131,7 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
         raise ModelRefused(f"the model must have one output [N, C], it has {len(proto.graph.output)}")
     odims = _dims(proto.graph.output[0])
     if len(odims) != 2:
-        raise ModelRefused(
-            f"the model output has rank {len(odims)}; one [N, C] tensor of class scores is required"
-        )
+        raise ModelRefused(f"the model output has rank {len(odims)}; one [N, C] tensor of class scores is required")
     if not isinstance(odims[1], int):
         raise ModelRefused("the number of classes (output dimension 1) must be fixed in the graph")
     meta = _metadata(meta, proto, dims, path.name)
@@ -217,9 +211,7 @@ def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.de
         raise ModelRefused("the program must return one [N, C] tensor")
     out = out if isinstance(out, torch.Tensor) else out[0]
     if out.ndim != 2:
-        raise ModelRefused(
-            f"the program's output has shape {tuple(out.shape)}; one [N, C] tensor is required"
-        )
+        raise ModelRefused(f"the program's output has shape {tuple(out.shape)}; one [N, C] tensor is required")
     try:
         meta = meta.resolved(int(out.shape[1]))
     except ValueError as exc:

@@ -28,9 +28,7 @@ class ModelMetadata(BaseModel):
     channel_order: Literal["RGB", "BGR"] = "RGB"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    class_names: list[str] | None = Field(
-        None, description="One name per output; defaults to class_0..class_{C-1}."
-    )
+    class_names: list[str] | None = Field(None, description="One name per output; defaults to class_0..class_{C-1}.")
     positive_class: str | None = Field(
         None, description="Class whose probability is the score s(x) for AUROC; defaults to the last class."
     )
@@ -57,9 +55,7 @@ class ModelMetadata(BaseModel):
             and self.positive_class is not None
             and self.positive_class not in self.class_names
         ):
-            raise ValueError(
-                f"positive_class {self.positive_class!r} is not one of class_names {self.class_names}"
-            )
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of class_names {self.class_names}")
         return self
 
     def resolved(self, num_outputs: int) -> ModelMetadata:
@@ -73,9 +69,7 @@ class ModelMetadata(BaseModel):
             )
         if num_outputs == 1 and self.score_activation != "sigmoid":
             raise ValueError("a model with one output needs score_activation 'sigmoid'")
-        return self.model_copy(
-            update={"class_names": names, "positive_class": self.positive_class or names[-1]}
-        )
+        return self.model_copy(update={"class_names": names, "positive_class": self.positive_class or names[-1]})
 
     @property
     def positive_index(self) -> int:

@@ -194,9 +194,7 @@ def find_head(model: onnx.ModelProto, output: str) -> OnnxHead | None:
                 unsupported=unsupported,
             )
         # A reshape's shape input may be computed (Shape -> Gather -> Concat); only input 0 is data.
-        data_inputs = (
-            [node.input[0]] if node.op_type in _RESHAPES else [i for i in node.input if i and i not in consts]
-        )
+        data_inputs = [node.input[0]] if node.op_type in _RESHAPES else [i for i in node.input if i and i not in consts]
         if node.op_type not in HEAD_OPS:
             unsupported.append(node.op_type)
         if len(data_inputs) != 1:

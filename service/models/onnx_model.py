@@ -54,13 +54,14 @@ class OnnxModel(Model):
                 proto = onnx.ModelProto()
                 proto.CopyFrom(self.proto)
                 for name in extra:
-                    proto.graph.output.append(
-                        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                    )
+                    proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = self.threads
                 opts.inter_op_num_threads = 1
                 opts.log_severity_level = 3
+                # ONNX Runtime's spinning worker threads would fight PyTorch's OpenMP threads, which run
+                # the measures between forward passes; without spinning both stay fast.
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 self._sessions[extra] = ort.InferenceSession(
                     proto.SerializeToString(), sess_options=opts, providers=_providers()
                 )

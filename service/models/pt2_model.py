@@ -76,14 +76,11 @@ def load_exported_program(path: Path) -> torch.export.ExportedProgram:
     return ep
 
 
-def _refuse_pickled_payloads(
-    reader: pt2.PT2ArchiveReader, model_name: str, files: list[str], fname: str
-) -> None:
+def _refuse_pickled_payloads(reader: pt2.PT2ArchiveReader, model_name: str, files: list[str], fname: str) -> None:
     legacy = [f"{pt2.WEIGHTS_DIR}{model_name}.pt", f"{pt2.CONSTANTS_DIR}{model_name}.pt"]
     if any(f in files for f in legacy):
         raise ModelRefused(
-            f"{fname} stores weights in the legacy pickled format; re-export it with a current "
-            "torch.export.save()"
+            f"{fname} stores weights in the legacy pickled format; re-export it with a current torch.export.save()"
         )
     for cfg_name in (
         pt2.WEIGHTS_CONFIG_FILENAME_FORMAT.format(model_name),
@@ -93,12 +90,9 @@ def _refuse_pickled_payloads(
             raise ModelRefused(f"{fname} lacks {cfg_name}; is it a torch.export.save() archive?")
         cfg = json.loads(reader.read_string(cfg_name)).get("config", {})
         for fqn, meta in cfg.items():
-            if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(
-                ("weight_", "tensor_")
-            ):
+            if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
                 raise ModelRefused(
-                    f"{fname} stores {fqn!r} as a pickled object; only raw tensors are accepted "
-                    "(pickles can run code)"
+                    f"{fname} stores {fqn!r} as a pickled object; only raw tensors are accepted (pickles can run code)"
                 )
 
 
@@ -166,8 +160,7 @@ class Pt2Model(Model):
         names = [n.name for n in self.gm.graph.nodes if n.op == "call_function"]
         if layer not in names:
             raise BadInput(
-                f"layer {layer!r} is not a node of this program; use 'auto' or a node name such as "
-                f"{names[-6:]}"
+                f"layer {layer!r} is not a node of this program; use 'auto' or a node name such as {names[-6:]}"
             )
         return layer
 

@@ -21,8 +21,9 @@ MAX_LEVEL = 10.0
 LEVEL_STEPS = 10
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0, dtype: torch.dtype = torch.float64,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+def gaussian_kernel1d(
+    sigma: float, truncate: float = 4.0, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> torch.Tensor:
     """scipy's normalised 1-D Gaussian kernel, ``2 * radius + 1`` taps."""
     radius = int(truncate * float(sigma) + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -49,8 +50,13 @@ def _blur_matrix64(n: int, sigma: float, truncate: float) -> torch.Tensor:
     return a
 
 
-def blur_matrix(n: int, sigma: float, truncate: float = 4.0, dtype: torch.dtype = torch.float64,
-                device: torch.device | str | None = None) -> torch.Tensor:
+def blur_matrix(
+    n: int,
+    sigma: float,
+    truncate: float = 4.0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """The 1-D Gaussian filter of an axis of length ``n`` as a matrix ``A`` [n, n]: ``A @ v`` equals
     ``scipy.ndimage.gaussian_filter1d(v, sigma, mode="reflect", truncate=truncate)``."""
     return _blur_matrix64(int(n), float(sigma), float(truncate)).to(dtype=dtype, device=device, copy=True)
@@ -89,8 +95,7 @@ def level_sigma(levels: torch.Tensor) -> torch.Tensor:
     return u**4 / 1e3
 
 
-def blur_levels(maps8: torch.Tensor, mode: BlurMode = "background",
-                smooth_sigma: float = 5.0) -> torch.Tensor:
+def blur_levels(maps8: torch.Tensor, mode: BlurMode = "background", smooth_sigma: float = 5.0) -> torch.Tensor:
     """Per-pixel salience levels of the paper's variable blur, as integers ``q`` in [0, 100]
     (level ``v = q / 10``).
 
@@ -148,8 +153,9 @@ def variable_blur(images: torch.Tensor, levels: torch.Tensor, truncate: float = 
     return out
 
 
-def salience_guided_blur(images: torch.Tensor, maps8: torch.Tensor, mode: BlurMode = "background",
-                         smooth_sigma: float = 5.0) -> torch.Tensor:
+def salience_guided_blur(
+    images: torch.Tensor, maps8: torch.Tensor, mode: BlurMode = "background", smooth_sigma: float = 5.0
+) -> torch.Tensor:
     """The paper's salience-guided degradation: ``variable_blur(images, blur_levels(maps8, mode))``.
 
     Args:

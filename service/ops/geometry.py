@@ -27,14 +27,30 @@ import torch
 import torch.nn.functional as F
 
 PAPER_TRANSFORMS: tuple[str, ...] = (
-    "flip_lr", "flip_ud", "rot90_cw", "rot90_ccw",
-    "shift_n", "shift_ne", "shift_e", "shift_se", "shift_s", "shift_sw", "shift_w", "shift_nw",
+    "flip_lr",
+    "flip_ud",
+    "rot90_cw",
+    "rot90_ccw",
+    "shift_n",
+    "shift_ne",
+    "shift_e",
+    "shift_se",
+    "shift_s",
+    "shift_sw",
+    "shift_w",
+    "shift_nw",
 )
 
 # (row, column) unit steps; north is up (negative rows).
 _COMPASS: dict[str, tuple[int, int]] = {
-    "n": (-1, 0), "ne": (-1, 1), "e": (0, 1), "se": (1, 1),
-    "s": (1, 0), "sw": (1, -1), "w": (0, -1), "nw": (-1, -1),
+    "n": (-1, 0),
+    "ne": (-1, 1),
+    "e": (0, 1),
+    "se": (1, 1),
+    "s": (1, 0),
+    "sw": (1, -1),
+    "w": (0, -1),
+    "nw": (-1, -1),
 }
 
 ValidFn = Callable[[int, int, torch.device], torch.Tensor]
@@ -114,15 +130,17 @@ def _affine(matrix: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor
         grid = torch.stack([src[..., 0] / max(w - 1, 1), src[..., 1] / max(h - 1, 1)], -1) * 2 - 1
         # All leading axes as channels of one batch item: one grid serves every image and channel.
         flat = x.reshape(1, -1, h, w)
-        out = F.grid_sample(flat, grid.to(flat.dtype).unsqueeze(0), mode="bilinear",
-                            padding_mode="border", align_corners=True)
+        out = F.grid_sample(
+            flat, grid.to(flat.dtype).unsqueeze(0), mode="bilinear", padding_mode="border", align_corners=True
+        )
         return out.reshape(x.shape)
 
     def valid(h: int, w: int, device: torch.device) -> torch.Tensor:
         src = _affine_source(h, w, matrix, device)
         eps = 1e-6  # exact rotations land on integer coordinates up to rounding
-        return ((src[..., 0] >= -eps) & (src[..., 0] <= w - 1 + eps)
-                & (src[..., 1] >= -eps) & (src[..., 1] <= h - 1 + eps))
+        return (
+            (src[..., 0] >= -eps) & (src[..., 0] <= w - 1 + eps) & (src[..., 1] >= -eps) & (src[..., 1] <= h - 1 + eps)
+        )
 
     return fn, valid
 
@@ -185,8 +203,10 @@ def resolve_transforms(names: Sequence[str], height: int, width: int) -> tuple[l
     notes: list[str] = []
     for name in dict.fromkeys(names):  # de-duplicate, keep order
         if name in ("rot90_cw", "rot90_ccw") and height != width:
-            notes.append(f"{name} skipped: the input is {height}x{width}, not square, so a 90-degree "
-                         "rotation changes the shape and the maps cannot be compared pixel by pixel")
+            notes.append(
+                f"{name} skipped: the input is {height}x{width}, not square, so a 90-degree "
+                "rotation changes the shape and the maps cannot be compared pixel by pixel"
+            )
             continue
         out.append(get_transform(name, height, width))
     return out, notes

@@ -31,8 +31,9 @@ _CHUNK_ELEMS = 1 << 22
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> None:
     if a.ndim != 3 or a.shape != b.shape:
-        raise ValueError(f"expected two maps batches [N, h, w] of equal shape, got {tuple(a.shape)} "
-                         f"and {tuple(b.shape)}")
+        raise ValueError(
+            f"expected two maps batches [N, h, w] of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if mask is not None and mask.shape != a.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from maps {tuple(a.shape)}")
 
@@ -52,15 +53,16 @@ def window_size(h: int, w: int, win_size: int | None = None) -> int:
     """
     if win_size is not None:
         if win_size < 3 or win_size % 2 == 0 or win_size > min(h, w):
-            raise ValueError(f"win_size must be odd, >= 3 and <= the smaller map side, got {win_size} "
-                             f"for {h}x{w} maps")
+            raise ValueError(f"win_size must be odd, >= 3 and <= the smaller map side, got {win_size} for {h}x{w} maps")
         return win_size
     side = min(h, w)
     if side >= DEFAULT_WIN:
         return DEFAULT_WIN
     if side < 3:
-        raise BadInput(f"salience maps of {h}x{w} are too small for SSIM (need >= 3x3); use a larger "
-                       "input size or an earlier target layer")
+        raise BadInput(
+            f"salience maps of {h}x{w} are too small for SSIM (need >= 3x3); use a larger "
+            "input size or an earlier target layer"
+        )
     return side if side % 2 == 1 else side - 1
 
 
@@ -72,17 +74,16 @@ def box_mean(x: torch.Tensor, win: int) -> torch.Tensor:
     on its batch, and on CPU much faster than ``avg_pool2d`` in float64.
     """
     h, w = x.shape[-2:]
-    rows = x[..., 0:h - win + 1, :].clone()
+    rows = x[..., 0 : h - win + 1, :].clone()
     for i in range(1, win):
-        rows.add_(x[..., i:h - win + 1 + i, :])
-    out = rows[..., 0:w - win + 1].clone()
+        rows.add_(x[..., i : h - win + 1 + i, :])
+    out = rows[..., 0 : w - win + 1].clone()
     for j in range(1, win):
-        out.add_(rows[..., j:w - win + 1 + j])
+        out.add_(rows[..., j : w - win + 1 + j])
     return out.div_(win * win)
 
 
-def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float,
-             win_size: int | None = None) -> torch.Tensor:
+def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float, win_size: int | None = None) -> torch.Tensor:
     """The cropped SSIM map of each pair: float64 [N, h - win + 1, w - win + 1] on ``a``'s device."""
     _check_pair(a, b, None)
     win = window_size(a.shape[1], a.shape[2], win_size)
@@ -105,8 +106,9 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float,
     return (a1 * a2) / (b1 * b2)
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float, mask: torch.Tensor | None = None,
-         win_size: int | None = None) -> torch.Tensor:
+def ssim(
+    a: torch.Tensor, b: torch.Tensor, data_range: float, mask: torch.Tensor | None = None, win_size: int | None = None
+) -> torch.Tensor:
     """Mean SSIM of each pair of maps: float64 [N] on the CPU.
 
     Args:
@@ -159,7 +161,8 @@ def pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) 
         # Constant maps are detected exactly (max == min), not by a variance that rounding may
         # leave a hair above 0.
         const = (np.where(m, x, np.inf).min(axis=1) == np.where(m, x, -np.inf).max(axis=1)) | (
-            np.where(m, y, np.inf).min(axis=1) == np.where(m, y, -np.inf).max(axis=1))
+            np.where(m, y, np.inf).min(axis=1) == np.where(m, y, -np.inf).max(axis=1)
+        )
         with np.errstate(invalid="ignore", divide="ignore"):
             dx = np.where(m, x - np.where(m, x, 0.0).sum(axis=1, keepdims=True) / cnt[:, None], 0.0)
             dy = np.where(m, y - np.where(m, y, 0.0).sum(axis=1, keepdims=True) / cnt[:, None], 0.0)

@@ -22,9 +22,7 @@ MethodFn = Callable[..., torch.Tensor]
 _METHODS: dict[str, tuple[MethodFn, bool, dict[str, Any]]] = {}
 
 
-def register(
-    name: str, has_native: bool, defaults: dict[str, Any] | None = None
-) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, has_native: bool, defaults: dict[str, Any] | None = None) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
         _METHODS[name] = (fn, has_native, defaults or {})
         return fn

@@ -1,0 +1,367 @@
+"""The evaluation plan: one entry point that scores candidates on a dataset.
+
+A job is a set of passes over batches. For each batch and each run of a candidate family, the
+clean salience is computed once and shared by every measure; measures then ask for the extra
+passes they need (transformed, noisy, degraded images). Batches stream from disk, so memory does
+not grow with the number of images except for the per-image result columns.
+
+Sharding: ``run_inset(spec, shard=(i, n))`` processes a contiguous, batch-aligned range of the
+in-set images, so every image sees exactly the batch it sees in an unsharded run and the numbers
+are bitwise identical. ``finish`` concatenates the shards' columns in order, runs the out-of-set
+pass (which needs the whole in-set mean map) and summarises. ``evaluate`` = ``finish(run_inset())``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.datasets import Dataset, content_sha256, iter_batches, load_dataset
+from service.errors import BadInput, Canceled
+from service.measures import MEASURES
+from service.measures.base import BatchContext, Columns, Measure
+from service.measures.oos_set import inset_state, inset_sums
+from service.models.base import Model
+from service.models.loader import load_model
+from service.report import EvaluationResult, build_report
+from service.salience.registry import compute_salience
+from service.spec import EvaluationSpec
+
+ProgressFn = Callable[[str, int, int], None]
+CancelFn = Callable[[], bool]
+
+
+@dataclass
+class Resolver:
+    """How spec names become files: identity for the CLI, id lookups for the service."""
+
+    model_path: Callable[[str], Path] = Path
+    dataset_path: Callable[[str], Path] = Path
+    model_cache: dict[str, Model] = field(default_factory=dict)
+    threads: int = 0
+
+    def model(self, ref: str) -> Model:
+        path = self.model_path(ref)
+        key = str(path)
+        if key not in self.model_cache:
+            self.model_cache[key] = load_model(path, threads=self.threads)
+        return self.model_cache[key]
+
+
+@dataclass
+class Partial:
+    """What one shard of the in-set pass produces (serialisable with ``save``/``load``)."""
+
+    shard: tuple[int, int]
+    n_images: int
+    columns: dict[str, dict[str, Columns]]  # candidate -> measure family -> columns
+    inset_sums: dict[str, tuple[np.ndarray, np.ndarray]]  # candidate -> (sums [K,h,w], counts [K])
+    keys: list[str]
+    seconds: dict[str, float]
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, np.ndarray] = {
+            "keys": np.array(self.keys, dtype=str),
+            "meta": np.array([self.shard[0], self.shard[1], self.n_images]),
+        }
+        for cand, fams in self.columns.items():
+            for fam, cols in fams.items():
+                for col, arr in cols.items():
+                    arrays[f"col|{cand}|{fam}|{col}"] = arr
+        for cand, (sums, counts) in self.inset_sums.items():
+            arrays[f"sum|{cand}"] = sums
+            arrays[f"cnt|{cand}"] = counts
+        arrays["seconds"] = np.array([f"{k}={v}" for k, v in self.seconds.items()], dtype=str)
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Partial:
+        with np.load(path, allow_pickle=False) as z:
+            meta = z["meta"].tolist()
+            columns: dict[str, dict[str, Columns]] = {}
+            sums: dict[str, list[np.ndarray]] = {}
+            for name in z.files:
+                parts = name.split("|")
+                if parts[0] == "col":
+                    columns.setdefault(parts[1], {}).setdefault(parts[2], {})[parts[3]] = z[name]
+                elif parts[0] in ("sum", "cnt"):
+                    sums.setdefault(parts[1], [None, None])[0 if parts[0] == "sum" else 1] = z[name]
+            seconds = {s.split("=")[0]: float(s.split("=")[1]) for s in z["seconds"].tolist()}
+            return cls(
+                shard=(meta[0], meta[1]),
+                n_images=meta[2],
+                columns=columns,
+                inset_sums={k: (v[0], v[1]) for k, v in sums.items()},
+                keys=z["keys"].tolist(),
+                seconds=seconds,
+            )
+
+
+def image_seeds(seed: int, keys: Sequence[str]) -> torch.Tensor:
+    """Per-image seeds from the job seed and the image key: the same wherever the image is processed."""
+    return torch.tensor(
+        [int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "little") >> 1 for k in keys],
+        dtype=torch.int64,
+    )
+
+
+def shard_indices(n_images: int, batch_size: int, shard: tuple[int, int] | None) -> range:
+    """Batch-aligned contiguous range of image indices for shard ``(i, n)``."""
+    if shard is None:
+        return range(n_images)
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise BadInput(f"shard {i}/{n} is invalid: need 0 <= index < count")
+    n_batches = math.ceil(n_images / batch_size)
+    lo, hi = (i * n_batches) // n, ((i + 1) * n_batches) // n
+    return range(min(lo * batch_size, n_images), min(hi * batch_size, n_images))
+
+
+@dataclass
+class Family:
+    name: str
+    models: list[Model]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.models[0].metadata.input_size)  # type: ignore[return-value]
+
+
+def load_families(spec: EvaluationSpec, resolver: Resolver) -> list[Family]:
+    fams = []
+    for cand in spec.candidates:
+        models = [resolver.model(ref) for ref in cand.models]
+        sizes = {tuple(m.metadata.input_size) for m in models}
+        if len(sizes) > 1:
+            raise BadInput(
+                f"candidate {cand.name!r} mixes input sizes {sorted(sizes)}; runs of one family must "
+                "share the input size so their maps can be compared"
+            )
+        for m in models:
+            cap = m.capabilities.get(spec.method)
+            if cap is None or not cap.available:
+                raise BadInput(f"candidate {cand.name!r}: {cap.reason if cap else spec.method + ' unavailable'}")
+        fams.append(Family(cand.name, models))
+    return fams
+
+
+def make_measures(spec: EvaluationSpec, family: Family, ood: bool) -> dict[str, Measure]:
+    out: dict[str, Measure] = {}
+    for name in spec.measures:
+        cls = MEASURES[name]
+        if cls.needs_ood and not ood and name == "oos_set":
+            continue
+        params = {"bootstrap_resamples": spec.bootstrap_resamples, **spec.measure_params.get(name, {})}
+        try:
+            m = cls(params)
+        except (TypeError, ValueError) as exc:
+            raise BadInput(f"bad parameters for measure {name!r}: {exc}") from exc
+        if hasattr(m, "positive_index"):
+            m.positive_index = family.models[0].metadata.positive_index  # type: ignore[attr-defined]
+        out[name] = m
+    return out
+
+
+def _label_index(models: Sequence[Model], labels: Sequence[str]) -> torch.Tensor:
+    names = models[0].metadata.class_names or []
+    return torch.tensor([names.index(lb) if lb in names else -1 for lb in labels], dtype=torch.long)
+
+
+def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any] | None = None) -> BatchContext:
+    seeds = image_seeds(spec.seed, batch.keys)
+
+    def salience(run: int, images: torch.Tensor) -> Any:
+        return compute_salience(
+            fam.models[run], images, spec.method, spec.target, spec.layer, spec.method_params, seeds=seeds
+        )
+
+    clean = [salience(r, batch.images) for r in range(len(fam.models))]
+    return BatchContext(
+        keys=list(batch.keys),
+        images=batch.images,
+        labels=_label_index(fam.models, batch.labels),
+        masks=batch.masks if bool(batch.has_mask.any()) else None,
+        has_mask=batch.has_mask,
+        image_seeds=seeds,
+        clean=clean,
+        salience_fn=salience,
+        logits_fn=lambda run, images: fam.models[run].logits(images),
+        probabilities_fn=lambda run, logits: fam.models[run].probabilities(logits),
+        seed=spec.seed,
+        inset=inset or {},
+    )
+
+
+def _append(store: dict[str, list[np.ndarray]], cols: Columns) -> None:
+    for k, v in cols.items():
+        store.setdefault(k, []).append(np.asarray(v))
+
+
+def _concat(store: dict[str, list[np.ndarray]]) -> Columns:
+    return {k: np.concatenate(v) for k, v in store.items()}
+
+
+def _pass(
+    spec: EvaluationSpec,
+    dataset: Dataset,
+    indices: range,
+    families: list[Family],
+    measures: dict[str, dict[str, Measure]],
+    stage: str,
+    progress: ProgressFn | None,
+    should_cancel: CancelFn | None,
+    ood_state: dict[str, dict[str, Any]] | None,
+) -> tuple[dict[str, dict[str, Columns]], dict[str, tuple[np.ndarray, np.ndarray]], float]:
+    """One streaming pass over ``indices``; returns columns, in-set sums (in-set pass only), seconds."""
+    t0 = time.perf_counter()
+    store: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {f.name: {} for f in families}
+    sums: dict[str, list[torch.Tensor]] = {}
+    total, done = len(indices) * len(families), 0
+    by_size: dict[tuple[int, int], list[Family]] = {}
+    for fam in families:
+        by_size.setdefault(fam.input_size, []).append(fam)
+    for size, fams in by_size.items():
+        for batch in iter_batches(dataset, indices, spec.batch_size, size):
+            for fam in fams:
+                if should_cancel and should_cancel():
+                    raise Canceled(f"canceled during {stage}")
+                inset = ood_state[fam.name] if ood_state is not None else None
+                ctx = _context(spec, fam, batch, inset)
+                for name, m in measures[fam.name].items():
+                    cols = m.per_image_ood(ctx) if ood_state is not None else m.per_image(ctx)
+                    if cols:
+                        _append(store[fam.name].setdefault(name, {}), cols)
+                if ood_state is None:
+                    s, c = inset_sums(ctx)
+                    prev = sums.get(fam.name)
+                    sums[fam.name] = [s, c] if prev is None else [prev[0] + s, prev[1] + c]
+                done += len(batch.keys)
+                if progress:
+                    progress(stage, done, total)
+    cols = {fam: {m: _concat(s) for m, s in fams.items()} for fam, fams in store.items()}
+    return cols, {k: (v[0].numpy(), v[1].numpy()) for k, v in sums.items()}, time.perf_counter() - t0
+
+
+def run_inset(
+    spec: EvaluationSpec,
+    resolver: Resolver | None = None,
+    shard: tuple[int, int] | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> Partial:
+    """The in-set pass over one shard of the images (all of them when ``shard`` is None)."""
+    resolver = resolver or Resolver()
+    t0 = time.perf_counter()
+    dataset = _dataset(spec, resolver)
+    families = load_families(spec, resolver)
+    t_load = time.perf_counter() - t0
+    indices = shard_indices(len(dataset), spec.batch_size, shard)
+    measures = {f.name: make_measures(spec, f, spec.ood_dataset is not None) for f in families}
+    cols, sums, secs = _pass(spec, dataset, indices, families, measures, "in-set", progress, should_cancel, None)
+    return Partial(
+        shard=shard or (0, 1),
+        n_images=len(indices),
+        columns=cols,
+        inset_sums=sums,
+        keys=[dataset.items[i].key for i in indices],
+        seconds={"load": t_load, "in-set": secs},
+    )
+
+
+def _dataset(spec: EvaluationSpec, resolver: Resolver) -> Dataset:
+    ds = load_dataset(resolver.dataset_path(spec.dataset), split=spec.split)
+    if spec.max_images is not None and spec.max_images < len(ds.items):
+        items = ds.items[: spec.max_images]
+        counts = dict(sorted(Counter(it.label for it in items).items()))
+        ds = replace(ds, items=items, sha256=content_sha256(items), counts=counts)
+    return ds
+
+
+def finish(
+    spec: EvaluationSpec,
+    partials: Sequence[Partial],
+    resolver: Resolver | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> EvaluationResult:
+    """Merge shard results (in shard order), run the out-of-set pass, summarise, build the report."""
+    resolver = resolver or Resolver()
+    t0 = time.perf_counter()
+    parts = sorted(partials, key=lambda p: p.shard[0])
+    expected = parts[0].shard[1] if parts else 0
+    if [p.shard for p in parts] != [(i, expected) for i in range(expected)]:
+        raise BadInput(f"shards to merge are incomplete or mixed: {[p.shard for p in parts]}")
+    dataset = _dataset(spec, resolver)
+    keys = [k for p in parts for k in p.keys]
+    if keys != [it.key for it in dataset.items]:
+        raise BadInput("the shards do not cover the dataset's images in order; were they computed on this dataset?")
+    families = load_families(spec, resolver)
+    columns: dict[str, dict[str, Columns]] = {}
+    for fam in families:
+        fams = [p.columns.get(fam.name, {}) for p in parts]
+        columns[fam.name] = {
+            m: {c: np.concatenate([f[m][c] for f in fams if m in f]) for c in fams[0][m]} for m in fams[0]
+        }
+    ood_cols: dict[str, dict[str, Columns]] | None = None
+    ood_ds = None
+    seconds = {k: sum(p.seconds.get(k, 0.0) for p in parts) for k in ("load", "in-set")}
+    ood_measures = {f.name: {n: m for n, m in make_measures(spec, f, True).items() if m.needs_ood} for f in families}
+    if spec.ood_dataset is not None:
+        ood_ds = load_dataset(resolver.dataset_path(spec.ood_dataset), split=spec.ood_split)
+    if ood_ds is not None and any(ood_measures.values()):
+        state = {}
+        for fam in families:
+            s = sum(p.inset_sums[fam.name][0].astype(np.int64) for p in parts)
+            c = sum(p.inset_sums[fam.name][1].astype(np.int64) for p in parts)
+            state[fam.name] = inset_state(torch.from_numpy(np.asarray(s)), torch.from_numpy(np.asarray(c)))
+        measures = {f.name: {n: m for n, m in make_measures(spec, f, True).items() if m.needs_ood} for f in families}
+        ood_cols, _, secs = _pass(
+            spec, ood_ds, range(len(ood_ds)), families, measures, "out-of-set", progress, should_cancel, state
+        )
+        seconds["out-of-set"] = secs
+    t1 = time.perf_counter()
+    results = {}
+    for fam in families:
+        ms = make_measures(spec, fam, spec.ood_dataset is not None)
+        results[fam.name] = {
+            name: m.summarize(
+                columns[fam.name].get(name, {}),
+                (ood_cols or {}).get(fam.name, {}).get(name) if ood_cols is not None else None,
+                spec.seed,
+            )
+            for name, m in ms.items()
+        }
+    seconds["summarize"] = time.perf_counter() - t1
+    seconds["total"] = seconds["load"] + seconds["in-set"] + seconds.get("out-of-set", 0.0) + (time.perf_counter() - t0)
+    return build_report(
+        spec,
+        dataset,
+        ood_ds,
+        families,
+        results,
+        columns,
+        seconds,
+        measures={f.name: make_measures(spec, f, spec.ood_dataset is not None) for f in families},
+    )
+
+
+def evaluate(
+    spec: EvaluationSpec,
+    resolver: Resolver | None = None,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> EvaluationResult:
+    """Score every candidate of ``spec``; returns the report (see ``service.report``)."""
+    resolver = resolver or Resolver()
+    part = run_inset(spec, resolver, None, progress, should_cancel)
+    return finish(spec, [part], resolver, progress, should_cancel)
