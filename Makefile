@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else is optional.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test lint demo openapi benchmark-data benchmark-models bench clean
+
+venv: $(STAMP)
+
+# torch==2.14.1 / torchvision==0.29.1 install from this machine's local wheels (see README).
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: venv
+	$(PY) -m api.devserver
+
+demo: venv
+	$(PY) -m api.demo
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+openapi: venv
+	$(PY) -m api.export_openapi
+
+benchmark-data: venv
+	$(PY) -m benchmark.generate
+
+benchmark-models: venv
+	$(PY) -m benchmark.train
+
+bench: venv
+	$(PY) -m bench.run
+
+clean:
+	rm -rf var/ .pytest_cache
