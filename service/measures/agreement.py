@@ -22,7 +22,7 @@ import torch
 from service.measures.base import BatchContext, Columns, Measure, MeasureResult
 from service.ops.maps import is_empty, minmax01, per_map_sum
 from service.ops.ssim import pearson, ssim
-from service.stats import DEFAULT_RESAMPLES, summarize_runs
+from service.stats import DEFAULT_RESAMPLES, row_nanmean, summarize_runs
 
 NO_MASKS = "no image carries a human salience annotation (a mask with the same file stem)"
 REGION_THRESHOLD = 0.5
@@ -105,7 +105,8 @@ class AgreementMeasure(Measure):
                     )
                 )
                 continue
-            s = summarize_runs(np.asarray(cols[key])[has], rng_seed, reps)
+            masked = np.asarray(cols[key])[has]
+            s = summarize_runs(masked, rng_seed, reps)
             details = {
                 "what": what,
                 "median": s["median"],
@@ -125,6 +126,7 @@ class AgreementMeasure(Measure):
                     n_empty=n_empty,
                     per_run=s["per_run"],
                     details=details,
+                    per_image=row_nanmean(masked),
                 )
             )
         return out

@@ -42,7 +42,7 @@ from service.ops.blur import gaussian_blur, salience_guided_blur
 from service.ops.maps import is_empty, to_uint8
 from service.ops.random import keyed_permutation, stream_id
 from service.ops.ssim import ssim
-from service.stats import DEFAULT_RESAMPLES, summarize_runs, trapezoid_auc
+from service.stats import DEFAULT_RESAMPLES, row_nanmean, summarize_runs, trapezoid_auc
 
 DELETION = "degradation.deletion"
 BLUR = "degradation.blur"
@@ -255,6 +255,7 @@ class DegradationMeasure(Measure):
             },
             n_empty=gap["n_empty"],
             per_run=gap["per_run"],
+            per_image=row_nanmean(auc_values["lerf"] - auc_values["morf"]),
             details={
                 "headline": "AUC(LeRF) - AUC(MoRF), trapezoid over k in [0, 1]",
                 "curves": curves,
@@ -276,12 +277,10 @@ class DegradationMeasure(Measure):
                 "score_drop": summarize_runs(valid_before - after, seed, reps),
                 "ssim": summarize_runs(np.asarray(cols[f"blur_ssim_{mode}"], dtype=np.float64), seed, reps),
             }
-        head = summarize_runs(
-            np.asarray(cols["blur_after_background"], dtype=np.float64)
-            - np.asarray(cols["blur_after_object"], dtype=np.float64),
-            seed,
-            reps,
+        head_values = np.asarray(cols["blur_after_background"], dtype=np.float64) - np.asarray(
+            cols["blur_after_object"], dtype=np.float64
         )
+        head = summarize_runs(head_values, seed, reps)
         kind, direction = self.variants[BLUR]
         details: dict[str, Any] = {
             "headline": "drop(object) - drop(background) = score(background blurred) - score(object blurred)",
@@ -308,5 +307,6 @@ class DegradationMeasure(Measure):
             },
             n_empty=head["n_empty"],
             per_run=head["per_run"],
+            per_image=row_nanmean(head_values),
             details=details,
         )

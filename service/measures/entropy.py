@@ -171,6 +171,7 @@ class EntropyMeasure(Measure):
                     n_empty=n_empty,
                     per_run=s["per_run"],
                     details=details,
+                    per_image=per_image,
                 )
             )
         return out

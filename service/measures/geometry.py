@@ -155,6 +155,7 @@ class GeometryMeasure(Measure):
                     n_empty=overall["n_empty"],
                     per_run=overall["per_run"],
                     details=details,
+                    per_image=row_nanmean(row_nanmean(v)),
                 )
             )
         return out

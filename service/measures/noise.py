@@ -37,7 +37,7 @@ from service.ops.maps import is_empty, to_uint8
 from service.ops.noise import salt_and_pepper
 from service.ops.random import stream_id
 from service.ops.ssim import ssim
-from service.stats import DEFAULT_RESAMPLES, summarize_runs, trapezoid_auc
+from service.stats import DEFAULT_RESAMPLES, row_nanmean, summarize_runs, trapezoid_auc
 
 PAPER_AMOUNTS = (0.0, 0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 1.0)
 CURVES = ("score", "entropy", "ssim")
@@ -162,5 +162,6 @@ class NoiseMeasure(Measure):
                 n_empty=head["n_empty"],
                 per_run=head["per_run"],
                 details=details,
+                per_image=row_nanmean(trapezoid_auc(np.asarray(cols["ssim"], dtype=np.float64), amounts)),
             )
         ]

@@ -171,6 +171,7 @@ class StabilityMeasure(Measure):
                     n_empty=n_empty,
                     per_run=per_run,
                     details=details,
+                    per_image=row_nanmean(vals),
                 )
             )
         return out
