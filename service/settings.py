@@ -1,0 +1,157 @@
+"""The one settings object of the service, read from ``ETM_*`` environment variables.
+
+The API, the workers, the devserver and the demo all read this class; ``docker-compose.yml`` and
+the README's configuration table use the same names (a test checks the compose file). Paths may be
+relative: they are taken relative to the working directory of the process.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Queue = Literal["cpu", "gpu"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment variable = ``ETM_`` + the field name in upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="ETM_", extra="ignore", case_sensitive=False)
+
+    # -- where things live ---------------------------------------------------------------------
+    redis_url: str | None = Field(
+        None,
+        description="Redis for the job records, the Celery broker and the result backend "
+        "(redis://, rediss://, unix:///path.sock or redis+socket:///path.sock). Unset: the devserver "
+        "starts an embedded Redis; the API and the workers refuse to start.",
+    )
+    key_prefix: str = Field("etm:", description="Prefix of every key this service writes to Redis.")
+    store_url: str = Field(
+        "var/store",
+        description="Artifact store: a local folder or any fsspec URL (s3://bucket/etm, gs://...). Models, "
+        "dataset archives, reports, artifacts and shard partials live here, content-addressed.",
+    )
+    cache_dir: Path = Field(
+        Path("var/cache"), description="Local folder where workers materialise models and datasets from the store."
+    )
+    var_dir: Path = Field(
+        Path("var"), description="Devserver state: embedded Redis database, logs, default store and cache."
+    )
+    benchmark_data_dir: Path = Field(
+        Path("var/benchmark"),
+        description="Generated benchmark datasets (built-ins); the devserver generates them when missing.",
+    )
+    benchmark_models_dir: Path = Field(
+        Path("benchmark/models"), description="Committed benchmark model families (built-ins)."
+    )
+    register_builtins: bool = Field(True, description="Register the benchmark datasets and models as built-ins.")
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Interface the devserver's API listens on.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port the devserver's API listens on.")
+    api_url: str = Field(
+        "http://127.0.0.1:8000", description="Where `make demo` finds a running service (else it starts one)."
+    )
+    max_model_bytes: int = Field(512 * 2**20, ge=1, description="Largest accepted model upload, in bytes.")
+    max_dataset_bytes: int = Field(2 * 2**30, ge=1, description="Largest accepted dataset archive, in bytes.")
+    max_archive_members: int = Field(200_000, ge=1, description="Most entries a dataset archive may hold.")
+    max_extracted_bytes: int = Field(
+        8 * 2**30, ge=1, description="Largest total size of a dataset archive once extracted, in bytes."
+    )
+    upload_dir: Path | None = Field(None, description="Temporary folder for uploads; unset: the system's.")
+    retry_after_seconds: int = Field(2, ge=1, description="Retry-After sent with 202 and 409 job answers.")
+    list_limit_max: int = Field(200, ge=1, description="Largest page size of list endpoints.")
+    idempotency_ttl_seconds: int = Field(86_400, ge=1, description="How long an Idempotency-Key is remembered.")
+
+    # -- jobs and workers ----------------------------------------------------------------------
+    job_queue: Queue = Field("cpu", description="Queue jobs (and their shards) are sent to: cpu or gpu.")
+    shard_images: int = Field(
+        2000, ge=1, description="Jobs with more in-set images than this are split into shards over images."
+    )
+    max_shards: int = Field(32, ge=1, description="Upper bound on the number of shards of one job.")
+    task_soft_time_limit: int = Field(
+        3 * 3600, ge=1, description="Seconds after which a task is asked to stop (the job fails with a message)."
+    )
+    task_time_limit: int = Field(
+        3 * 3600 + 300, ge=1, description="Seconds after which a task's process is killed (must exceed the soft one)."
+    )
+    visibility_timeout: int = Field(
+        4 * 3600,
+        ge=1,
+        description="Seconds before Redis redelivers an unacknowledged task; must exceed the hard time limit.",
+    )
+    max_deliveries: int = Field(
+        3, ge=1, description="Deliveries of one task (worker lost, redelivered) before its job is failed."
+    )
+    torch_threads: int = Field(
+        1, ge=1, description="Intra-op threads of torch and ONNX Runtime in worker processes (1 is fastest on 2 cores)."
+    )
+    worker_concurrency: int = Field(1, ge=1, description="Processes of the devserver's worker.")
+    progress_interval: float = Field(
+        0.5, ge=0.0, description="Least seconds between progress writes to a job record (stage changes always)."
+    )
+    result_cache: bool = Field(True, description="Answer repeated jobs from the result cache.")
+    job_ttl_seconds: int = Field(30 * 86_400, ge=60, description="Lifetime of job records in Redis.")
+    report_ttl_seconds: int = Field(
+        7 * 86_400, ge=60, description="Lifetime of the Redis copy of a report (the store keeps the original)."
+    )
+    callback_timeout: float = Field(10.0, gt=0, description="Seconds per attempt to POST a job to its callback_url.")
+    callback_attempts: int = Field(3, ge=1, description="Attempts to deliver a job's callback.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every process.")
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> Settings:
+        if self.task_time_limit <= self.task_soft_time_limit:
+            raise ValueError(
+                f"ETM_TASK_TIME_LIMIT ({self.task_time_limit}) must exceed ETM_TASK_SOFT_TIME_LIMIT "
+                f"({self.task_soft_time_limit}) so that a task can stop cleanly before it is killed"
+            )
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                f"ETM_VISIBILITY_TIMEOUT ({self.visibility_timeout}) must exceed ETM_TASK_TIME_LIMIT "
+                f"({self.task_time_limit}); otherwise Redis redelivers a task that is still running"
+            )
+        if self.redis_url is not None:
+            scheme = urlsplit(self.redis_url).scheme
+            if scheme not in ("redis", "rediss", "unix", "redis+socket"):
+                raise ValueError(
+                    f"ETM_REDIS_URL scheme {scheme!r} is not supported; use redis://host:port/db, rediss://, "
+                    "unix:///path/to/redis.sock or redis+socket:///path/to/redis.sock"
+                )
+        return self
+
+    # -- derived -------------------------------------------------------------------------------
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "ETM_REDIS_URL is not set. Point it at a Redis (e.g. redis://127.0.0.1:6379/0) or start "
+                "everything with `make run`, which embeds one."
+            )
+        return self.redis_url
+
+    @property
+    def redis_py_url(self) -> str:
+        """The Redis URL in the form redis-py's ``from_url`` understands (``unix://`` for sockets)."""
+        url = self.require_redis_url()
+        if url.startswith("redis+socket://"):
+            return "unix://" + url[len("redis+socket://") :]
+        return url
+
+    @property
+    def celery_url(self) -> str:
+        """The Redis URL in the form Celery/kombu understand (``redis+socket://`` for sockets)."""
+        url = self.require_redis_url()
+        if url.startswith("unix://"):
+            return "redis+socket://" + url[len("unix://") :]
+        return url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests build their own ``Settings``)."""
+    return Settings()
