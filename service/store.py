@@ -1,0 +1,913 @@
+"""The artifact store and the registry of models and datasets kept in it.
+
+``ArtifactStore`` is a thin, content-addressed layer over any fsspec filesystem (a local folder
+by default, ``s3://...`` or ``gs://...`` when API and workers run on different machines). It is the
+system of record for everything that must outlive Redis:
+
+```
+blobs/sha256/<ab>/<sha256>          model files and dataset archives, by content
+registry/models/<id>.json           model records (effective metadata, capability table)
+registry/models-by-sha/<sha256>     -> model id (the same bytes are one model)
+registry/datasets/<id>.json         dataset records (counts per split and class, skipped files)
+registry/datasets-by-sha/<sha256>   -> dataset id (the same content is one dataset)
+results/<cache key>/report.json     reports, per-image CSVs and artifacts, by result-cache key
+jobs/<job id>.json                  final job records (GET falls back to them when Redis forgot)
+partials/<job id>/<i>-of-<n>.npz    shard results until the job's finish step merges them
+```
+
+``Registry`` ingests uploads (model files are validated with ``load_model``; dataset archives are
+extracted safely and validated with ``load_dataset``), checks job specs against what is
+registered, derives result-cache keys and materialises models and datasets into a worker's local
+cache. Nothing here imports FastAPI or Celery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+import fsspec
+
+from service.errors import BadInput, DatasetError, MethodUnavailable
+from service.spec import EvaluationSpec
+
+CHUNK = 1 << 20
+_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+DATASET_HASH_VERSION = "etm-dataset-splits-v1"
+CACHE_KEY_VERSION = "etm-result-v1"
+
+
+class NotFound(KeyError):
+    """A key, model or dataset that does not exist."""
+
+
+class UploadTooLarge(BadInput):
+    """An upload or archive is over a configured limit (HTTP 413)."""
+
+    title = "Upload too large"
+    status = 413
+
+
+class UnsupportedMedia(BadInput):
+    """An upload is not of an accepted kind (HTTP 415)."""
+
+    title = "Unsupported media type"
+    status = 415
+
+
+class Conflict(BadInput):
+    """The request conflicts with what is registered (HTTP 409)."""
+
+    title = "Conflict"
+    status = 409
+
+
+class UnknownReference(BadInput):
+    """A job names models or datasets that are not registered (HTTP 422)."""
+
+    title = "Unknown model or dataset"
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    """RFC 3339 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+class ArtifactStore:
+    """Keys (posix paths) to bytes on an fsspec filesystem; writes are atomic on local disks."""
+
+    def __init__(self, url: str) -> None:
+        self.url = str(url)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        if self.local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    def path(self, key: str) -> str:
+        parts = PurePosixPath(key).parts
+        if not parts or key.startswith("/") or any(p in ("..", ".") for p in parts):
+            raise ValueError(f"invalid store key {key!r}")
+        return f"{self.root.rstrip('/')}/{key}"
+
+    # bytes and files
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self.path(key)))
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(key))
+        except FileNotFoundError as exc:
+            raise NotFound(key) from exc
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        target = self.path(key)
+        if self.local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self.read_bytes(key))
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def put_file(self, key: str, local: Path) -> None:
+        target = self.path(key)
+        if self.local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, target)
+        else:
+            self.fs.put_file(str(local), target)
+
+    def get_file(self, key: str, local: Path) -> Path:
+        """Copy ``key`` to ``local`` atomically (a reader never sees a half-written file)."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f"{local.name}.tmp-{uuid.uuid4().hex}")
+        try:
+            self.fs.get_file(self.path(key), str(tmp))
+        except FileNotFoundError as exc:
+            raise NotFound(key) from exc
+        os.replace(tmp, local)
+        return local
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(prefix.rstrip("/")), recursive=True)
+
+    def list(self, prefix: str) -> list[str]:
+        """Names (not keys) directly under ``prefix``, sorted; empty when it does not exist."""
+        try:
+            entries = self.fs.ls(self.path(prefix.rstrip("/")), detail=False)
+        except FileNotFoundError:
+            return []
+        names = [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]
+        return sorted(n for n in names if ".tmp-" not in n)
+
+    # content addressing
+    @staticmethod
+    def blob_key(sha: str) -> str:
+        if not _SHA_RE.match(sha):
+            raise ValueError(f"not a sha256: {sha!r}")
+        return f"blobs/sha256/{sha[:2]}/{sha}"
+
+    def put_blob(self, local: Path, sha: str | None = None) -> str:
+        sha = sha or sha256_file(local)
+        key = self.blob_key(sha)
+        if not self.exists(key):
+            self.put_file(key, local)
+        return sha
+
+    def fetch_blob(self, sha: str, local: Path) -> Path:
+        """Materialise blob ``sha`` at ``local`` (kept when already there), verifying the content."""
+        if local.is_file():
+            return local
+        self.get_file(self.blob_key(sha), local)
+        got = sha256_file(local)
+        if got != sha:
+            local.unlink(missing_ok=True)
+            raise DatasetError(f"the store returned corrupt bytes for blob {sha} (got {got})")
+        return local
+
+
+# -- safe archive extraction ---------------------------------------------------------------------
+
+
+@dataclass
+class ArchiveLimits:
+    max_members: int = 200_000
+    max_bytes: int = 8 * 2**30
+
+
+@dataclass
+class Extraction:
+    format: str
+    members: int
+    files: int
+    bytes: int
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def archive_format(path: Path) -> str:
+    """``zip`` or ``tar`` from the bytes; UnsupportedMedia otherwise."""
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        if tarfile.is_tarfile(path):
+            return "tar"
+    except (OSError, tarfile.TarError):
+        pass
+    raise UnsupportedMedia(
+        "the dataset upload is neither a zip nor a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz); "
+        "pack the dataset folder, e.g. `cd mydata && zip -r ../mydata.zip .`"
+    )
+
+
+def _member_parts(raw: str) -> list[str]:
+    """The safe relative parts of an archive member name, or BadInput naming the member."""
+    name = raw.replace("\\", "/")
+    if "\x00" in name:
+        raise DatasetError(f"archive member {raw!r} has a NUL byte in its name")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise DatasetError(f"archive member {raw!r} has an absolute path; members must be relative to the archive")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise DatasetError(f"archive member {raw!r} leaves the archive ('..' in its path); refusing the archive")
+    return parts
+
+
+def _skip_reason(parts: list[str]) -> str | None:
+    if parts and parts[0] == "__MACOSX":
+        return "macOS resource fork (__MACOSX)"
+    return None
+
+
+def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction:
+    """Extract a zip or tar archive into ``dest`` without trusting it.
+
+    Regular files and folders only: absolute paths, ``..``, links and device files refuse the
+    whole archive (nothing outside ``dest`` is ever written); the member count and the number of
+    bytes actually written are bounded.
+
+    Raises:
+        UnsupportedMedia: not a zip or tar archive.
+        DatasetError: an unsafe or duplicate member, a damaged archive.
+        UploadTooLarge: too many members or too many bytes once extracted.
+    """
+    fmt = archive_format(archive)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    info = Extraction(format=fmt, members=0, files=0, bytes=0)
+
+    def count_member() -> None:
+        info.members += 1
+        if info.members > limits.max_members:
+            raise UploadTooLarge(
+                f"the archive has more than {limits.max_members} entries (ETM_MAX_ARCHIVE_MEMBERS); split the dataset"
+            )
+
+    def target_for(parts: list[str], raw: str) -> Path:
+        target = root.joinpath(*parts)
+        if not target.resolve().is_relative_to(root):
+            raise DatasetError(f"archive member {raw!r} would be written outside the dataset folder")
+        return target
+
+    def write(parts: list[str], raw: str, declared: int, src: Any) -> None:
+        if info.bytes + declared > limits.max_bytes:
+            raise UploadTooLarge(_too_big(limits))
+        target = target_for(parts, raw)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out = open(target, "xb")  # noqa: SIM115 - closed by the with below, after the checks
+        except FileExistsError as exc:
+            raise DatasetError(f"archive member {raw!r} appears twice (or as a file and a folder)") from exc
+        except IsADirectoryError as exc:
+            raise DatasetError(f"archive member {raw!r} is both a file and a folder") from exc
+        with out:
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                info.bytes += len(chunk)
+                if info.bytes > limits.max_bytes:
+                    raise UploadTooLarge(_too_big(limits))
+                out.write(chunk)
+        info.files += 1
+
+    try:
+        if fmt == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                for zi in zf.infolist():
+                    count_member()
+                    parts = _member_parts(zi.filename)
+                    mode = zi.external_attr >> 16
+                    if stat.S_ISLNK(mode):
+                        raise DatasetError(
+                            f"archive member {zi.filename!r} is a symbolic link; archives may hold regular "
+                            "files and folders only"
+                        )
+                    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                        raise DatasetError(f"archive member {zi.filename!r} is not a regular file or folder")
+                    reason = _skip_reason(parts)
+                    if reason or not parts:
+                        if reason and not zi.is_dir():
+                            info.skipped.append({"path": zi.filename, "reason": reason})
+                        continue
+                    if zi.is_dir():
+                        target_for(parts, zi.filename).mkdir(parents=True, exist_ok=True)
+                        continue
+                    with zf.open(zi) as src:
+                        write(parts, zi.filename, zi.file_size, src)
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                for ti in tf:
+                    count_member()
+                    parts = _member_parts(ti.name)
+                    if ti.issym() or ti.islnk():
+                        kind = "symbolic" if ti.issym() else "hard"
+                        raise DatasetError(
+                            f"archive member {ti.name!r} is a {kind} link; archives may hold regular files and "
+                            "folders only"
+                        )
+                    if not (ti.isfile() or ti.isdir()):
+                        raise DatasetError(f"archive member {ti.name!r} is not a regular file or folder")
+                    reason = _skip_reason(parts)
+                    if reason or not parts:
+                        if reason and ti.isfile():
+                            info.skipped.append({"path": ti.name, "reason": reason})
+                        continue
+                    if ti.isdir():
+                        target_for(parts, ti.name).mkdir(parents=True, exist_ok=True)
+                        continue
+                    src = tf.extractfile(ti)
+                    if src is None:  # pragma: no cover - isfile() members always have data
+                        continue
+                    with src:
+                        write(parts, ti.name, ti.size, src)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zipfile.LargeZipFile) as exc:
+        raise DatasetError(f"the archive is damaged or truncated: {exc}") from exc
+    return info
+
+
+def _too_big(limits: ArchiveLimits) -> str:
+    return (
+        f"the archive extracts to more than {limits.max_bytes} bytes (ETM_MAX_EXTRACTED_BYTES); "
+        "upload a smaller dataset or raise the limit"
+    )
+
+
+def dataset_root(extracted: Path) -> Path:
+    """The dataset folder inside an extraction: a lone wrapper folder (``mydata/...``) is descended."""
+    from service.datasets.loading import MANIFEST, MASKS_DIR, SPLIT_NAMES
+
+    here = extracted
+    for _ in range(3):
+        entries = [p for p in here.iterdir() if not p.name.startswith(".")]
+        if (here / MANIFEST).is_file() or len(entries) != 1 or not entries[0].is_dir():
+            break
+        only = entries[0]
+        if only.name == MASKS_DIR or only.name.lower() in SPLIT_NAMES:
+            break
+        if not any(p.is_dir() for p in only.iterdir() if not p.name.startswith(".")):
+            break  # a single class folder of images: keep it as a class
+        here = only
+    return here
+
+
+def split_names(root: Path) -> list[str]:
+    """The splits of a dataset folder, as ``load_dataset`` sees them (empty: no splits)."""
+    from service.datasets.loading import MANIFEST, MASKS_DIR, SPLIT_NAMES
+
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        import csv
+
+        try:
+            with manifest.open(newline="", encoding="utf-8-sig") as f:
+                reader = csv.reader(f)
+                header = [h.strip().lower() for h in next(reader, [])]
+                if "split" not in header:
+                    return []
+                i = header.index("split")
+                return sorted({row[i].strip() for row in reader if len(row) > i and row[i].strip()})
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return []  # load_dataset reports the problem with its own message
+    dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != MASKS_DIR]
+    if dirs and all(d.name.lower() in SPLIT_NAMES for d in dirs):
+        return sorted(d.name for d in dirs)
+    return []
+
+
+def default_split(splits: list[str]) -> str | None:
+    """What ``load_dataset(split=None)`` picks: ``test`` (case-folded when unique), else nothing."""
+    if "test" in splits:
+        return "test"
+    folded = [s for s in splits if s.lower() == "test"]
+    return folded[0] if len(folded) == 1 else None
+
+
+def describe_folder(root: Path) -> dict[str, Any]:
+    """Validate every split of a dataset folder; the part of a dataset record that depends on content.
+
+    Raises:
+        DatasetError: what ``load_dataset`` raises for a split (no usable image, bad manifest...).
+    """
+    from service.datasets import load_dataset
+
+    names = split_names(root)
+    loaded = [(s, load_dataset(root, split=s)) for s in names] if names else [(None, load_dataset(root))]
+    splits = []
+    counts: dict[str, int] = {}
+    skipped: list[dict[str, str]] = []
+    n_mask = 0
+    for name, ds in loaded:
+        d = ds.describe()
+        splits.append(
+            {
+                "split": name,
+                "sha256": ds.sha256,
+                "n_images": d["n_images"],
+                "counts": d["counts"],
+                "annotations": d["annotations"],
+                "n_skipped": d["n_skipped"],
+                "skipped": d["skipped"],
+            }
+        )
+        for c, n in ds.counts.items():
+            counts[c] = counts.get(c, 0) + n
+        n_mask += ds.n_with_mask
+        skipped += [s for s in d["skipped"] if s not in skipped]
+    if names:
+        h = hashlib.sha256(f"{DATASET_HASH_VERSION}\n".encode())
+        for s in splits:
+            h.update(f"{s['split']}\t{s['sha256']}\n".encode())
+        sha = h.hexdigest()
+    else:
+        sha = splits[0]["sha256"]
+    n_images = sum(s["n_images"] for s in splits)
+    first = loaded[0][1]
+    return {
+        "sha256": sha,
+        "layout": first.layout,
+        "has_splits": bool(names),
+        "default_split": default_split(names),
+        "splits": splits,
+        "classes": sorted(counts),
+        "n_images": n_images,
+        "counts": dict(sorted(counts.items())),
+        "split_counts": first.split_counts,
+        "annotations": {
+            "masks_folder": first.has_masks_folder,
+            "n_with_mask": n_mask,
+            "n_without_mask": n_images - n_mask,
+        },
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+    }
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+
+def _record_key(kind: str, ident: str) -> str:
+    return f"registry/{kind}/{quote(ident, safe='')}.json"
+
+
+def model_id_for(sha: str) -> str:
+    return f"m-{sha[:16]}"
+
+
+def dataset_id_for(sha: str) -> str:
+    return f"d-{sha[:16]}"
+
+
+@dataclass
+class CheckedSpec:
+    """A job spec checked against the registry: the records it references, and its cache key."""
+
+    spec: EvaluationSpec
+    models: dict[str, dict[str, Any]]
+    dataset: dict[str, Any]
+    ood_dataset: dict[str, Any] | None
+    n_images: int
+    cache_key: str
+
+
+class Registry:
+    """Model and dataset records in the store, and the conversions workers need."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+
+    # -- records -------------------------------------------------------------------------------
+    def _get(self, kind: str, ident: str) -> dict[str, Any] | None:
+        try:
+            return self.store.read_json(_record_key(kind, ident))
+        except (NotFound, ValueError):
+            return None
+
+    def _list(self, kind: str) -> list[dict[str, Any]]:
+        out = []
+        for name in self.store.list(f"registry/{kind}"):
+            if name.endswith(".json"):
+                try:
+                    out.append(self.store.read_json(f"registry/{kind}/{name}"))
+                except (NotFound, ValueError):
+                    continue  # deleted meanwhile
+        return sorted(out, key=lambda r: (not r.get("builtin", False), r["id"]))
+
+    def _by_sha(self, kind: str, sha: str) -> dict[str, Any] | None:
+        try:
+            ident = self.store.read_bytes(f"registry/{kind}-by-sha/{sha}").decode()
+        except NotFound:
+            return None
+        return self._get(kind, ident)
+
+    def _put(self, kind: str, record: dict[str, Any]) -> None:
+        self.store.write_json(_record_key(kind, record["id"]), record)
+        self.store.write_bytes(f"registry/{kind}-by-sha/{record['sha256']}", record["id"].encode())
+
+    def _delete(self, kind: str, record: dict[str, Any]) -> None:
+        self.store.delete(_record_key(kind, record["id"]))
+        try:
+            if self.store.read_bytes(f"registry/{kind}-by-sha/{record['sha256']}").decode() == record["id"]:
+                self.store.delete(f"registry/{kind}-by-sha/{record['sha256']}")
+        except NotFound:
+            pass
+
+    def get_model(self, ident: str) -> dict[str, Any] | None:
+        return self._get("models", ident)
+
+    def get_dataset(self, ident: str) -> dict[str, Any] | None:
+        return self._get("datasets", ident)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return self._list("models")
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        return self._list("datasets")
+
+    def delete_model(self, ident: str) -> dict[str, Any]:
+        rec = self.get_model(ident)
+        if rec is None:
+            raise NotFound(ident)
+        if rec.get("builtin"):
+            raise Conflict(f"{ident} is a built-in model and cannot be deleted")
+        self._delete("models", rec)
+        self.store.delete(ArtifactStore.blob_key(rec["sha256"]))
+        return rec
+
+    def delete_dataset(self, ident: str) -> dict[str, Any]:
+        rec = self.get_dataset(ident)
+        if rec is None:
+            raise NotFound(ident)
+        if rec.get("builtin"):
+            raise Conflict(f"{ident} is a built-in dataset and cannot be deleted")
+        self._delete("datasets", rec)
+        if rec.get("archive"):
+            self.store.delete(ArtifactStore.blob_key(rec["archive"]["sha256"]))
+        return rec
+
+    # -- ingestion -----------------------------------------------------------------------------
+    def ingest_model(
+        self,
+        path: Path,
+        filename: str,
+        metadata: Any = None,
+        ident: str | None = None,
+        builtin: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Validate a model file and register it; ``(record, created)``.
+
+        The same bytes are one model: a second upload returns the existing record (``created``
+        False) unless it asks for different metadata, which is a Conflict.
+
+        Raises:
+            ModelRefused: the loader's reason (unsafe, malformed, bad metadata).
+            Conflict: the bytes are registered with other metadata.
+        """
+        from service.models.loader import load_model
+
+        sha = sha256_file(path)
+        existing = self._by_sha("models", sha)
+        if existing is not None and not (builtin and existing["id"] != ident):
+            if metadata is not None:
+                try:
+                    wanted = metadata.resolved(existing["num_outputs"]).model_dump(mode="json")
+                except ValueError:
+                    wanted = None
+                if wanted != existing["metadata"]:
+                    raise Conflict(
+                        f"these bytes are already registered as model {existing['id']} with other metadata "
+                        f"({canonical_json(existing['metadata'])}); delete it first or upload without metadata"
+                    )
+            return existing, False
+        model = load_model(path, metadata=metadata, device="cpu", threads=1)
+        desc = model.describe()
+        record = {
+            "id": ident or model_id_for(sha),
+            "sha256": sha,
+            "format": desc["format"],
+            "filename": filename,
+            "bytes": path.stat().st_size,
+            "metadata": desc["metadata"],
+            "num_outputs": desc["num_outputs"],
+            "capabilities": desc["capabilities"],
+            "builtin": builtin,
+            "created_at": iso(now()),
+            **(extra or {}),
+        }
+        self.store.put_blob(path, sha)
+        self._put("models", record)
+        return record, True
+
+    def ingest_dataset(
+        self, archive: Path, filename: str, limits: ArchiveLimits, work_dir: Path, keep_in: Path | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """Extract an uploaded archive safely, validate the dataset and register it; ``(record, created)``.
+
+        ``keep_in``: a cache folder where the extracted tree is kept for local workers.
+
+        Raises:
+            UnsupportedMedia, DatasetError, UploadTooLarge: see ``safe_extract`` and ``describe_folder``.
+        """
+        archive_sha = sha256_file(archive)
+        dest = Path(tempfile.mkdtemp(prefix="etm-ds-", dir=work_dir))
+        try:
+            extraction = safe_extract(archive, dest, limits)
+            root = dataset_root(dest)
+            desc = describe_folder(root)
+            existing = self._by_sha("datasets", desc["sha256"])
+            if existing is not None:
+                return existing, False
+            record = {
+                "id": dataset_id_for(desc["sha256"]),
+                "name": filename,
+                "builtin": False,
+                "created_at": iso(now()),
+                **desc,
+                "archive": {
+                    "sha256": archive_sha,
+                    "bytes": archive.stat().st_size,
+                    "format": extraction.format,
+                    "members": extraction.members,
+                    "files": extraction.files,
+                    "extracted_bytes": extraction.bytes,
+                    "root": root.relative_to(dest).as_posix(),
+                    "skipped": extraction.skipped,
+                },
+            }
+            self.store.put_blob(archive, archive_sha)
+            self._put("datasets", record)
+            if keep_in is not None:
+                target = keep_in / "datasets" / archive_sha
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    # Another filesystem or a concurrent copy: workers then extract it themselves.
+                    with contextlib.suppress(OSError):
+                        os.replace(dest, target)
+            return record, True
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+
+    def register_builtin_dataset(self, ident: str, folder_name: str, root: Path, stamp: str) -> dict[str, Any]:
+        """Register a built-in dataset folder (workers find it under their own benchmark folder).
+
+        ``stamp`` identifies the generated content (e.g. the hash of ``benchmark.json``); an existing
+        record with the same stamp is kept without re-validating thousands of images.
+        """
+        rec = self.get_dataset(ident)
+        if rec is not None and rec.get("stamp") == stamp:
+            return rec
+        desc = describe_folder(root)
+        record = {
+            "id": ident,
+            "name": folder_name,
+            "builtin": True,
+            "builtin_folder": folder_name,
+            "stamp": stamp,
+            "created_at": iso(now()),
+            **desc,
+            "archive": None,
+        }
+        self._put("datasets", record)
+        return record
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def check_spec(self, spec: EvaluationSpec) -> CheckedSpec:
+        """Check an API job spec (ids, not paths) against the registry.
+
+        Raises:
+            UnknownReference: model or dataset ids that are not registered (all named).
+            MethodUnavailable: the method is unavailable for a model (the capability table's reason).
+            BadInput: a split that does not exist, mixed input sizes, bad measure or method parameters,
+                an unknown target class.
+        """
+        from service.measures import MEASURES
+        from service.salience.registry import method_defaults, method_names
+
+        ids = list(dict.fromkeys(m for c in spec.candidates for m in c.models))
+        models = {i: self.get_model(i) for i in ids}
+        missing_models = [i for i, r in models.items() if r is None]
+        dataset = self.get_dataset(spec.dataset)
+        ood = self.get_dataset(spec.ood_dataset) if spec.ood_dataset is not None else None
+        missing_ds = [spec.dataset] if dataset is None else []
+        if spec.ood_dataset is not None and ood is None:
+            missing_ds.append(spec.ood_dataset)
+        if missing_models or missing_ds:
+            parts = []
+            if missing_models:
+                parts.append(f"unknown model id(s) {missing_models} (see GET /v1/models)")
+            if missing_ds:
+                parts.append(f"unknown dataset id(s) {missing_ds} (see GET /v1/datasets)")
+            raise UnknownReference("; ".join(parts))
+        assert dataset is not None
+        recs: dict[str, dict[str, Any]] = {i: r for i, r in models.items() if r is not None}
+
+        for cand in spec.candidates:
+            for mid in cand.models:
+                cap = recs[mid]["capabilities"].get(spec.method)
+                if cap is None or not cap["available"]:
+                    reason = cap["reason"] if cap else f"{spec.method} is not available"
+                    raise MethodUnavailable(f"candidate {cand.name!r}, model {mid}: {reason}")
+            sizes = sorted({tuple(recs[m]["metadata"]["input_size"]) for m in cand.models})
+            if len(sizes) > 1:
+                raise BadInput(
+                    f"candidate {cand.name!r} mixes input sizes {sizes}; runs of one family must share the "
+                    "input size so their maps can be compared"
+                )
+            if spec.target != "predicted":
+                names = recs[cand.models[0]]["metadata"]["class_names"]
+                t = spec.target
+                if isinstance(t, str) and not t.lstrip("-").isdigit() and t not in names:
+                    raise BadInput(f"target class {t!r} is not one of candidate {cand.name!r}'s classes {names}")
+                if (isinstance(t, int) or t.lstrip("-").isdigit()) and not 0 <= int(t) < len(names):
+                    raise BadInput(f"target class index {t} is out of range for {len(names)} classes")
+
+        if spec.method not in method_names():
+            raise BadInput(f"unknown salience method {spec.method!r}; choose from {method_names()}")
+        unknown = set(spec.method_params) - set(method_defaults(spec.method))
+        if unknown:
+            raise BadInput(
+                f"unknown method_params {sorted(unknown)} for {spec.method}; known: "
+                f"{sorted(method_defaults(spec.method))}"
+            )
+        for name in spec.measure_params:
+            if name not in spec.measures:
+                raise BadInput(f"measure_params names {name!r}, which is not among the measures {spec.measures}")
+        for name in spec.measures:
+            try:
+                MEASURES[name]({"bootstrap_resamples": spec.bootstrap_resamples, **spec.measure_params.get(name, {})})
+            except (TypeError, ValueError) as exc:
+                raise BadInput(f"bad parameters for measure {name!r}: {exc}") from exc
+
+        split = self._split(dataset, spec.split, "split")
+        if ood is not None:
+            self._split(ood, spec.ood_split, "ood_split")
+        elif spec.ood_split is not None:
+            raise BadInput("ood_split is given but ood_dataset is not")
+        n_images = next(s["n_images"] for s in dataset["splits"] if s["split"] == split)
+        if spec.max_images is not None:
+            n_images = min(n_images, spec.max_images)
+        return CheckedSpec(spec, recs, dataset, ood, n_images, self.cache_key(spec, recs, dataset, ood))
+
+    @staticmethod
+    def _split(record: dict[str, Any], split: str | None, field_name: str) -> str | None:
+        names = [s["split"] for s in record["splits"]]
+        if not record["has_splits"]:
+            if split is not None:
+                raise BadInput(f"dataset {record['id']} has no splits; leave {field_name} unset to use all images")
+            return None
+        if split is None:
+            if record["default_split"] is None:
+                raise BadInput(f"dataset {record['id']} has splits {names} and none is called 'test'; set {field_name}")
+            return record["default_split"]
+        if split in names:
+            return split
+        folded = [s for s in names if s.lower() == split.lower()]
+        if len(folded) == 1:
+            return folded[0]
+        raise BadInput(f"unknown {field_name} {split!r} for dataset {record['id']}; available: {names}")
+
+    @staticmethod
+    def cache_key(
+        spec: EvaluationSpec,
+        models: dict[str, dict[str, Any]],
+        dataset: dict[str, Any],
+        ood: dict[str, Any] | None,
+    ) -> str:
+        """sha256 of what determines the report: model bytes and effective metadata, dataset content,
+        the canonical config and the measures' version."""
+        from service.measures import MEASURES_VERSION
+
+        payload = {
+            "v": CACHE_KEY_VERSION,
+            "models": {
+                c.name: [[models[m]["sha256"], models[m]["metadata"]] for m in c.models] for c in spec.candidates
+            },
+            "dataset": dataset["sha256"],
+            "ood_dataset": ood["sha256"] if ood is not None else None,
+            "config": spec.canonical(),
+            "measures_version": MEASURES_VERSION,
+        }
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+    # -- materialisation (workers) -------------------------------------------------------------
+    def model_path(self, ident: str, cache_dir: Path) -> Path:
+        """A local file for model ``ident``, with its effective metadata as the JSON sidecar."""
+        rec = self.get_model(ident)
+        if rec is None:
+            raise UnknownReference(f"model {ident} is no longer registered (deleted after the job was submitted?)")
+        folder = cache_dir / "models" / rec["sha256"]
+        path = folder / f"model.{rec['format'] or 'onnx'}"
+        if path.is_file() and (folder / f"{path.name}.json").is_file():
+            return path
+        tmp = cache_dir / "models" / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir(parents=True)
+        try:
+            self.store.fetch_blob(rec["sha256"], tmp / path.name)
+            (tmp / f"{path.name}.json").write_text(json.dumps(rec["metadata"]))
+            try:
+                os.replace(tmp, folder)
+            except OSError:
+                if not path.is_file():  # pragma: no cover - a concurrent materialisation won the race
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    def dataset_path(self, ident: str, cache_dir: Path, builtin_root: Path) -> Path:
+        """A local folder for dataset ``ident`` (extracted from its archive, or the built-in folder)."""
+        rec = self.get_dataset(ident)
+        if rec is None:
+            raise UnknownReference(f"dataset {ident} is no longer registered (deleted after the job was submitted?)")
+        if rec.get("builtin"):
+            folder = builtin_root / rec["builtin_folder"]
+            if not folder.is_dir():
+                raise DatasetError(
+                    f"built-in dataset {ident} is missing on this worker ({folder}); run "
+                    f"`python -m benchmark.generate --out {builtin_root}` here"
+                )
+            return folder
+        arch = rec["archive"]
+        target = cache_dir / "datasets" / arch["sha256"]
+        if not target.is_dir():
+            work = cache_dir / "datasets" / f".tmp-{uuid.uuid4().hex}"
+            work.mkdir(parents=True)
+            try:
+                blob = self.store.fetch_blob(arch["sha256"], work / "archive")
+                safe_extract(blob, work / "tree", ArchiveLimits(10**9, 2**62))
+                try:
+                    os.replace(work / "tree", target)
+                except OSError:
+                    if not target.is_dir():  # pragma: no cover
+                        raise
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        return target / arch["root"] if arch["root"] not in ("", ".") else target
+
+    def resolver(
+        self, cache_dir: Path, builtin_root: Path, threads: int, model_cache: dict[str, Any] | None = None
+    ) -> Any:
+        """An evaluation ``Resolver`` mapping ids to materialised files (models cached per process)."""
+        from service.evaluation import Resolver
+
+        paths: dict[str, Path] = {}
+
+        def model_path(ident: str) -> Path:
+            if ident not in paths:
+                paths[ident] = self.model_path(ident, cache_dir)
+            return paths[ident]
+
+        return Resolver(
+            model_path=model_path,
+            dataset_path=lambda ident: self.dataset_path(ident, cache_dir, builtin_root),
+            model_cache=model_cache if model_cache is not None else {},
+            threads=threads,
+        )
