@@ -1,0 +1,50 @@
+"""The Celery application, configured from ``Settings``.
+
+Long-task settings, after Celery's own guide: a task is acknowledged only when it finished
+(``acks_late``) and re-queued when its worker process dies (``task_reject_on_worker_lost``); each
+worker process reserves one task at a time (prefetch 1) so that a long job does not hold others
+hostage; soft and hard time limits bound a task; Redis's visibility timeout (after which an
+unacknowledged task is handed to another worker) is above the hard limit, so a task that is still
+running is never delivered twice. Redeliveries are counted in the job record and bounded
+(``ETM_MAX_DELIVERIES``). Every task of a job goes to ``ETM_JOB_QUEUE`` (``cpu`` or ``gpu``); a
+worker consumes the queues given by ``-Q``.
+
+The API builds its own instance with ``make_celery`` to send tasks by name; it never imports the
+tasks (nor torch through them).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings
+
+TASK_RUN_JOB = "etm.run_job"
+TASK_RUN_SHARD = "etm.run_shard"
+TASK_FINISH_JOB = "etm.finish_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    url = settings.celery_url
+    app = Celery("etm", broker=url, backend=url, include=["workers.tasks"])
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_time_limit,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        task_default_queue=settings.job_queue,
+        task_routes={"etm.*": {"queue": settings.job_queue}},
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=24 * 3600,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        task_send_sent_event=False,
+    )
+    return app

@@ -1,0 +1,427 @@
+"""Running a job: turn its record into calls of the domain's evaluation, report progress, store
+the result. No maths here, and no Celery either: ``workers.tasks`` wraps these functions.
+
+Every entry point is idempotent, keyed by the job id: a job that already ended is left alone, a
+shard whose partial result is in the store is not recomputed, and a result already in the store
+(same cache key) is reused. Workers never trust the stored spec: it is re-validated
+(``EvaluationSpec.model_validate``) and its ids are checked against the registry again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+
+from service.errors import BadInput, Canceled, ModelRuntimeError
+from service.settings import Settings
+from service.spec import EvaluationSpec
+from service.store import ArtifactStore, CheckedSpec, NotFound, Registry
+from workers.records import TERMINAL, JobStore, problem, public_job
+
+log = logging.getLogger("etm.worker")
+
+MODEL_CACHE_MAX = 64  # loaded models kept per worker process (a family of 5 runs x a few candidates)
+
+
+@dataclass
+class WorkerEnv:
+    """What a worker process needs, built once per process."""
+
+    settings: Settings
+    redis: redis.Redis
+    store: ArtifactStore
+    registry: Registry
+    jobs: JobStore
+    model_cache: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerEnv:
+        client = redis.Redis.from_url(settings.redis_py_url)
+        store = ArtifactStore(settings.store_url)
+        jobs = JobStore(client, store, settings.key_prefix, settings.job_ttl_seconds, settings.report_ttl_seconds)
+        return cls(settings, client, store, Registry(store), jobs)
+
+    def resolver(self) -> Any:
+        if len(self.model_cache) > MODEL_CACHE_MAX:
+            self.model_cache.clear()
+        return self.registry.resolver(
+            self.settings.cache_dir, self.settings.benchmark_data_dir, self.settings.torch_threads, self.model_cache
+        )
+
+
+class JobEnded(Exception):
+    """The job reached a terminal state elsewhere (or vanished); stop quietly."""
+
+
+# -- progress --------------------------------------------------------------------------------------
+
+
+class Progress:
+    """Throttled progress writer: at most one write per ``interval`` seconds, always at stage changes
+    and at the end of a stage. Stages map onto one overall fraction:
+
+    in-set ``[0, a]``, out-of-set ``[a, b]``, artifacts ``[b, 1]`` (``a`` = 0.8 with an out-of-set
+    dataset, else 0.9; ``b`` = 0.95 with one, else 0.9).
+    """
+
+    def __init__(
+        self, jobs: JobStore, job_id: str, interval: float, has_ood: bool, inset_total: int, shard: int = 0
+    ) -> None:
+        self.jobs, self.job_id, self.interval = jobs, job_id, interval
+        self.inset_total, self.shard = inset_total, shard
+        a, b = (0.8, 0.95) if has_ood else (0.9, 0.9)
+        self.ranges = {"in-set": (0.0, a), "out-of-set": (a, b), "artifacts": (b, 1.0)}
+        self.stage: str | None = None
+        self.last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        t = time.monotonic()
+        if stage == self.stage and done < total and t - self.last < self.interval:
+            return
+        self.stage, self.last = stage, t
+        lo, hi = self.ranges.get(stage, (0.0, 0.0))
+        try:
+            if stage == "in-set":
+                self.jobs.write_shard_progress(self.job_id, self.shard, done, self.inset_total, stage, lo, hi)
+            else:
+                frac = lo + (hi - lo) * (done / total if total else 1.0)
+                self.jobs.write_progress(self.job_id, stage, done, total, frac)
+        except redis.RedisError as exc:  # progress is best effort; the job goes on
+            log.warning("job %s: progress not written: %s", self.job_id, exc)
+
+
+def cancel_check(jobs: JobStore, job_id: str) -> Callable[[], bool]:
+    def should_cancel() -> bool:
+        try:
+            return jobs.cancel_requested(job_id)
+        except redis.RedisError:
+            return False  # keep computing through a Redis hiccup
+
+    return should_cancel
+
+
+# -- ends of a job ---------------------------------------------------------------------------------
+
+
+def fail(env: WorkerEnv, job_id: str, err: dict[str, Any]) -> None:
+    err = {**err, "instance": f"/v1/jobs/{job_id}"}
+    t = time.time()
+    if env.jobs.transition(job_id, "failed", ("queued", "running"), error=err, finished_at=t, updated_at=t):
+        log.warning("job %s failed: %s", job_id, err["detail"])
+        _after_end(env, job_id)
+
+
+def cancel(env: WorkerEnv, job_id: str) -> None:
+    t = time.time()
+    if env.jobs.transition(job_id, "canceled", ("queued", "running"), finished_at=t, updated_at=t):
+        log.info("job %s canceled", job_id)
+        _after_end(env, job_id)
+
+
+def _after_end(env: WorkerEnv, job_id: str) -> None:
+    env.jobs.snapshot(job_id)
+    env.jobs.r.delete(f"{env.jobs.key(job_id)}:shards")
+    job = env.jobs.get(job_id)
+    if job and job.get("callback_url"):
+        deliver_callback(env.settings, env.jobs, job)
+
+
+def deliver_callback(settings: Settings, jobs: JobStore, job: dict[str, Any]) -> None:
+    """POST the final job to its ``callback_url`` (best effort, a few attempts); record the outcome."""
+    import httpx
+
+    body = public_job(job)
+    outcome: dict[str, Any] = {"attempts": 0, "status_code": None, "error": None}
+    for attempt in range(settings.callback_attempts):
+        outcome["attempts"] = attempt + 1
+        try:
+            resp = httpx.post(job["callback_url"], json=body, timeout=settings.callback_timeout)
+            outcome["status_code"] = resp.status_code
+            outcome["error"] = None
+            if resp.status_code < 500:
+                break
+        except httpx.HTTPError as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+        if attempt + 1 < settings.callback_attempts:
+            time.sleep(min(2**attempt, 10))
+    jobs.set_fields(job["id"], callback=outcome)
+    jobs.snapshot(job["id"])
+
+
+def problem_for(exc: BaseException) -> dict[str, Any]:
+    """The problem+json a job error is reported as."""
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    if isinstance(exc, ValidationError):
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return problem("invalid-spec", "Invalid job spec", 422, detail)
+    if isinstance(exc, BadInput):
+        slug = type(exc).__name__.lower()
+        return problem(slug, getattr(exc, "title", "Bad input"), 422, str(exc))
+    if isinstance(exc, ModelRuntimeError):
+        return problem("model-runtime-error", exc.title, 422, str(exc))
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+        return problem(
+            "time-limit",
+            "Time limit exceeded",
+            504,
+            "the job ran past the task time limit (ETM_TASK_SOFT_TIME_LIMIT / ETM_TASK_TIME_LIMIT); lower "
+            "ETM_SHARD_IMAGES so that it is split into smaller shards, use max_images, or raise the limits",
+        )
+    return problem(
+        "internal",
+        "Internal error",
+        500,
+        f"the worker failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}); see the worker's log",
+    )
+
+
+# -- the steps -------------------------------------------------------------------------------------
+
+
+def _load(env: WorkerEnv, job_id: str, part: str) -> tuple[dict[str, Any], CheckedSpec] | None:
+    """The job and its re-checked spec, or None when there is nothing (more) to do."""
+    job = env.jobs.get(job_id)
+    if job is None:
+        log.warning("job %s: no record (expired?); dropping the task", job_id)
+        return None
+    if job["status"] in TERMINAL:
+        log.info("job %s already %s; nothing to do for %s", job_id, job["status"], part)
+        return None
+    n = env.jobs.incr_delivery(job_id, part)
+    if n > env.settings.max_deliveries:
+        fail(
+            env,
+            job_id,
+            problem(
+                "worker-lost",
+                "Worker lost",
+                500,
+                f"{part} of this job was delivered {n - 1} times without finishing (a worker process died while "
+                "running it, e.g. out of memory); giving up (ETM_MAX_DELIVERIES)",
+            ),
+        )
+        return None
+    if job.get("cancel_requested"):
+        cancel(env, job_id)
+        return None
+    try:
+        spec = EvaluationSpec.model_validate(job["spec"])
+        checked = env.registry.check_spec(spec)
+    except (ValidationError, BadInput) as exc:
+        fail(env, job_id, problem_for(exc))
+        return None
+    return job, checked
+
+
+def plan_shards(n_images: int, batch_size: int, shard_images: int, max_shards: int) -> int:
+    """How many batch-aligned shards a job of ``n_images`` is split into (1: not split)."""
+    if n_images <= shard_images:
+        return 1
+    n_batches = math.ceil(n_images / batch_size)
+    return max(1, min(math.ceil(n_images / shard_images), max_shards, n_batches))
+
+
+def _cached(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> bool:
+    if not env.settings.result_cache or not env.store.exists(f"results/{checked.cache_key}/report.json"):
+        return False
+    t = time.time()
+    done = env.jobs.transition(
+        job_id,
+        "succeeded",
+        ("queued", "running"),
+        cache_hit=True,
+        cache_key=checked.cache_key,
+        finished_at=t,
+        updated_at=t,
+        progress={"stage": "done", "done": 1, "total": 1, "fraction": 1.0, "updated_at": t},
+    )
+    if done:
+        _after_end(env, job_id)
+    return True
+
+
+def run_job(env: WorkerEnv, job_id: str, dispatch_shards: Callable[[str, int], None]) -> None:
+    """Entry point of a job: cache check, then compute here or fan out into shards."""
+    loaded = _load(env, job_id, "job")
+    if loaded is None:
+        return
+    job, checked = loaded
+    if _cached(env, job_id, checked):
+        return
+    t = time.time()
+    env.jobs.transition(
+        job_id,
+        "running",
+        ("queued", "running"),
+        started_at=job.get("started_at") or t,
+        updated_at=t,
+        cache_key=checked.cache_key,
+        progress={"stage": "loading", "done": 0, "total": 0, "fraction": 0.0, "updated_at": t},
+    )
+    s = env.settings
+    shards = plan_shards(checked.n_images, checked.spec.batch_size, s.shard_images, s.max_shards)
+    if shards > 1:
+        if job.get("dispatched"):
+            log.info("job %s: shards already dispatched", job_id)
+            return
+        env.jobs.set_fields(job_id, shards=shards)
+        dispatch_shards(job_id, shards)
+        env.jobs.set_fields(job_id, dispatched=True)
+        log.info("job %s: %d images in %d shards", job_id, checked.n_images, shards)
+        return
+    _guarded(env, job_id, lambda: _compute_whole(env, job_id, checked))
+
+
+def _compute_whole(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> None:
+    from service.evaluation import evaluate
+
+    resolver = env.resolver()
+    progress = _progress(env, job_id, checked)
+    should_cancel = cancel_check(env.jobs, job_id)
+    t0 = time.time()
+    result = evaluate(checked.spec, resolver, progress, should_cancel)
+    complete(env, job_id, checked, result, resolver, progress, should_cancel, t0)
+
+
+def _progress(env: WorkerEnv, job_id: str, checked: CheckedSpec, shard: int = 0) -> Progress:
+    total = checked.n_images * len(checked.spec.candidates)
+    return Progress(
+        env.jobs, job_id, env.settings.progress_interval, checked.spec.ood_dataset is not None, total, shard
+    )
+
+
+def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
+    """The in-set pass over shard ``index`` of ``count``; its Partial goes to the store."""
+    from service.evaluation import run_inset
+
+    key = f"partials/{job_id}/{index}-of-{count}.npz"
+    loaded = _load(env, job_id, f"shard{index}")
+    if loaded is None or env.store.exists(key):
+        return
+    _, checked = loaded
+
+    def work() -> None:
+        resolver = env.resolver()
+        part = run_inset(
+            checked.spec,
+            resolver,
+            (index, count),
+            _progress(env, job_id, checked, shard=index),
+            cancel_check(env.jobs, job_id),
+        )
+        with tempfile.TemporaryDirectory(prefix="etm-part-") as tmp:
+            path = Path(tmp) / "partial.npz"
+            part.save(path)
+            env.store.put_file(key, path)
+
+    _guarded(env, job_id, work)
+
+
+def finish_job(env: WorkerEnv, job_id: str, count: int) -> None:
+    """Merge the shards' partials, run the out-of-set pass, summarise, store the result."""
+    from service.evaluation import Partial, finish
+
+    loaded = _load(env, job_id, "finish")
+    if loaded is None:
+        return
+    job, checked = loaded
+
+    def work() -> None:
+        parts = []
+        with tempfile.TemporaryDirectory(prefix="etm-merge-") as tmp:
+            for i in range(count):
+                key = f"partials/{job_id}/{i}-of-{count}.npz"
+                try:
+                    parts.append(Partial.load(env.store.get_file(key, Path(tmp) / f"{i}.npz")))
+                except NotFound as exc:
+                    raise RuntimeError(f"the result of shard {i} of {count} is missing from the store") from exc
+        resolver = env.resolver()
+        progress = _progress(env, job_id, checked)
+        should_cancel = cancel_check(env.jobs, job_id)
+        result = finish(checked.spec, parts, resolver, progress, should_cancel)
+        complete(env, job_id, checked, result, resolver, progress, should_cancel, job.get("started_at") or time.time())
+        env.store.delete_prefix(f"partials/{job_id}")
+
+    _guarded(env, job_id, work)
+
+
+def _guarded(env: WorkerEnv, job_id: str, work: Callable[[], None]) -> None:
+    """Run ``work``; turn what it raises into the job's end state. Only bugs in this module escape."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    try:
+        work()
+    except Canceled:
+        cancel(env, job_id)
+    except JobEnded:
+        pass
+    except (BadInput, ModelRuntimeError, ValidationError, SoftTimeLimitExceeded) as exc:
+        fail(env, job_id, problem_for(exc))
+    except Exception as exc:  # noqa: BLE001 - the job must end, whatever happened
+        log.exception("job %s: unexpected error", job_id)
+        fail(env, job_id, problem_for(exc))
+
+
+def complete(
+    env: WorkerEnv,
+    job_id: str,
+    checked: CheckedSpec,
+    result: Any,
+    resolver: Any,
+    progress: Progress,
+    should_cancel: Callable[[], bool],
+    started: float,
+) -> None:
+    """Store the report, the CSV and the artifacts under the cache key; mark the job succeeded."""
+    from service.artifacts import compute_artifacts
+
+    key = checked.cache_key
+    prefix = f"results/{key}"
+    env.store.write_bytes(f"{prefix}/per_image.csv", result.per_image_csv().encode())
+    artifacts = compute_artifacts(checked.spec, result.report, resolver, progress, should_cancel)
+    listing = []
+    for name, data in sorted(artifacts.items()):
+        env.store.write_bytes(f"{prefix}/artifacts/{name}", data)
+        listing.append({"name": name, "bytes": len(data), "media_type": media_type(name)})
+    env.store.write_json(f"{prefix}/artifacts.json", listing)
+    report = json.dumps(result.report).encode()
+    env.store.write_bytes(f"{prefix}/report.json", report)  # written last: it marks a complete result
+    env.jobs.put_report(key, report)
+    t = time.time()
+    seconds = max(t - float(started), 1e-6)
+    images = checked.n_images * len(checked.spec.candidates)
+    if env.jobs.transition(
+        job_id,
+        "succeeded",
+        ("running",),
+        finished_at=t,
+        updated_at=t,
+        cache_hit=False,
+        duration_seconds=round(seconds, 3),
+        images_per_second=round(images / seconds, 3),
+        progress={"stage": "done", "done": 1, "total": 1, "fraction": 1.0, "updated_at": t},
+    ):
+        env.jobs.observe_job(seconds, images)
+        log.info("job %s succeeded in %.1f s", job_id, seconds)
+        _after_end(env, job_id)
+
+
+def media_type(name: str) -> str:
+    if name.endswith(".png"):
+        return "image/png"
+    if name.endswith(".json"):
+        return "application/json"
+    if name.endswith(".csv"):
+        return "text/csv"
+    return "application/octet-stream"

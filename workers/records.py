@@ -1,0 +1,346 @@
+"""Job records in Redis: creation, atomic state transitions, progress, cancellation, listing,
+idempotency keys, the Redis copy of reports and the counters behind ``/metrics``.
+
+Shared by the API (which creates and reads jobs) and the workers (which run them). No Celery here.
+
+Keys (``P`` = ``ETM_KEY_PREFIX``, default ``etm:``):
+
+```
+P job:<id>            hash, one JSON value per field (status, spec, progress, error, ...)
+P job:<id>:shards     hash shard index -> images done (in-set progress of sharded jobs)
+P jobs                sorted set of job ids by creation sequence (listing, newest first)
+P seq                 creation sequence counter
+P idem:<sha256(key)>  {"job_id", "body_sha256"} for Idempotency-Key
+P report:<cache key>  the report JSON (the store keeps the original)
+P stats:state         state -> number of jobs in it
+P stats:duration      histogram buckets, sum and count of job durations (seconds)
+P stats:images        images processed, compute seconds, last job's images per second
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from service.store import ArtifactStore, NotFound
+
+STATES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
+
+# Sets the given fields and the status when the current status is one of ARGV[1] (a JSON list);
+# keeps the per-state counters in step. Returns 1 when done, 0 when the state did not allow it,
+# -1 when the job does not exist.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return -1 end
+cur = cjson.decode(cur)
+local ok = false
+for _, s in ipairs(cjson.decode(ARGV[1])) do if s == cur then ok = true end end
+if not ok then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'status', cjson.encode(ARGV[2]))
+if cur ~= ARGV[2] then
+  redis.call('HINCRBY', KEYS[2], cur, -1)
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+end
+return 1
+"""
+
+# Records one shard's in-set progress and writes the job's combined progress, atomically, so that
+# concurrent shards never make the reported progress go backwards.
+_SHARD_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8]))
+local sum = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do sum = sum + tonumber(v) end
+local total = tonumber(ARGV[3])
+local lo, hi = tonumber(ARGV[5]), tonumber(ARGV[6])
+local frac = lo
+if total > 0 then frac = lo + (hi - lo) * math.min(sum, total) / total end
+redis.call('HSET', KEYS[1], 'progress', cjson.encode({stage = ARGV[4], done = sum, total = total,
+  fraction = math.floor(frac * 10000 + 0.5) / 10000, updated_at = tonumber(ARGV[7])}))
+return 1
+"""
+
+
+def new_job_id() -> str:
+    return "j-" + uuid.uuid4().hex[:20]
+
+
+def body_sha256(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class JobStore:
+    """Job records for one Redis and one artifact store."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: ArtifactStore,
+        prefix: str = "etm:",
+        job_ttl: int = 30 * 86_400,
+        report_ttl: int = 7 * 86_400,
+    ) -> None:
+        self.r = client
+        self.store = store
+        self.p = prefix
+        self.job_ttl = job_ttl
+        self.report_ttl = report_ttl
+        self._transition = self.r.register_script(_TRANSITION)
+        self._shard_progress = self.r.register_script(_SHARD_PROGRESS)
+
+    # -- keys ----------------------------------------------------------------------------------
+    def key(self, job_id: str) -> str:
+        return f"{self.p}job:{job_id}"
+
+    @property
+    def stats_key(self) -> str:
+        return f"{self.p}stats:state"
+
+    # -- records -------------------------------------------------------------------------------
+    def create(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Store a new job (its ``status`` is ``queued`` or, for cache hits, ``succeeded``)."""
+        job = dict(job)
+        job["seq"] = int(self.r.incr(f"{self.p}seq"))
+        pipe = self.r.pipeline()
+        pipe.hset(self.key(job["id"]), mapping={k: json.dumps(v) for k, v in job.items()})
+        pipe.expire(self.key(job["id"]), self.job_ttl)
+        pipe.zadd(f"{self.p}jobs", {job["id"]: job["seq"]})
+        pipe.hincrby(self.stats_key, job["status"], 1)
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """The job record from Redis, else the final snapshot in the store, else None."""
+        raw = self.r.hgetall(self.key(job_id))
+        if raw:
+            return {k.decode(): json.loads(v) for k, v in raw.items()}
+        try:
+            return self.store.read_json(f"jobs/{job_id}.json")
+        except (NotFound, ValueError):
+            return None
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        if fields:
+            self.r.hset(self.key(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    def transition(self, job_id: str, to: str, allowed: tuple[str, ...] | list[str], **fields: Any) -> bool:
+        """Move the job to state ``to`` when its state is one of ``allowed``; set ``fields`` with it."""
+        args: list[Any] = [json.dumps(list(allowed)), to]
+        for k, v in fields.items():
+            args += [k, json.dumps(v)]
+        return int(self._transition(keys=[self.key(job_id), self.stats_key], args=args)) == 1
+
+    def snapshot(self, job_id: str) -> None:
+        """Write the final record to the store (GET falls back to it when Redis lost the job)."""
+        job = self.get(job_id)
+        if job is not None and job.get("status") in TERMINAL:
+            self.store.write_json(f"jobs/{job_id}.json", job)
+
+    def incr_delivery(self, job_id: str, part: str) -> int:
+        return int(self.r.hincrby(self.key(job_id), f"deliveries:{part}", 1))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """True when the job should stop: cancel asked for, or already ended (e.g. another shard failed)."""
+        vals = self.r.hmget(self.key(job_id), ["cancel_requested", "status"])
+        if vals[1] is None:
+            return True  # the record is gone: nobody waits for the result
+        return bool(vals[0] and json.loads(vals[0])) or json.loads(vals[1]) in TERMINAL
+
+    def request_cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Ask a job to stop. A queued job is canceled at once; a running one at its next batch."""
+        if not self.r.exists(self.key(job_id)):
+            return self.get(job_id)
+        self.set_fields(job_id, cancel_requested=True, updated_at=time.time())
+        if self.transition(
+            job_id, "canceled", ("queued",), finished_at=time.time(), error=None, updated_at=time.time()
+        ):
+            self.snapshot(job_id)
+        return self.get(job_id)
+
+    # -- progress ------------------------------------------------------------------------------
+    def write_progress(self, job_id: str, stage: str, done: int, total: int, fraction: float) -> None:
+        t = time.time()
+        self.set_fields(
+            job_id,
+            progress={"stage": stage, "done": done, "total": total, "fraction": round(fraction, 4), "updated_at": t},
+            updated_at=t,
+        )
+
+    def write_shard_progress(
+        self, job_id: str, shard: int, done: int, total: int, stage: str, lo: float, hi: float
+    ) -> None:
+        t = time.time()
+        self._shard_progress(
+            keys=[self.key(job_id), f"{self.key(job_id)}:shards"],
+            args=[shard, done, total, stage, lo, hi, t, self.job_ttl],
+        )
+        self.r.hset(self.key(job_id), "updated_at", json.dumps(t))
+
+    # -- listing -------------------------------------------------------------------------------
+    def list(self, status: str | None, limit: int, cursor: int | None) -> tuple[list[dict[str, Any]], int | None]:
+        """Newest first; ``cursor`` is the ``seq`` of the last job of the previous page (None: the newest).
+
+        Returns the page and the next cursor (None when there is nothing after this page).
+        """
+        out: list[dict[str, Any]] = []
+        hi = f"({cursor}" if cursor is not None else "+inf"
+        page = max(limit, 50)
+        budget = 5000  # records looked at per call, so that a rare status cannot make one call unbounded
+        last_seq: int | None = None
+        while budget > 0:
+            ids = self.r.zrevrangebyscore(f"{self.p}jobs", hi, "-inf", start=0, num=page, withscores=True)
+            if not ids:
+                return out, None
+            pipe = self.r.pipeline()
+            for jid, _ in ids:
+                pipe.hgetall(self.key(jid.decode()))
+            gone = []
+            full = False
+            for (jid, score), raw in zip(ids, pipe.execute(), strict=True):
+                budget -= 1
+                last_seq = int(score)
+                hi = f"({last_seq}"
+                if not raw:  # expired record: drop it from the index
+                    gone.append(jid)
+                    continue
+                job = {k.decode(): json.loads(v) for k, v in raw.items()}
+                if status is None or job["status"] == status:
+                    out.append(job)
+                    if len(out) == limit:
+                        full = True
+                        break
+            if gone:
+                self.r.zrem(f"{self.p}jobs", *gone)
+            if full:
+                return out, last_seq
+            if len(ids) < page:
+                return out, None
+        return out, last_seq
+
+    # -- idempotency ---------------------------------------------------------------------------
+    def _idem_key(self, key: str) -> str:
+        return f"{self.p}idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def idempotency_binding(self, key: str) -> dict[str, str] | None:
+        raw = self.r.get(self._idem_key(key))
+        return json.loads(raw) if raw else None
+
+    def claim_idempotency_key(self, key: str, body_sha: str, job_id: str, ttl: int) -> dict[str, str] | None:
+        """Bind ``key`` to ``job_id``; returns the earlier binding when the key was used before."""
+        k = self._idem_key(key)
+        value = json.dumps({"job_id": job_id, "body_sha256": body_sha})
+        if self.r.set(k, value, nx=True, ex=ttl):
+            return None
+        raw = self.r.get(k)
+        return json.loads(raw) if raw else None
+
+    # -- reports -------------------------------------------------------------------------------
+    def put_report(self, cache_key: str, report_json: bytes) -> None:
+        self.r.set(f"{self.p}report:{cache_key}", report_json, ex=self.report_ttl)
+
+    def get_report(self, cache_key: str) -> bytes | None:
+        """The report JSON: Redis first, then the store (which survives Redis losing its memory)."""
+        raw = self.r.get(f"{self.p}report:{cache_key}")
+        if raw is not None:
+            return raw
+        try:
+            return self.store.read_bytes(f"results/{cache_key}/report.json")
+        except NotFound:
+            return None
+
+    # -- metrics -------------------------------------------------------------------------------
+    def observe_job(self, seconds: float, images: int) -> None:
+        pipe = self.r.pipeline()
+        dkey = f"{self.p}stats:duration"
+        for b in DURATION_BUCKETS:
+            if seconds <= b:
+                pipe.hincrby(dkey, f"le:{b}", 1)
+        pipe.hincrby(dkey, "le:+Inf", 1)
+        pipe.hincrbyfloat(dkey, "sum", seconds)
+        pipe.hincrby(dkey, "count", 1)
+        ikey = f"{self.p}stats:images"
+        pipe.hincrby(ikey, "images", images)
+        pipe.hincrbyfloat(ikey, "seconds", seconds)
+        if seconds > 0:
+            pipe.hset(ikey, "last_images_per_second", images / seconds)
+        pipe.execute()
+
+    def stats(self) -> dict[str, Any]:
+        pipe = self.r.pipeline()
+        pipe.hgetall(self.stats_key)
+        pipe.hgetall(f"{self.p}stats:duration")
+        pipe.hgetall(f"{self.p}stats:images")
+        states, duration, images = pipe.execute()
+
+        def dec(d: dict[bytes, bytes]) -> dict[str, float]:
+            return {k.decode(): float(v) for k, v in d.items()}
+
+        st = dec(states)
+        return {
+            "states": {s: max(0, int(st.get(s, 0))) for s in STATES},
+            "duration": dec(duration),
+            "images": dec(images),
+        }
+
+
+# -- public representation -----------------------------------------------------------------------
+
+PROBLEM_BASE = "https://explain-to-me.dev/problems/"
+
+
+def problem(slug: str, title: str, status: int, detail: str, instance: str | None = None) -> dict[str, Any]:
+    """An RFC 9457 problem object (as served with ``application/problem+json``)."""
+    out: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
+    if instance is not None:
+        out["instance"] = instance
+    return out
+
+
+def _iso(ts: Any) -> str | None:
+    from service.store import iso
+
+    return iso(float(ts)) if isinstance(ts, (int, float)) else None
+
+
+def public_job(job: dict[str, Any]) -> dict[str, Any]:
+    """A job record as the API serves it (and as callbacks receive it)."""
+    jid = job["id"]
+    prog = dict(job.get("progress") or {"stage": "queued", "done": 0, "total": 0, "fraction": 0.0})
+    if "updated_at" in prog:
+        prog["updated_at"] = _iso(prog["updated_at"])
+    base = f"/v1/jobs/{jid}"
+    links = {"self": base, "cancel": f"{base}/cancel"}
+    if job["status"] == "succeeded":
+        links |= {"report": f"{base}/report", "report_csv": f"{base}/report.csv", "artifacts": f"{base}/artifacts"}
+    return {
+        "id": jid,
+        "status": job["status"],
+        "created_at": _iso(job.get("created_at")),
+        "started_at": _iso(job.get("started_at")),
+        "finished_at": _iso(job.get("finished_at")),
+        "updated_at": _iso(job.get("updated_at")),
+        "progress": prog,
+        "cache_hit": bool(job.get("cache_hit", False)),
+        "cache_key": job.get("cache_key"),
+        "n_images": job.get("n_images"),
+        "shards": job.get("shards"),
+        "queue": job.get("queue"),
+        "cancel_requested": bool(job.get("cancel_requested", False)),
+        "duration_seconds": job.get("duration_seconds"),
+        "images_per_second": job.get("images_per_second"),
+        "error": job.get("error"),
+        "spec": job.get("spec"),
+        "callback_url": job.get("callback_url"),
+        "callback": job.get("callback"),
+        "links": links,
+    }
