@@ -1,0 +1,44 @@
+"""The FastAPI application: ``create_app(settings)``; ``api.main:app`` is the one uvicorn serves."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+
+from api import problems
+from api.deps import Services
+from api.routers import datasets, families, health, jobs, models
+from service.settings import Settings
+
+DESCRIPTION = """\
+Scores image classifiers with salience-based explainability measures.
+
+Upload models (`POST /v1/models`, ONNX or torch.export `.pt2`) and datasets (`POST /v1/datasets`, a zip
+or tar archive), or use the built-ins (`GET /v1/families`, datasets `builtin:*`). Submit a job
+(`POST /v1/jobs`), poll it (`GET /v1/jobs/{id}`), then read its report (`/report`, versioned JSON;
+`/report.csv`, per image) and artifacts (`/artifacts`). Every error is `application/problem+json`
+(RFC 9457).
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = FastAPI(
+        title="Explain-to-Me",
+        version="1.0.0",
+        summary="Salience-based explainability measures for image classifiers, as a service.",
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "jobs", "description": "Evaluation jobs, their reports and artifacts."},
+            {"name": "models", "description": "Model files and built-in model families."},
+            {"name": "datasets", "description": "Image datasets (archives) and built-in datasets."},
+            {"name": "health", "description": "Liveness, readiness, metrics."},
+        ],
+    )
+    app.state.services = Services(settings)
+    problems.install(app)
+    for r in (jobs.router, models.router, families.router, datasets.router, health.router):
+        app.include_router(r)
+    return app

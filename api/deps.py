@@ -1,0 +1,76 @@
+"""Dependencies of the routes, as ``Annotated`` aliases (``SettingsDep``, ``JobsDep``, ...).
+
+One ``Services`` object per app holds the clients; each is made on first use, so that building the
+app (e.g. to export the OpenAPI document) needs no Redis.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Any
+
+import redis
+from fastapi import Depends, Request
+
+from service.settings import Settings
+from service.store import ArtifactStore, Registry
+from workers.records import JobStore
+
+
+class Services:
+    """Clients shared by the routes of one app."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis_py_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+        )
+
+    @cached_property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore(self.settings.store_url)
+
+    @cached_property
+    def registry(self) -> Registry:
+        return Registry(self.store)
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        s = self.settings
+        return JobStore(self.redis, self.store, s.key_prefix, s.job_ttl_seconds, s.report_ttl_seconds)
+
+    @cached_property
+    def celery(self) -> Any:
+        from workers.app import make_celery
+
+        return make_celery(self.settings)
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.services.settings
+
+
+def get_jobs(request: Request) -> JobStore:
+    return request.app.state.services.jobs
+
+
+def get_registry(request: Request) -> Registry:
+    return request.app.state.services.registry
+
+
+def get_store(request: Request) -> ArtifactStore:
+    return request.app.state.services.store
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+JobsDep = Annotated[JobStore, Depends(get_jobs)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+StoreDep = Annotated[ArtifactStore, Depends(get_store)]

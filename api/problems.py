@@ -1,0 +1,176 @@
+"""RFC 9457 problem details: every error this API answers is ``application/problem+json``.
+
+``type`` is a URI under ``https://explain-to-me.dev/problems/`` naming the kind of problem, ``title``
+its short human name, ``status`` the HTTP status, ``detail`` what went wrong *this* time and what to
+do about it, ``instance`` the request path. Validation errors add ``errors`` (one entry per field).
+Unexpected exceptions become a 500 without a traceback (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import BadInput, ModelRuntimeError
+from workers.records import PROBLEM_BASE
+
+log = logging.getLogger("etm.api")
+PROBLEM_JSON = "application/problem+json"
+
+_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    410: ("gone", "Gone"),
+    413: ("too-large", "Upload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("invalid-request", "Invalid request"),
+    429: ("too-many-requests", "Too many requests"),
+    500: ("internal", "Internal error"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str = Field(..., examples=[PROBLEM_BASE + "not-found"])
+    title: str = Field(..., examples=["Not found"])
+    status: int = Field(..., examples=[404])
+    detail: str = Field(..., examples=["no job j-0123456789abcdef0123; list jobs at GET /v1/jobs"])
+    instance: str | None = Field(None, examples=["/v1/jobs/j-0123456789abcdef0123"])
+    errors: list[dict[str, Any]] | None = Field(None, description="Per-field validation errors (422 only).")
+
+
+class ProblemError(Exception):
+    """Raise in a route to answer with a problem."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        slug: str | None = None,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        default_slug, default_title = _SLUGS.get(status, ("error", "Error"))
+        self.status, self.detail = status, detail
+        self.slug, self.title = slug or default_slug, title or default_title
+        self.headers = headers or {}
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    detail: str,
+    slug: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    default_slug, default_title = _SLUGS.get(status, ("error", "Error"))
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + (slug or default_slug),
+        "title": title or default_title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error codes (always including 422 and 500)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in sorted({*codes, 422, 500}):
+        out[code] = {
+            "model": Problem,
+            "description": _SLUGS.get(code, ("", "Error"))[1],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+    return out
+
+
+def _http_detail(status: int, detail: Any, request: Request) -> str:
+    if status == 404 and (detail in (None, "Not Found")):
+        return f"nothing at {request.url.path}; the API lives under /v1 (see /docs)"
+    if status == 405:
+        return f"{request.method} is not allowed on {request.url.path}; see /docs for the methods it accepts"
+    return str(detail)
+
+
+def _validation_detail(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def install(app: FastAPI) -> None:
+    """Register the problem+json exception handlers on ``app``."""
+
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(request, exc.status, exc.detail, exc.slug, exc.title, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        return problem_response(
+            request, exc.status_code, _http_detail(exc.status_code, exc.detail, request), headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+        ]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return problem_response(
+                request, 422, "the request body is not valid JSON: " + _validation_detail(errors), errors=errors
+            )
+        return problem_response(request, 422, _validation_detail(errors), errors=errors)
+
+    @app.exception_handler(BadInput)
+    async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
+        status = int(getattr(exc, "status", 422))
+        slug = type(exc).__name__.lower()
+        return problem_response(request, status, str(exc), slug=slug, title=getattr(exc, "title", None))
+
+    @app.exception_handler(ModelRuntimeError)
+    async def _model_runtime(request: Request, exc: ModelRuntimeError) -> JSONResponse:
+        return problem_response(request, 422, str(exc), slug="model-runtime-error", title=exc.title)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis unavailable: %s", exc)
+        return problem_response(
+            request,
+            503,
+            "the job database (Redis) cannot be reached; retry shortly. Operators: check ETM_REDIS_URL and Redis",
+            slug="redis-unavailable",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            request, 500, "an unexpected error occurred; it has been logged. Retry, and report it if it persists"
+        )

@@ -1,0 +1,102 @@
+"""Datasets: upload an archive (zip or tar in the dataset layout), list, get, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import RegistryDep, SettingsDep
+from api.problems import ProblemError, problem_responses
+from api.schemas import DatasetList, DatasetOut
+from api.uploads import MalformedUpload, receive_upload
+from service.store import ArchiveLimits
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A .zip or .tar(.gz/.bz2/.xz) archive of a dataset folder: "
+                            "<class>/<image>, <split>/<class>/<image> or manifest.csv (split,label,path), "
+                            "with optional masks/ (human-annotation masks matched by file stem). One "
+                            "wrapper folder at the top is allowed.",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetOut,
+    summary="Upload a dataset archive",
+    description="Streams the archive to disk (limit ETM_MAX_DATASET_BYTES), extracts it safely (regular files "
+    "and folders only; no absolute paths, '..', or links; bounded entries and bytes), validates every image and "
+    "registers the dataset by content: the same images again answer 200 with the existing dataset.",
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        200: {"model": DatasetOut, "description": "This content was registered already"},
+        **problem_responses(400, 413, 415),
+    },
+)
+async def upload_dataset(
+    request: Request, response: Response, settings: SettingsDep, registry: RegistryDep
+) -> DatasetOut:
+    try:
+        upload = await receive_upload(request, "file", settings.max_dataset_bytes, settings.upload_dir, "dataset.zip")
+    except MalformedUpload as exc:
+        raise ProblemError(400, str(exc)) from exc
+    limits = ArchiveLimits(settings.max_archive_members, settings.max_extracted_bytes)
+    with upload:
+        assert upload.path is not None
+        record, created = await run_in_threadpool(
+            registry.ingest_dataset,
+            upload.path,
+            upload.filename or upload.path.name,
+            limits,
+            upload.folder,
+            settings.cache_dir,
+        )
+    response.status_code = 201 if created else 200
+    if created:
+        response.headers["Location"] = f"/v1/datasets/{record['id']}"
+    return DatasetOut.model_validate(record)
+
+
+@router.get("", response_model=DatasetList, summary="List datasets (built-ins first)")
+def list_datasets(registry: RegistryDep) -> DatasetList:
+    return DatasetList(items=[DatasetOut.model_validate(r) for r in registry.list_datasets()])
+
+
+def _get(registry: RegistryDep, dataset_id: str) -> dict:
+    rec = registry.get_dataset(dataset_id)
+    if rec is None:
+        raise ProblemError(404, f"no dataset {dataset_id!r}; list datasets at GET /v1/datasets")
+    return rec
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, summary="Get a dataset", responses=problem_responses(404))
+def get_dataset(dataset_id: str, registry: RegistryDep) -> DatasetOut:
+    return DatasetOut.model_validate(_get(registry, dataset_id))
+
+
+@router.delete(
+    "/{dataset_id}", status_code=204, summary="Delete an uploaded dataset", responses=problem_responses(404, 409)
+)
+def delete_dataset(dataset_id: str, registry: RegistryDep) -> Response:
+    _get(registry, dataset_id)
+    registry.delete_dataset(dataset_id)
+    return Response(status_code=204)

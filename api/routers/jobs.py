@@ -1,0 +1,282 @@
+"""Jobs: submit, follow, cancel, list; read the report, the per-image CSV and the artifacts."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+
+from api.deps import JobsDep, ServicesDep, SettingsDep, StoreDep
+from api.problems import ProblemError, problem_responses
+from api.schemas import ArtifactList, Job, JobList, JobRequest, JobStatus
+from service.spec import EvaluationSpec
+from service.store import NotFound
+from workers.app import TASK_RUN_JOB
+from workers.records import TERMINAL, JobStore, body_sha256, new_job_id, public_job
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def require_json(request: Request) -> None:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (ctype == "application/json" or ctype.endswith("+json")):
+        raise ProblemError(
+            415,
+            f"send the job as JSON with Content-Type: application/json (got {ctype or 'no content type'})",
+        )
+
+
+def _job_or_404(jobs: JobStore, job_id: str) -> dict[str, Any]:
+    job = jobs.get(job_id)
+    if job is None:
+        raise ProblemError(404, f"no job {job_id!r}; list jobs at GET /v1/jobs")
+    return job
+
+
+def _accepted(response: Response, job: dict[str, Any], retry_after: int) -> Job:
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/jobs/{job['id']}"
+    response.headers["Retry-After"] = str(retry_after)
+    return Job.model_validate(public_job(job))
+
+
+def _replay(jobs: JobStore, prior: dict[str, str], body_sha: str, key: str) -> dict[str, Any]:
+    if prior["body_sha256"] != body_sha:
+        raise ProblemError(
+            422,
+            f"Idempotency-Key {key!r} was used for a different job body (job {prior['job_id']}); use a new key "
+            "for a new job",
+            slug="idempotency-key-reused",
+        )
+    for _ in range(40):  # a concurrent request with the same key may still be creating the job
+        job = jobs.get(prior["job_id"])
+        if job is not None:
+            return job
+        time.sleep(0.05)
+    raise ProblemError(409, f"job {prior['job_id']} for this Idempotency-Key is still being created; retry")
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Job,
+    summary="Submit an evaluation job",
+    description="The body is an EvaluationSpec whose `models` are model ids and whose `dataset`/`ood_dataset` "
+    "are dataset ids, plus an optional `callback_url`. Answers 202 with `Location` and `Retry-After`. A job "
+    "whose result is cached comes back already `succeeded` with `cache_hit: true`. With an `Idempotency-Key` "
+    "header, repeating the same body returns the same job; another body with the same key is a 422.",
+    responses=problem_responses(409, 415, 503),
+    dependencies=[Depends(require_json)],
+)
+def create_job(
+    body: JobRequest,
+    response: Response,
+    services: ServicesDep,
+    background: BackgroundTasks,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="Makes retries safe.")] = None,
+) -> Job:
+    settings, jobs, registry = services.settings, services.jobs, services.registry
+    raw = body.model_dump(mode="json")
+    body_sha = body_sha256(raw)
+    if idempotency_key:
+        prior = jobs.idempotency_binding(idempotency_key)
+        if prior is not None:
+            job = _replay(jobs, prior, body_sha, idempotency_key)
+            response.headers["Idempotent-Replayed"] = "true"
+            return _accepted(response, job, settings.retry_after_seconds)
+    spec = EvaluationSpec.model_validate({k: v for k, v in raw.items() if k != "callback_url"})
+    checked = registry.check_spec(spec)
+    job_id = new_job_id()
+    if idempotency_key:
+        prior = jobs.claim_idempotency_key(idempotency_key, body_sha, job_id, settings.idempotency_ttl_seconds)
+        if prior is not None:
+            job = _replay(jobs, prior, body_sha, idempotency_key)
+            response.headers["Idempotent-Replayed"] = "true"
+            return _accepted(response, job, settings.retry_after_seconds)
+    t = time.time()
+    cached = settings.result_cache and services.store.exists(f"results/{checked.cache_key}/report.json")
+    job: dict[str, Any] = {
+        "id": job_id,
+        "status": "succeeded" if cached else "queued",
+        "created_at": t,
+        "updated_at": t,
+        "started_at": None,
+        "finished_at": t if cached else None,
+        "spec": spec.canonical(),
+        "callback_url": body.callback_url,
+        "cache_key": checked.cache_key,
+        "cache_hit": cached,
+        "n_images": checked.n_images,
+        "shards": None,
+        "queue": settings.job_queue,
+        "idempotency_key": idempotency_key,
+        "cancel_requested": False,
+        "error": None,
+        "progress": {
+            "stage": "done" if cached else "queued",
+            "done": 1 if cached else 0,
+            "total": 1 if cached else 0,
+            "fraction": 1.0 if cached else 0.0,
+            "updated_at": t,
+        },
+    }
+    job = jobs.create(job)
+    if cached:
+        jobs.snapshot(job_id)
+        if body.callback_url:
+            background.add_task(_callback, services, job_id)
+    else:
+        services.celery.send_task(
+            TASK_RUN_JOB, kwargs={"job_id": job_id}, queue=settings.job_queue, task_id=f"{job_id}:run"
+        )
+    return _accepted(response, job, settings.retry_after_seconds)
+
+
+def _callback(services: Any, job_id: str) -> None:
+    from workers.jobs import deliver_callback
+
+    job = services.jobs.get(job_id)
+    if job is not None:
+        deliver_callback(services.settings, services.jobs, job)
+
+
+@router.get("", response_model=JobList, summary="List jobs, newest first")
+def list_jobs(
+    jobs: JobsDep,
+    settings: SettingsDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, description="Page size (at most ETM_LIST_LIMIT_MAX).")] = 20,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]+$", description="next_cursor of the previous page.")] = None,
+) -> JobList:
+    limit = min(limit, settings.list_limit_max)
+    items, nxt = jobs.list(status, limit, int(cursor) if cursor else None)
+    return JobList(items=[Job.model_validate(public_job(j)) for j in items], next_cursor=str(nxt) if nxt else None)
+
+
+@router.get("/{job_id}", response_model=Job, summary="Get a job", responses=problem_responses(404, 503))
+def get_job(job_id: str, jobs: JobsDep) -> Job:
+    return Job.model_validate(public_job(_job_or_404(jobs, job_id)))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=Job,
+    summary="Cancel a job",
+    description="A queued job is canceled at once; a running one stops at its next batch (within seconds).",
+    responses=problem_responses(404, 409),
+)
+def cancel_job(job_id: str, jobs: JobsDep, response: Response, settings: SettingsDep) -> Job:
+    job = _job_or_404(jobs, job_id)
+    if job["status"] in TERMINAL:
+        raise ProblemError(409, f"job {job_id} already ended ({job['status']}); there is nothing to cancel")
+    job = jobs.request_cancel(job_id) or job
+    response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    return Job.model_validate(public_job(job))
+
+
+def _finished(jobs: JobStore, job_id: str, settings: Any) -> dict[str, Any]:
+    job = _job_or_404(jobs, job_id)
+    if job["status"] == "succeeded":
+        return job
+    if job["status"] in ("queued", "running"):
+        frac = (job.get("progress") or {}).get("fraction", 0.0)
+        raise ProblemError(
+            409,
+            f"job {job_id} is {job['status']} ({frac:.0%} done); the report exists once it succeeded. "
+            f"Poll GET /v1/jobs/{job_id}",
+            slug="job-not-finished",
+            title="Job not finished",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
+    why = (job.get("error") or {}).get("detail", "") if job["status"] == "failed" else ""
+    raise ProblemError(
+        409,
+        f"job {job_id} {job['status']}" + (f": {why}" if why else "") + "; it has no report",
+        slug="job-not-finished",
+        title="Job not finished",
+    )
+
+
+_REPORT_RESPONSES = {
+    200: {
+        "description": "The versioned report (see openapi/report.schema.json).",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    **problem_responses(404, 409, 410),
+}
+
+
+@router.get("/{job_id}/report", summary="The job's report (JSON)", responses=_REPORT_RESPONSES)
+def get_report(job_id: str, jobs: JobsDep, settings: SettingsDep) -> Response:
+    job = _finished(jobs, job_id, settings)
+    data = jobs.get_report(job["cache_key"])
+    if data is None:
+        raise ProblemError(410, f"the report of job {job_id} is no longer stored; submit the job again")
+    return Response(content=data, media_type="application/json")
+
+
+@router.get(
+    "/{job_id}/report.csv",
+    summary="Per-image results (CSV)",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "One row per candidate, run and image."},
+        **problem_responses(404, 409, 410),
+    },
+)
+def get_report_csv(job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
+    job = _finished(jobs, job_id, settings)
+    try:
+        data = store.read_bytes(f"results/{job['cache_key']}/per_image.csv")
+    except NotFound as exc:
+        raise ProblemError(410, f"the per-image CSV of job {job_id} is no longer stored") from exc
+    return Response(
+        content=data,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
+    )
+
+
+def _artifacts(store: Any, job: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        return store.read_json(f"results/{job['cache_key']}/artifacts.json")
+    except (NotFound, ValueError):
+        return []
+
+
+@router.get(
+    "/{job_id}/artifacts",
+    response_model=ArtifactList,
+    summary="List the job's artifacts",
+    description="Salience overlay PNGs (the same images for every candidate), overlays.json (which image each "
+    "overlay shows, with predictions) and curves.json (every measure's curves per candidate).",
+    responses=problem_responses(404, 409),
+)
+def list_artifacts(job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> ArtifactList:
+    job = _finished(jobs, job_id, settings)
+    return ArtifactList(
+        items=[{**a, "url": f"/v1/jobs/{job_id}/artifacts/{a['name']}"} for a in _artifacts(store, job)]
+    )
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    summary="Download one artifact",
+    responses={
+        200: {"content": {"image/png": {}, "application/json": {}}, "description": "The artifact."},
+        **problem_responses(404, 409, 410),
+    },
+)
+def get_artifact(job_id: str, name: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
+    job = _finished(jobs, job_id, settings)
+    entry = next((a for a in _artifacts(store, job) if a["name"] == name), None)
+    if entry is None:
+        raise ProblemError(404, f"job {job_id} has no artifact {name!r}; list them at GET /v1/jobs/{job_id}/artifacts")
+    try:
+        data = store.read_bytes(f"results/{job['cache_key']}/artifacts/{name}")
+    except NotFound as exc:
+        raise ProblemError(410, f"artifact {name!r} of job {job_id} is no longer stored") from exc
+    return Response(content=data, media_type=entry["media_type"])

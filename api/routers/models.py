@@ -1,0 +1,102 @@
+"""Models: upload (ONNX or torch.export .pt2), list, get, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import RegistryDep, SettingsDep
+from api.problems import ProblemError, problem_responses
+from api.schemas import ModelList, ModelOut
+from api.uploads import MalformedUpload, receive_upload
+from service.models.metadata import ModelMetadata
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "An .onnx file or a torch.export .pt2 program. Pickles, torch.save "
+                            "checkpoints and TorchScript are refused (they can run code).",
+                        },
+                        "metadata": {
+                            "type": "string",
+                            "description": "Optional JSON object: input_size, channel_order, mean, std, "
+                            "class_names, positive_class, score_activation. Overrides what the file carries.",
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    summary="Upload a model",
+    description="Streams the file to disk (limit ETM_MAX_MODEL_BYTES), validates it with the safe loader and "
+    "registers it by content: the same bytes again answer 200 with the existing model.",
+    openapi_extra=_UPLOAD_BODY,
+    responses={
+        200: {"model": ModelOut, "description": "These bytes were registered already"},
+        **problem_responses(400, 409, 413, 415),
+    },
+)
+async def upload_model(request: Request, response: Response, settings: SettingsDep, registry: RegistryDep) -> ModelOut:
+    try:
+        upload = await receive_upload(request, "file", settings.max_model_bytes, settings.upload_dir, "model.onnx")
+    except MalformedUpload as exc:
+        raise ProblemError(400, str(exc)) from exc
+    with upload:
+        meta = None
+        if upload.fields.get("metadata", "").strip():
+            try:
+                meta = ModelMetadata.from_json_text(upload.fields["metadata"], "the metadata field")
+            except ValueError as exc:
+                raise ProblemError(422, f"bad metadata: {exc}", slug="bad-metadata") from exc
+        assert upload.path is not None
+        record, created = await run_in_threadpool(
+            registry.ingest_model, upload.path, upload.filename or upload.path.name, meta
+        )
+    response.status_code = 201 if created else 200
+    if created:
+        response.headers["Location"] = f"/v1/models/{record['id']}"
+    return ModelOut.model_validate(record)
+
+
+@router.get("", response_model=ModelList, summary="List models (built-ins first)")
+def list_models(registry: RegistryDep) -> ModelList:
+    return ModelList(items=[ModelOut.model_validate(r) for r in registry.list_models()])
+
+
+def _get(registry: RegistryDep, model_id: str) -> dict:
+    rec = registry.get_model(model_id)
+    if rec is None:
+        raise ProblemError(404, f"no model {model_id!r}; list models at GET /v1/models")
+    return rec
+
+
+@router.get("/{model_id:path}", response_model=ModelOut, summary="Get a model", responses=problem_responses(404))
+def get_model(model_id: str, registry: RegistryDep) -> ModelOut:
+    return ModelOut.model_validate(_get(registry, model_id))
+
+
+@router.delete(
+    "/{model_id:path}", status_code=204, summary="Delete an uploaded model", responses=problem_responses(404, 409)
+)
+def delete_model(model_id: str, registry: RegistryDep) -> Response:
+    _get(registry, model_id)
+    registry.delete_model(model_id)
+    return Response(status_code=204)

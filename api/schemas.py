@@ -1,0 +1,186 @@
+"""Request and response bodies of the v1 API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.examples import EXAMPLE_JOB
+from service.spec import EvaluationSpec
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class Capability(BaseModel):
+    method: str
+    available: bool
+    reason: str = Field(..., description="Why the method can or cannot run on this model.")
+
+
+class ModelOut(BaseModel):
+    """A registered model."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(..., examples=["m-0123456789abcdef", "builtin:xent/run0"])
+    sha256: str
+    format: str = Field(..., description="onnx or pt2")
+    filename: str
+    bytes: int
+    metadata: dict[str, Any] = Field(
+        ..., description="Effective metadata (explicit > sidecar > ONNX props > defaults)."
+    )
+    num_outputs: int
+    capabilities: dict[str, Capability] = Field(..., description="Salience method -> availability and reason.")
+    builtin: bool = False
+    family: str | None = Field(None, description="Built-in models: the family (training recipe).")
+    run: int | None = Field(None, description="Built-in models: the run index within the family.")
+    created_at: str | None = None
+
+
+class ModelList(BaseModel):
+    items: list[ModelOut]
+
+
+class Family(BaseModel):
+    """A built-in model family: the runs of one training recipe, usable as a candidate as is."""
+
+    name: str = Field(..., examples=["xent"])
+    models: list[str] = Field(..., examples=[["builtin:xent/run0", "builtin:xent/run1"]])
+
+
+class FamilyList(BaseModel):
+    items: list[Family]
+
+
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
+
+
+class SplitSummary(BaseModel):
+    split: str | None = Field(..., description="Split name; null for a dataset without splits.")
+    sha256: str
+    n_images: int
+    counts: dict[str, int] = Field(..., description="Usable images per class.")
+    annotations: dict[str, Any]
+    n_skipped: int
+    skipped: list[SkippedFile]
+
+
+class ArchiveSummary(BaseModel):
+    sha256: str
+    bytes: int
+    format: str
+    members: int
+    files: int
+    extracted_bytes: int
+    root: str = Field(..., description="Folder of the dataset inside the archive ('.' = its top level).")
+    skipped: list[SkippedFile] = Field(..., description="Archive entries not extracted, and why.")
+
+
+class DatasetOut(BaseModel):
+    """A registered dataset."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(..., examples=["d-0123456789abcdef", "builtin:faces"])
+    name: str
+    sha256: str = Field(..., description="Content hash over all splits (independent of archive packing).")
+    builtin: bool = False
+    layout: str = Field(..., description="manifest, splits or classes")
+    has_splits: bool
+    default_split: str | None = Field(..., description="The split a job uses when it names none.")
+    splits: list[SplitSummary]
+    classes: list[str]
+    n_images: int
+    counts: dict[str, int] = Field(..., description="Usable images per class over all splits.")
+    split_counts: dict[str, dict[str, int]] | None = Field(
+        None, description="Entries listed per split and class, before validation."
+    )
+    annotations: dict[str, Any]
+    n_skipped: int
+    skipped: list[SkippedFile]
+    archive: ArchiveSummary | None = None
+    created_at: str | None = None
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+
+
+class JobRequest(EvaluationSpec):
+    """An evaluation job: an ``EvaluationSpec`` whose ``models`` are model ids and whose ``dataset`` and
+    ``ood_dataset`` are dataset ids, plus an optional callback."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB]})
+
+    callback_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        max_length=2000,
+        description="POSTed the final job (as GET /v1/jobs/{id} returns it) when the job ends.",
+    )
+
+
+class Progress(BaseModel):
+    stage: str = Field(..., description="queued, loading, in-set, out-of-set, artifacts or done")
+    done: int
+    total: int
+    fraction: float = Field(..., ge=0, le=1, description="Overall fraction of the job done.")
+    updated_at: str | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    cancel: str
+    report: str | None = None
+    report_csv: str | None = None
+    artifacts: str | None = None
+
+
+class Job(BaseModel):
+    """A job and where it stands."""
+
+    id: str
+    status: JobStatus
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str | None
+    progress: Progress
+    cache_hit: bool = Field(..., description="True when the report came from the result cache.")
+    cache_key: str | None
+    n_images: int | None = Field(None, description="In-set images the job scores.")
+    shards: int | None = Field(None, description="Shards the job was split into (null: not split).")
+    queue: str | None
+    cancel_requested: bool
+    duration_seconds: float | None = None
+    images_per_second: float | None = None
+    error: dict[str, Any] | None = Field(None, description="A problem+json object when the job failed.")
+    spec: dict[str, Any] | None
+    callback_url: str | None = None
+    callback: dict[str, Any] | None = None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    items: list[Job]
+    next_cursor: str | None = Field(None, description="Pass as ?cursor= for the next page; null on the last.")
+
+
+class Artifact(BaseModel):
+    name: str
+    bytes: int
+    media_type: str
+    url: str
+
+
+class ArtifactList(BaseModel):
+    items: list[Artifact]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, Any] = Field(default_factory=dict)
