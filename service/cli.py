@@ -83,7 +83,7 @@ def cmd_salience(args: argparse.Namespace) -> int:
     from service.models.loader import load_model
     from service.salience.registry import compute_salience
 
-    model = load_model(args.model)
+    model = load_model(args.model, threads=args.ort_threads)
     ds = load_dataset(args.images, split=args.split)
     maps, ups, targets, scores = [], [], [], []
     update, close = _progress_bar()
@@ -119,7 +119,7 @@ def cmd_salience(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from service.evaluation import evaluate, run_inset
+    from service.evaluation import Resolver, evaluate, run_inset
 
     spec = _spec_from_args(args)
     update, close = _progress_bar()
@@ -127,13 +127,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     try:
         if args.shard:
             i, n = (int(x) for x in args.shard.split("/"))
-            part = run_inset(spec, shard=(i, n), progress=update)
+            part = run_inset(spec, Resolver(threads=args.ort_threads), shard=(i, n), progress=update)
             out.mkdir(parents=True, exist_ok=True)
             part.save(out / "partial.npz")
             (out / "spec.json").write_text(json.dumps(spec.canonical(), indent=2))
             print(f"wrote shard {i}/{n} ({part.n_images} images) to {out}", file=sys.stderr)
             return 0
-        result = evaluate(spec, progress=update)
+        result = evaluate(spec, Resolver(threads=args.ort_threads), progress=update)
     finally:
         close()
     result.write(out)
@@ -167,6 +167,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--split", default=None, help="dataset split (default: test when the dataset has splits)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="PyTorch threads (default 1: on few cores OpenMP barriers slow the small measure ops)",
+    )
+    p.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = its default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        import torch
+
+        if getattr(args, "torch_threads", 0) > 0:
+            torch.set_num_threads(args.torch_threads)
         return int(args.func(args))
     except (BadInput, FileNotFoundError, ValidationError, json.JSONDecodeError) as exc:
         msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)

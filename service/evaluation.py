@@ -155,12 +155,10 @@ def load_families(spec: EvaluationSpec, resolver: Resolver) -> list[Family]:
     return fams
 
 
-def make_measures(spec: EvaluationSpec, family: Family, ood: bool) -> dict[str, Measure]:
+def make_measures(spec: EvaluationSpec, family: Family) -> dict[str, Measure]:
     out: dict[str, Measure] = {}
     for name in spec.measures:
         cls = MEASURES[name]
-        if cls.needs_ood and not ood and name == "oos_set":
-            continue
         params = {"bootstrap_resamples": spec.bootstrap_resamples, **spec.measure_params.get(name, {})}
         try:
             m = cls(params)
@@ -266,7 +264,7 @@ def run_inset(
     families = load_families(spec, resolver)
     t_load = time.perf_counter() - t0
     indices = shard_indices(len(dataset), spec.batch_size, shard)
-    measures = {f.name: make_measures(spec, f, spec.ood_dataset is not None) for f in families}
+    measures = {f.name: make_measures(spec, f) for f in families}
     cols, sums, secs = _pass(spec, dataset, indices, families, measures, "in-set", progress, should_cancel, None)
     return Partial(
         shard=shard or (0, 1),
@@ -315,7 +313,7 @@ def finish(
     ood_cols: dict[str, dict[str, Columns]] | None = None
     ood_ds = None
     seconds = {k: sum(p.seconds.get(k, 0.0) for p in parts) for k in ("load", "in-set")}
-    ood_measures = {f.name: {n: m for n, m in make_measures(spec, f, True).items() if m.needs_ood} for f in families}
+    ood_measures = {f.name: {n: m for n, m in make_measures(spec, f).items() if m.needs_ood} for f in families}
     if spec.ood_dataset is not None:
         ood_ds = load_dataset(resolver.dataset_path(spec.ood_dataset), split=spec.ood_split)
     if ood_ds is not None and any(ood_measures.values()):
@@ -324,15 +322,14 @@ def finish(
             s = sum(p.inset_sums[fam.name][0].astype(np.int64) for p in parts)
             c = sum(p.inset_sums[fam.name][1].astype(np.int64) for p in parts)
             state[fam.name] = inset_state(torch.from_numpy(np.asarray(s)), torch.from_numpy(np.asarray(c)))
-        measures = {f.name: {n: m for n, m in make_measures(spec, f, True).items() if m.needs_ood} for f in families}
         ood_cols, _, secs = _pass(
-            spec, ood_ds, range(len(ood_ds)), families, measures, "out-of-set", progress, should_cancel, state
+            spec, ood_ds, range(len(ood_ds)), families, ood_measures, "out-of-set", progress, should_cancel, state
         )
         seconds["out-of-set"] = secs
     t1 = time.perf_counter()
     results = {}
     for fam in families:
-        ms = make_measures(spec, fam, spec.ood_dataset is not None)
+        ms = make_measures(spec, fam)
         results[fam.name] = {
             name: m.summarize(
                 columns[fam.name].get(name, {}),
@@ -351,7 +348,7 @@ def finish(
         results,
         columns,
         seconds,
-        measures={f.name: make_measures(spec, f, spec.ood_dataset is not None) for f in families},
+        measures={f.name: make_measures(spec, f) for f in families},
     )
 
 

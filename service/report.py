@@ -124,7 +124,7 @@ def build_report(
                 "n_runs": len(fam.models),
                 "runs": [{"run": i, **m.describe()} for i, m in enumerate(fam.models)],
                 "measures": {r.name: r.as_dict() for r in rs},
-                "passes_per_image": {"clean": {"salience": 1, "forward": 0}, **passes},
+                "passes_per_image": {"clean": {"salience": len(fam.models), "forward": 0}, **passes},
             }
         )
     report = {
