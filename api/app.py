@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -41,4 +42,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for r in (jobs.router, models.router, families.router, datasets.router, health.router):
         app.include_router(r)
+    _problem_only_errors(app)
     return app
+
+
+def _problem_only_errors(app: FastAPI) -> None:
+    """Error responses are documented as application/problem+json only (FastAPI would also list the
+    route's default application/json for a response ``model``)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for ops in schema.get("paths", {}).values():
+                for op in ops.values():
+                    for code, resp in op.get("responses", {}).items():
+                        content = resp.get("content", {})
+                        if code[:1] in "45" and "application/problem+json" in content:
+                            content.pop("application/json", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -331,7 +331,7 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
                             f"archive member {zi.filename!r} is a symbolic link; archives may hold regular "
                             "files and folders only"
                         )
-                    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no Unix type recorded
                         raise DatasetError(f"archive member {zi.filename!r} is not a regular file or folder")
                     reason = _skip_reason(parts)
                     if reason or not parts:

@@ -46,7 +46,8 @@ class JobTask(Task):
 
 @shared_task(name=TASK_RUN_JOB, bind=True, base=JobTask, ignore_result=True)
 def run_job_task(self: Task, job_id: str) -> None:
-    queue = env().settings.job_queue
+    # Shards follow the job to the queue it came from (a GPU job's shards go to GPU workers).
+    queue = (self.request.delivery_info or {}).get("routing_key") or env().settings.job_queue
 
     def dispatch(jid: str, count: int) -> None:
         header = [run_shard_task.s(job_id=jid, index=i, count=count).set(queue=queue) for i in range(count)]

@@ -11,7 +11,7 @@ from api.schemas import DatasetList, DatasetOut
 from api.uploads import MalformedUpload, receive_upload
 from service.store import ArchiveLimits
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(503))
 
 _UPLOAD_BODY = {
     "requestBody": {

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import RegistryDep
+from api.problems import problem_responses
 from api.schemas import Family, FamilyList
 from service.builtins import families
 
-router = APIRouter(prefix="/v1/families", tags=["models"])
+router = APIRouter(prefix="/v1/families", tags=["models"], responses=problem_responses(503))
 
 
 @router.get(

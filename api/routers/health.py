@@ -11,7 +11,7 @@ from api.metrics import render
 from api.problems import problem_responses
 from api.schemas import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=problem_responses(503))
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the API process answers")

@@ -16,7 +16,7 @@ from service.store import NotFound
 from workers.app import TASK_RUN_JOB
 from workers.records import TERMINAL, JobStore, body_sha256, new_job_id, public_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(503))
 
 
 def require_json(request: Request) -> None:

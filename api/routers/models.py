@@ -11,7 +11,7 @@ from api.schemas import ModelList, ModelOut
 from api.uploads import MalformedUpload, receive_upload
 from service.models.metadata import ModelMetadata
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=problem_responses(503))
 
 _UPLOAD_BODY = {
     "requestBody": {

@@ -1,0 +1,107 @@
+"""Errors as RFC 9457 problem+json, in process (no workers): Redis down, size limits, media types."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.app import create_app
+from service.settings import Settings
+from tests.servicekit import free_port
+
+PROBLEM = "application/problem+json"
+
+
+class Client:
+    """A synchronous face over httpx's ASGI transport (the app in this process, no server)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://etm.test") as c:
+                return await c.request(method, url, **kw)
+
+        return asyncio.run(go())
+
+    def get(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", url, **kw)
+
+    def put(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("PUT", url, **kw)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Client:
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        store_url=str(tmp_path / "store"),
+        cache_dir=tmp_path / "cache",
+        max_model_bytes=1000,
+        max_archive_members=5,
+    )
+    return Client(create_app(settings))
+
+
+def _problem(r, status: int) -> dict:  # noqa: ANN001
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == PROBLEM
+    body = r.json()
+    assert {"type", "title", "status", "detail", "instance"} <= set(body) and body["status"] == status
+    assert "Traceback" not in r.text
+    return body
+
+
+def test_redis_down_is_503(client: Client) -> None:
+    p = _problem(client.get("/v1/jobs/j-123"), 503)
+    assert "Redis" in p["detail"] and client.get("/v1/jobs").status_code == 503
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("unreachable")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_upload_over_the_limit_is_413(client: Client) -> None:
+    p = _problem(client.post("/v1/models", files={"file": ("big.onnx", b"\0" * 5000)}), 413)
+    assert "1000 bytes" in p["detail"]
+
+
+def test_archive_checks(client: Client) -> None:
+    _problem(client.post("/v1/datasets", files={"file": ("d.txt", b"just text")}), 415)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../../escape.png", b"x")
+    p = _problem(client.post("/v1/datasets", files={"file": ("d.zip", buf.getvalue())}), 422)
+    assert "leaves the archive" in p["detail"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(10):
+            zf.writestr(f"c/{i}.png", b"x")
+    p = _problem(client.post("/v1/datasets", files={"file": ("d.zip", buf.getvalue())}), 413)
+    assert "ETM_MAX_ARCHIVE_MEMBERS" in p["detail"]
+    empty = io.BytesIO()
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("real/notes.txt", b"hello")
+    p = _problem(client.post("/v1/datasets", files={"file": ("d.zip", empty.getvalue())}), 422)
+    assert "no usable images" in p["detail"]
+
+
+def test_malformed_requests(client: Client) -> None:
+    _problem(client.post("/v1/models", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}), 400)
+    _problem(client.post("/v1/models", files={"other": ("a.onnx", b"x")}), 400)
+    p = _problem(client.post("/v1/jobs", content=b"{bad", headers={"Content-Type": "application/json"}), 422)
+    assert "not valid JSON" in p["detail"]
+    p = _problem(client.post("/v1/jobs", json={"candidates": [], "dataset": "d"}), 422)
+    assert "candidates" in p["detail"] and p["errors"]
+    _problem(client.put("/v1/jobs"), 405)
+    _problem(client.get("/v1/models/m-none"), 404)
