@@ -159,6 +159,22 @@ class DevServer:
             flush=True,
         )
 
+    def stop_embedded_redis(self) -> None:
+        """SHUTDOWN SAVE (the database file keeps jobs across restarts), then make sure it is gone."""
+        pid, folder = self.embedded.pid, self.embedded.redis_dir
+        try:
+            self.embedded.shutdown(save=True)
+        except Exception as exc:  # noqa: BLE001 - fall back to a signal below
+            log.warning("embedded Redis SHUTDOWN failed: %s", exc)
+        if not _wait_gone(pid, 10) and pid:
+            log.warning("embedded Redis (pid %d) still running; terminating it", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid, 5)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.embedded = None
+
     def shutdown(self) -> None:
         log.info("stopping")
         for name, grace in (("api", 10.0), ("worker", 20.0)):
@@ -175,18 +191,18 @@ class DevServer:
                     os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
         if self.embedded is not None:
-            pid, folder = self.embedded.pid, self.embedded.redis_dir
-            with contextlib.suppress(Exception):
-                self.embedded.shutdown(save=True, now=True, force=True)
-            for _ in range(100):
-                if not pid or not _alive(pid):
-                    break
-                time.sleep(0.1)
-            if folder:
-                shutil.rmtree(folder, ignore_errors=True)
-            self.embedded = None
+            self.stop_embedded_redis()
         self.children = {}
         log.info("stopped")
+
+
+def _wait_gone(pid: int | None, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while pid and _alive(pid):
+        if time.time() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _alive(pid: int) -> bool:
@@ -202,6 +218,7 @@ def _alive(pid: int) -> bool:
 def main() -> int:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls
     server = DevServer(settings)
 
     def on_signal(signum: int, _frame: Any) -> None:
