@@ -46,11 +46,16 @@ def _ready(client: httpx.Client, timeout: float, proc: subprocess.Popen | None) 
     raise SystemExit(f"the service at {client.base_url} did not become ready within {timeout:.0f} s")
 
 
-def start_devserver(url: str) -> subprocess.Popen:
+def start_devserver(url: str, log: Path) -> subprocess.Popen:
     parts = urlsplit(url)
     env = dict(os.environ, ETM_API_HOST=parts.hostname or "127.0.0.1", ETM_API_PORT=str(parts.port or 80))
-    print(f"no service at {url}; starting `python -m api.devserver` for this demo", flush=True)
-    return subprocess.Popen([sys.executable, "-m", "api.devserver"], cwd=REPO, env=env, start_new_session=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"no service at {url}; starting `python -m api.devserver` for this demo (log: {log})", flush=True)
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "api.devserver"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def ranking_table(report: dict[str, Any]) -> str:
@@ -117,11 +122,13 @@ def run_demo(url: str, timeout: float = 900) -> int:
 
 
 def main() -> int:
-    url = Settings().api_url.rstrip("/")
+    settings = Settings()
+    url = settings.api_url.rstrip("/")
     proc = None
     with httpx.Client(base_url=url) as client:
         if not _up(client):
-            proc = start_devserver(url)
+            proc = start_devserver(url, settings.var_dir / "demo-devserver.log")
+            print("waiting for it to be ready (the first start generates the benchmark data: about a minute)")
         try:
             _ready(client, 600, proc)
             return run_demo(url)

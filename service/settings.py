@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         Path("var/cache"), description="Local folder where workers materialise models and datasets from the store."
     )
     var_dir: Path = Field(
-        Path("var"), description="Devserver state: embedded Redis database, logs, default store and cache."
+        Path("var"), description="Devserver state: the embedded Redis database, the demo's devserver log."
     )
     benchmark_data_dir: Path = Field(
         Path("var/benchmark"),
@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     register_builtins: bool = Field(True, description="Register the benchmark datasets and models as built-ins.")
 
     # -- HTTP ----------------------------------------------------------------------------------
-    api_host: str = Field("127.0.0.1", description="Interface the devserver's API listens on.")
-    api_port: int = Field(8000, ge=1, le=65535, description="Port the devserver's API listens on.")
+    api_host: str = Field("127.0.0.1", description="Interface the devserver's API listens on (`make run`).")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port the devserver's API listens on (`make run`).")
     api_url: str = Field(
         "http://127.0.0.1:8000", description="Where `make demo` finds a running service (else it starts one)."
     )
@@ -69,7 +69,11 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(86_400, ge=1, description="How long an Idempotency-Key is remembered.")
 
     # -- jobs and workers ----------------------------------------------------------------------
-    job_queue: Queue = Field("cpu", description="Queue jobs (and their shards) are sent to: cpu or gpu.")
+    job_queue: Queue = Field(
+        "cpu",
+        description="Queue the API sends jobs to (cpu or gpu); shards follow their job's queue. Also the queue "
+        "`python -m workers` consumes unless -Q says otherwise.",
+    )
     shard_images: int = Field(
         2000, ge=1, description="Jobs with more in-set images than this are split into shards over images."
     )
@@ -91,7 +95,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         1, ge=1, description="Intra-op threads of torch and ONNX Runtime in worker processes (1 is fastest on 2 cores)."
     )
-    worker_concurrency: int = Field(1, ge=1, description="Processes of the devserver's worker.")
+    worker_concurrency: int = Field(
+        1, ge=1, description="Pool processes of a worker started with `python -m workers` (and the devserver's)."
+    )
     progress_interval: float = Field(
         0.5, ge=0.0, description="Least seconds between progress writes to a job record (stage changes always)."
     )

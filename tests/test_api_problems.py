@@ -26,7 +26,7 @@ class Client:
 
     def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
         async def go() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://etm.test") as c:
                 return await c.request(method, url, **kw)
 
@@ -105,3 +105,12 @@ def test_malformed_requests(client: Client) -> None:
     assert "candidates" in p["detail"] and p["errors"]
     _problem(client.put("/v1/jobs"), 405)
     _problem(client.get("/v1/models/m-none"), 404)
+
+
+def test_unexpected_errors_are_500_without_traceback(client: Client) -> None:
+    @client.app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    p = _problem(client.get("/boom"), 500)
+    assert "secret internals" not in p["detail"] and "logged" in p["detail"]

@@ -50,3 +50,9 @@ def test_compose_shape() -> None:
     env = {k[4:].lower(): v for k, v in _environment(services["worker-cpu"]).items() if k.startswith("ETM_")}
     env.pop("job_queue")  # "${ETM_JOB_QUEUE:-cpu}" is interpolated by compose
     Settings(**env)
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (REPO / "docs" / "SERVICE.md").read_text()
+    missing = [f"ETM_{n.upper()}" for n in Settings.model_fields if f"`ETM_{n.upper()}`" not in doc]
+    assert not missing, f"add these settings to the table in docs/SERVICE.md: {missing}"
