@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,6 +26,23 @@ or tar archive), or use the built-ins (`GET /v1/families`, datasets `builtin:*`)
 """
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Import the domain in the background so that the first upload or job does not wait for torch.
+    threading.Thread(target=_warm_up, name="etm-warm-up", daemon=True).start()
+    yield
+
+
+def _warm_up() -> None:
+    try:
+        import service.models.loader  # noqa: F401
+        from service.salience.registry import method_names
+
+        method_names()
+    except Exception:  # noqa: BLE001 - only a warm-up; the real import reports problems
+        logging.getLogger("etm.api").exception("warm-up import failed")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -31,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Salience-based explainability measures for image classifiers, as a service.",
         description=DESCRIPTION,
+        lifespan=_lifespan,
         openapi_tags=[
             {"name": "jobs", "description": "Evaluation jobs, their reports and artifacts."},
             {"name": "models", "description": "Model files and built-in model families."},

@@ -107,7 +107,7 @@ def test_dataset_upload_counts_and_dedupes(kit: ServiceKit, ids: dict[str, Any],
 
 
 def test_job_succeeds_with_progress_report_csv_and_artifacts(kit: ServiceKit, ids: dict[str, Any]) -> None:
-    r = kit.submit(body(ids, batch_size=4))
+    r = kit.submit(body(ids, batch_size=2))
     assert r.status_code == 202, r.text
     assert r.headers["Location"] == f"/v1/jobs/{r.json()['id']}" and int(r.headers["Retry-After"]) >= 1
     seen: list[dict[str, Any]] = []
@@ -142,7 +142,7 @@ def test_job_succeeds_with_progress_report_csv_and_artifacts(kit: ServiceKit, id
     assert kit.client.get(f"/v1/jobs/{job['id']}/artifacts/nope.png").status_code == 404
 
     # The same job again: answered from the result cache, at once.
-    again = kit.submit(body(ids, batch_size=4))
+    again = kit.submit(body(ids, batch_size=2))
     assert again.status_code == 202
     hit = again.json()
     assert hit["status"] == "succeeded" and hit["cache_hit"] is True and hit["id"] != job["id"]
