@@ -114,3 +114,33 @@ def test_unexpected_errors_are_500_without_traceback(client: Client) -> None:
 
     p = _problem(client.get("/boom"), 500)
     assert "secret internals" not in p["detail"] and "logged" in p["detail"]
+
+
+def test_job_that_cannot_be_queued_fails_instead_of_hanging(
+    tmp_path: Path, family_onnx: list[Path], dataset_dir: Path
+) -> None:
+    from service.store import ArchiveLimits, ArtifactStore, Registry
+    from tests.servicekit import RedisServer, zip_folder
+
+    redis_server = RedisServer(tmp_path / "redis")
+    try:
+        settings = Settings(redis_url=redis_server.url, store_url=str(tmp_path / "store"), cache_dir=tmp_path / "c")
+        reg = Registry(ArtifactStore(settings.store_url))
+        model, _ = reg.ingest_model(family_onnx[0], "run0.onnx")
+        (tmp_path / "ds.zip").write_bytes(zip_folder(dataset_dir))
+        ds, _ = reg.ingest_dataset(tmp_path / "ds.zip", "ds.zip", ArchiveLimits(), tmp_path)
+        app = create_app(settings)
+
+        class DeadBroker:
+            def send_task(self, *a: Any, **kw: Any) -> None:
+                raise ConnectionRefusedError("broker down")
+
+        app.state.services.__dict__["celery"] = DeadBroker()
+        client = Client(app)
+        job = {"candidates": [{"name": "a", "models": [model["id"]]}], "dataset": ds["id"], "max_images": 4}
+        p = _problem(client.post("/v1/jobs", json=job), 503)
+        assert "could not be queued" in p["detail"]
+        listed = client.get("/v1/jobs").json()["items"]
+        assert [j["status"] for j in listed] == ["failed"] and listed[0]["error"]["status"] == 503
+    finally:
+        redis_server.stop()

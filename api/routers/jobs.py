@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -14,8 +15,9 @@ from api.schemas import ArtifactList, Job, JobList, JobRequest, JobStatus
 from service.spec import EvaluationSpec
 from service.store import NotFound
 from workers.app import TASK_RUN_JOB
-from workers.records import TERMINAL, JobStore, body_sha256, new_job_id, public_job
+from workers.records import TERMINAL, JobStore, body_sha256, new_job_id, problem, public_job
 
+log = logging.getLogger("etm.api")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(503))
 
 
@@ -128,9 +130,24 @@ def create_job(
         if body.callback_url:
             background.add_task(_callback, services, job_id)
     else:
-        services.celery.send_task(
-            TASK_RUN_JOB, kwargs={"job_id": job_id}, queue=settings.job_queue, task_id=f"{job_id}:run"
-        )
+        try:
+            services.celery.send_task(
+                TASK_RUN_JOB, kwargs={"job_id": job_id}, queue=settings.job_queue, task_id=f"{job_id}:run"
+            )
+        except Exception as exc:  # noqa: BLE001 - the broker refused: the job must not stay queued forever
+            log.exception("job %s: could not enqueue", job_id)
+            detail = f"the job could not be queued ({type(exc).__name__}); retry shortly"
+            t = time.time()
+            jobs.transition(
+                job_id,
+                "failed",
+                ("queued",),
+                finished_at=t,
+                updated_at=t,
+                error=problem("enqueue-failed", "Could not queue the job", 503, detail, f"/v1/jobs/{job_id}"),
+            )
+            jobs.snapshot(job_id)
+            raise ProblemError(503, detail, slug="enqueue-failed", headers={"Retry-After": "5"}) from exc
     return _accepted(response, job, settings.retry_after_seconds)
 
 
