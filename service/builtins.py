@@ -7,8 +7,10 @@ store under fixed ids so that a fresh service can score something before anythin
   reproducible from a seed, so each machine generates its own; the record's content hash tells
   whether two machines agree).
 - models: ``builtin:<family>/run<k>`` for every ``<family>/run<k>.onnx`` (with its ``.json``
-  sidecar) under ``ETM_BENCHMARK_MODELS_DIR`` — the ``xent`` and ``cyborg`` families. Their bytes go
-  into the store like uploads. ``GET /v1/families`` groups them.
+  sidecar) under ``ETM_BENCHMARK_MODELS_DIR`` — the ``xent`` and ``cyborg`` families — and
+  ``builtin:<family>-pt2/run<k>`` for the ``torch.export`` programs ``run<k>.pt2`` beside them (the
+  same weights; every gradient method runs on them). Their bytes go into the store like uploads.
+  ``GET /v1/families`` groups them.
 
 Registration is idempotent and cheap when nothing changed: datasets are re-validated only when
 ``benchmark.json`` (the generator's parameters) changes, models only when their bytes change.
@@ -36,19 +38,22 @@ BUILTIN_DATASETS = {
     "builtin:nonfaces": "nonfaces",
     "builtin:lfw": "lfw",
 }
-_RUN = re.compile(r"^run(\d+)\.onnx$")
+_RUN = re.compile(r"^run(\d+)\.(onnx|pt2)$")
 
 
 def family_files(models_dir: Path) -> dict[str, list[tuple[int, Path]]]:
-    """``{family: [(run, path), ...]}`` for every ``<family>/run<k>.onnx`` under ``models_dir``."""
+    """``{family: [(run, path), ...]}``: ``<family>/run<k>.onnx`` as ``family``, ``<family>/run<k>.pt2`` as
+    ``family-pt2``."""
     out: dict[str, list[tuple[int, Path]]] = {}
     if not models_dir.is_dir():
         return out
     for d in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        runs = sorted((int(m.group(1)), f) for f in d.iterdir() if (m := _RUN.match(f.name)))
-        if runs:
-            out[d.name] = runs
-    return out
+        for f in sorted(d.iterdir()):
+            m = _RUN.match(f.name)
+            if m:
+                name = d.name if m.group(2) == "onnx" else f"{d.name}-pt2"
+                out.setdefault(name, []).append((int(m.group(1)), f))
+    return {name: sorted(runs) for name, runs in sorted(out.items())}
 
 
 def model_id(family: str, run: int) -> str:

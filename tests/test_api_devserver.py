@@ -60,8 +60,13 @@ def _redis_pid(socket_path: str) -> int | None:
     return None
 
 
+EXAMPLE_FILES = [
+    MODELS / ref.split(":", 1)[1] for c in EXAMPLE_JOB["candidates"] for ref in c["models"]
+]
+
+
 @pytest.mark.skipif(
-    not all((MODELS / f / "run0.onnx").is_file() for f in ("xent", "cyborg")),
+    not all(p.with_suffix(".onnx").is_file() for p in EXAMPLE_FILES),
     reason="the benchmark model families are not in benchmark/models yet (python -m benchmark.train)",
 )
 def test_devserver_runs_the_readme_example_and_stops_cleanly(tmp_path: Path) -> None:
