@@ -29,3 +29,16 @@ def test_openapi_is_3_1_and_errors_are_problems() -> None:
 def test_examples_are_valid_job_bodies() -> None:
     JobRequest.model_validate(EXAMPLE_JOB)
     JobRequest.model_validate(DEMO_JOB)
+
+
+def test_readme_curl_example_is_the_tested_one() -> None:
+    """The README's job example must be api.examples.EXAMPLE_JOB (which the devserver test runs)."""
+    import pytest
+
+    from api.examples import example_body
+    from tests.servicekit import REPO
+
+    readme = (REPO / "README.md").read_text() if (REPO / "README.md").is_file() else ""
+    if "/v1/jobs \\" not in readme:
+        pytest.skip("the README has no curl example for POST /v1/jobs yet")
+    assert example_body() in readme, "README's curl body differs from api/examples.py EXAMPLE_JOB"
