@@ -46,6 +46,30 @@ def _ready(client: httpx.Client, timeout: float, proc: subprocess.Popen | None) 
     raise SystemExit(f"the service at {client.base_url} did not become ready within {timeout:.0f} s")
 
 
+def _builtins_present(client: httpx.Client) -> bool:
+    try:
+        if client.get("/v1/datasets/builtin:faces", timeout=10).status_code != 200:
+            return False
+        families = {f["name"] for f in client.get("/v1/families", timeout=10).json()["items"]}
+    except httpx.HTTPError:
+        return False
+    return {"xent", "cyborg"} <= families
+
+
+def _wait_builtins(client: httpx.Client, timeout: float, proc: subprocess.Popen | None) -> None:
+    """A devserver registers the built-ins while its API already answers: wait for them."""
+    deadline = time.time() + timeout
+    while not _builtins_present(client):
+        if proc is None:
+            raise SystemExit(
+                f"the service at {client.base_url} has no built-in dataset builtin:faces or families xent/cyborg; "
+                "start it with `make run` (which registers them) or run `python -m service.builtins` against its store"
+            )
+        if proc.poll() is not None or time.time() > deadline:
+            raise SystemExit("the devserver did not register the built-ins; see its log")
+        time.sleep(1)
+
+
 def start_devserver(url: str, log: Path) -> subprocess.Popen:
     parts = urlsplit(url)
     env = dict(os.environ, ETM_API_HOST=parts.hostname or "127.0.0.1", ETM_API_PORT=str(parts.port or 80))
@@ -131,6 +155,7 @@ def main() -> int:
             print("waiting for it to be ready (the first start generates the benchmark data: about a minute)")
         try:
             _ready(client, 600, proc)
+            _wait_builtins(client, 600, proc)
             return run_demo(url)
         finally:
             if proc is not None:
