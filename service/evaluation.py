@@ -279,7 +279,9 @@ def run_inset(
 def _dataset(spec: EvaluationSpec, resolver: Resolver) -> Dataset:
     ds = load_dataset(resolver.dataset_path(spec.dataset), split=spec.split)
     if spec.max_images is not None and spec.max_images < len(ds.items):
-        items = ds.items[: spec.max_images]
+        # Evenly spaced over the canonical (sorted) order, so a subset keeps the class balance.
+        step = len(ds.items) / spec.max_images
+        items = [ds.items[int(i * step)] for i in range(spec.max_images)]
         counts = dict(sorted(Counter(it.label for it in items).items()))
         ds = replace(ds, items=items, sha256=content_sha256(items), counts=counts)
     return ds

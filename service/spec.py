@@ -51,7 +51,7 @@ class EvaluationSpec(BaseModel):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     batch_size: int = Field(64, ge=1, le=4096)
     bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
-    max_images: int | None = Field(None, ge=1, description="Use only the first N images (canonical order).")
+    max_images: int | None = Field(None, ge=1, description="Use N images evenly spaced over the canonical order.")
     overlays: int = Field(8, ge=0, le=64, description="Salience overlay PNGs per candidate in artifacts.")
 
     @field_validator("measures")
