@@ -15,14 +15,13 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from service.datasets import iter_batches, load_dataset
+from service.datasets import iter_batches
 from service.errors import Canceled
 from service.spec import EvaluationSpec
 
@@ -96,13 +95,12 @@ def compute_artifacts(
         ``overlay_<candidate>_<nn>.png`` for each candidate and overlay image, ``overlays.json``
         and ``curves.json``.
     """
-    from service.evaluation import image_seeds, load_families
+    from service.evaluation import _dataset, image_seeds, load_families
     from service.salience.registry import compute_salience
 
     out: dict[str, bytes] = {"curves.json": json.dumps(curves(report), indent=1, sort_keys=True).encode()}
-    ds = load_dataset(resolver.dataset_path(spec.dataset), split=spec.split)
-    if spec.max_images is not None and spec.max_images < len(ds.items):
-        ds = replace(ds, items=ds.items[: spec.max_images])
+    # The evaluation's own choice of images (split, max_images subset), so overlays show evaluated images.
+    ds = _dataset(spec, resolver)
     idx = overlay_indices(len(ds), spec.overlays)
     index: dict[str, Any] = {
         "method": spec.method,
