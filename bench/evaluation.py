@@ -1,0 +1,289 @@
+"""Figure 2: the full evaluation against the bare model passes it needs.
+
+One candidate (one model), N in-set images, every measure family with default parameters (the
+paper's 12 transforms, 7 noise levels, deletion steps 0..100 by 10 and the paper's blur), plus the
+out-of-set pass when an out-of-set dataset is there. The floor is the model passes the plan needs:
+per image ``1`` clean salience pass plus ``passes_per_image`` of each measure (salience passes and
+forward passes both count as one forward: the fast path's salience pass *is* one forward), run as
+that many bare batched ONNX Runtime forwards at the job's batch size; the out-of-set clean pass adds
+one per out-of-set image. Ratio = evaluation wall time / floor time (target <= 1.3).
+
+A second, instrumented run splits the evaluation's time into model passes and everything else per
+measure family (by wrapping methods from the outside; nothing in ``service/`` is changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import BENCH_DIR, Report, best, export_cached, ort_session, set_threads
+
+TARGET = 1.3
+
+
+def _facenet_meta() -> dict[str, Any]:
+    return {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "class_names": ["real", "synthetic"],
+            "positive_class": "synthetic", "score_activation": "softmax"}
+
+
+def build_facenet() -> torch.nn.Module:
+    """The benchmark's detector architecture (``benchmark/net.py``) with seeded random weights: the
+    same cost per pass as the trained families, for when those are not on disk."""
+    from benchmark.net import FaceNet
+
+    torch.manual_seed(0)
+    return FaceNet().eval()
+
+
+def default_inputs(quick: bool = False) -> dict[str, Any]:
+    """Model and data for figures 2, 3 and 5.
+
+    Model: the trained benchmark CNN ``benchmark/models/xent/run0.onnx`` when present, else the same
+    architecture with random weights exported here (64 px, 8x8 maps), else (``quick``, or no
+    ``benchmark/net.py``) the tests' TinyNet. Data: the generated benchmark faces
+    (``python -m benchmark.generate``) when present, else a generated 2-class set.
+    """
+    if quick:
+        return tiny_inputs()
+    try:
+        from benchmark import paths
+    except ImportError:  # pragma: no cover - the benchmark package is part of the repo
+        return tiny_inputs()
+    trained = paths.MODELS_DIR / "xent" / "run0.onnx"
+    faces_ok = (paths.FACES_DIR / "manifest.csv").exists()
+    if trained.exists() and trained.with_suffix(".pt2").exists():
+        model, build, what = trained, None, "trained benchmark CNN xent/run0 (64 px, 8x8 maps)"
+    else:
+        try:
+            model = export_cached("facenet64-random", build_facenet, "onnx", 64, _facenet_meta())
+        except ImportError:
+            return tiny_inputs()
+        build, what = build_facenet, "benchmark CNN architecture, random weights (64 px, 8x8 maps)"
+    if faces_ok:
+        data, split, train, ood = paths.FACES_DIR, "test", "train", paths.NONFACES_DIR
+        what += " on the synthetic faces"
+    else:
+        data, split, train, ood = tiny_inputs(size=64)["dataset"], None, None, None
+        what += " on a generated 2-class set"
+    return {"model": model, "build": build, "dataset": data, "split": split, "train_split": train,
+            "ood": ood if ood is not None and ood.exists() else None, "what": what}
+
+
+def tiny_inputs(root: Path | None = None, n_per_class: int = 64, size: int = 40) -> dict[str, Any]:
+    from tests.helpers.tiny import TinyNet, export, tiny_dataset
+
+    root = root or BENCH_DIR / "tiny"
+    model = root / "tinynet.onnx"
+    data = root / f"data{n_per_class}-{size}"
+    if not model.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        export(TinyNet(), model, "onnx", size=32)
+    if not data.exists():
+        tiny_dataset(data, n_per_class=n_per_class, size=size)
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return TinyNet().eval()
+
+    return {"model": model, "build": build, "dataset": data, "split": None, "train_split": None, "ood": None,
+            "what": "tests' TinyNet (32 px, 8x8 maps) on a generated 2-class set"}
+
+
+def make_spec(inputs: dict[str, Any], n_images: int, batch_size: int = 64, split: str | None = "default",
+              bootstrap: int = 1000):
+    from service.spec import EvaluationSpec
+
+    return EvaluationSpec(
+        candidates=[{"name": "cand", "models": [str(inputs["model"])]}],
+        dataset=str(inputs["dataset"]),
+        split=inputs["split"] if split == "default" else split,
+        ood_dataset=str(inputs["ood"]) if inputs.get("ood") else None,
+        measures=["all"],
+        batch_size=batch_size,
+        max_images=n_images,
+        bootstrap_resamples=bootstrap,
+        overlays=0,
+        seed=0,
+    )
+
+
+def passes_per_image(spec) -> dict[str, dict[str, int]]:
+    from service.evaluation import Resolver, load_families, make_measures
+
+    fam = load_families(spec, Resolver(threads=1))[0]
+    k = len(fam.models)
+    out = {"clean": {"salience": k, "forward": 0}}
+    for name, m in make_measures(spec, fam).items():
+        out[name] = m.passes_per_image(k)
+    return out
+
+
+def bare_floor(model_path: Path, n_in: int, n_ood: int, per_image: int, batch_size: int, size: tuple[int, int],
+               threads: int = 1) -> float:
+    """Seconds for the bare batched ORT forwards the evaluation needs."""
+    sess = ort_session(model_path, threads)
+    inp = sess.get_inputs()[0].name
+    out = sess.get_outputs()[0].name
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((batch_size, 3, *size)).astype(np.float32)
+    t0 = time.perf_counter()
+    for n, passes in ((n_in, per_image), (n_ood, 1)):
+        for b in range(math.ceil(n / batch_size)):
+            x = full[: min(batch_size, n - b * batch_size)]
+            for _ in range(passes):
+                sess.run([out], {inp: x})
+    return time.perf_counter() - t0
+
+
+@contextmanager
+def instrument():
+    """Accumulate seconds in model passes (ORT ``forward``) and in each measure's ``per_image``
+    (self time, model passes excluded) by wrapping the methods for the duration of the block."""
+    from service.measures import MEASURES
+    from service.models.onnx_model import OnnxModel
+
+    acc: dict[str, float] = defaultdict(float)
+    stack: list[float] = []  # model-pass seconds accumulated inside the current measure
+    originals: list[tuple[type, str, Any]] = []
+
+    def wrap_forward(fn):
+        def inner(self, *a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(self, *a, **kw)
+            finally:
+                dt = time.perf_counter() - t
+                acc["model passes (ORT forward incl. preprocessing)"] += dt
+                if stack:
+                    stack[-1] += dt
+
+        return inner
+
+    def wrap_measure(name, fn):
+        def inner(self, *a, **kw):
+            stack.append(0.0)
+            t = time.perf_counter()
+            try:
+                return fn(self, *a, **kw)
+            finally:
+                dt = time.perf_counter() - t
+                acc[f"measure {name}: own work"] += dt - stack.pop()
+
+        return inner
+
+    originals.append((OnnxModel, "forward", OnnxModel.forward))
+    OnnxModel.forward = wrap_forward(OnnxModel.forward)
+    for name, cls in MEASURES.items():
+        for meth in ("per_image", "per_image_ood"):
+            if meth in cls.__dict__:
+                originals.append((cls, meth, cls.__dict__[meth]))
+                setattr(cls, meth, wrap_measure(name, cls.__dict__[meth]))
+    try:
+        yield acc
+    finally:
+        for cls, meth, fn in originals:
+            setattr(cls, meth, fn)
+
+
+def run(n_images: int = 256, reps: int = 1, batch_size: int = 64, threads: int = 1, quick: bool = False,
+        inputs: dict[str, Any] | None = None) -> Report:
+    from service.evaluation import Resolver, evaluate
+
+    thread_note = set_threads(threads)
+    inputs = inputs or default_inputs(quick)
+    spec = make_spec(inputs, n_images, batch_size)
+    rep = Report("2", f"full evaluation vs its bare model passes ({inputs['what']})")
+    passes = passes_per_image(spec)
+    per_image = sum(p["salience"] + p["forward"] for p in passes.values())
+    wall, floor = [], []
+    result = None
+    for _ in range(reps):  # interleaved: evaluation, then its floor, on the same load
+        t0 = time.perf_counter()
+        result = evaluate(spec, Resolver(threads=threads))
+        wall.append(time.perf_counter() - t0)
+        cand = result.report["candidates"][0]
+        n_in = result.report["dataset"]["n_images"]
+        n_ood = (result.report.get("ood_dataset") or {}).get("n_images", 0) or 0
+        size = tuple(cand["runs"][0]["metadata"]["input_size"])
+        floor.append(bare_floor(Path(inputs["model"]), n_in, n_ood, per_image, batch_size, size, threads))
+    assert result is not None
+    reported = result.report["candidates"][0].get("passes_per_image")
+    rep.check("passes_per_image in the report = the measures' own count", reported == passes,
+              f"report {reported} vs measures {passes}")
+    values = {k: r["value"] for k, r in result.report["candidates"][0]["measures"].items()}
+    missing = [k for k in ("entropy.spatial", "oos.noise", "geometry.ssim", "degradation.deletion") if
+               values.get(k) is None or not np.isfinite(values[k])]
+    rep.check("headline values present", not missing, f"missing: {missing}" if missing else "all finite")
+    # where the time goes (second, instrumented run)
+    with instrument() as acc:
+        t0 = time.perf_counter()
+        evaluate(spec, Resolver(threads=threads))
+        inst_total = time.perf_counter() - t0
+    ratio = best(wall) / best(floor)
+    rep.setup = {"N": n_in, "N_ood": n_ood, "batch": batch_size, "threads": thread_note, "reps": reps,
+                 "model": str(inputs["model"].relative_to(inputs["model"].parents[2]))
+                 if len(inputs["model"].parents) > 2 else str(inputs["model"]),
+                 "passes_per_image": passes, "bare passes per in-set image": per_image,
+                 "report_seconds": result.report["provenance"]["timing"]["seconds"]}
+    rep.row("evaluation wall time", best(wall), "s", note=f"N={n_in} in-set + {n_ood} out-of-set images")
+    rep.row("bare batched ORT forwards it needs", best(floor), "s",
+            note=f"{per_image} per in-set image + 1 per out-of-set image")
+    rep.row("evaluation / bare passes", ratio, "x", f"<= {TARGET}", ratio <= TARGET)
+    for name, p in passes.items():
+        rep.row(f"passes per image: {name}", p["salience"] + p["forward"], "",
+                note=f"salience {p['salience']}, forward {p['forward']}")
+    for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+        rep.row(f"time share: {k}", 100 * v / inst_total, "%", note=f"{v:.2f} s of {inst_total:.2f} s")
+    _blur_prototype(rep, inputs, batch_size)
+    return rep
+
+
+def _blur_prototype(rep: Report, inputs: dict[str, Any], batch_size: int) -> None:
+    """The paper blur's per-level loop (``service.ops.blur.variable_blur``) against the bit-identical
+    ``bench.prototypes.variable_blur_where`` on one batch of real maps and images."""
+    from bench.common import interleaved
+    from bench.prototypes import variable_blur_where
+    from service.datasets import iter_batches, load_dataset
+    from service.models.loader import load_model
+    from service.ops.blur import blur_levels, variable_blur
+    from service.ops.maps import to_uint8
+    from service.salience.registry import compute_salience
+
+    model = load_model(inputs["model"], threads=1)
+    ds = load_dataset(inputs["dataset"], split=inputs["split"])
+    batch = next(iter(iter_batches(ds, range(min(batch_size, len(ds))), batch_size,
+                                   tuple(model.metadata.input_size))))
+    levels = blur_levels(to_uint8(compute_salience(model, batch.images).upsampled), "background")
+    same = torch.equal(variable_blur(batch.images, levels), variable_blur_where(batch.images, levels))
+    rep.check("prototype variable_blur_where = service variable_blur, bit for bit", same, "torch.equal, one batch")
+    t = interleaved({"service": lambda: variable_blur(batch.images, levels),
+                     "prototype": lambda: variable_blur_where(batch.images, levels)}, reps=3)
+    ts, tp = best(t["service"]), best(t["prototype"])
+    rep.row("paper blur, one batch: service variable_blur", ts, "s",
+            note=f"{int(torch.unique(levels).numel())} distinct levels, {len(batch.images)} images")
+    rep.row("paper blur, one batch: bench/prototypes.py (same bits)", tp, "s", note=f"{ts / tp:.1f}x faster")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args(argv)
+    from bench.run import print_reports
+
+    return print_reports([run(a.n, a.reps, quick=a.quick)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The benchmarks' correctness checks run, and pass, on toy sizes (the figures themselves are
+meaningless at these sizes; ``make bench`` measures them). Anchor comparisons are skipped by the
+benchmarks when the ``bench`` extra (captum, grad-cam, torchcam, quantus) is not installed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.common import have
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _assert_checks(rep) -> None:
+    failed = [f"{c.name}: {c.detail}" for c in rep.checks if not c.ok]
+    assert not failed, failed
+    assert rep.rows, "the figure produced no rows"
+
+
+def test_salience_fast_path_agrees_with_anchors():
+    from bench import salience
+
+    rep = salience.run(batch=2, size=32, reps=1, build=salience.build_tiny, model_name="tinynet",
+                       layer_name="features")
+    _assert_checks(rep)
+    names = {c.name for c in rep.checks}
+    assert "native maps ONNX fast path vs .pt2 autograd" in names
+    if have("pytorch_grad_cam", "torchcam", "captum"):
+        assert {"native maps vs pytorch-grad-cam", "native maps vs torchcam", "native maps vs captum"} <= names
+
+
+def test_evaluation_counts_passes_and_blur_prototype_is_exact():
+    from bench import evaluation
+
+    rep = evaluation.run(n_images=8, reps=1, quick=True)
+    _assert_checks(rep)
+    assert any(r.name == "evaluation / bare passes" for r in rep.rows)
+
+
+def test_degradation_curves_agree_with_anchors():
+    from bench import degradation
+
+    rep = degradation.run(n_images=3, road_images=1, reps=1, quick=True)
+    _assert_checks(rep)
+    if have("quantus"):
+        assert {"MoRF curve = Quantus PixelFlipping", "MoRF score drops = Quantus RegionPerturbation"} <= {
+            c.name for c in rep.checks
+        }
+
+
+def test_ssim_and_entropy_equal_skimage():
+    from bench import maps
+
+    rep = maps.run(n_maps=500, n_anchor=50, reps=1)
+    _assert_checks(rep)
+
+
+def test_a_failed_check_makes_the_run_fail(capsys):
+    from bench.common import Report
+    from bench.run import print_reports
+
+    rep = Report("x", "toy")
+    rep.check("disagrees", False, "on purpose")
+    assert print_reports([rep]) == 1
+    assert "FAIL" in capsys.readouterr().out
