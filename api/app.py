@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.deps import Services
-from api.routers import datasets, families, health, jobs, models
+from api.routers import datasets, families, health, jobs, leaderboards, models, report_html
 from service.settings import Settings
 
 DESCRIPTION = """\
@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = Services(settings)
     problems.install(app)
-    for r in (jobs.router, models.router, families.router, datasets.router, health.router):
+    for r in (jobs.router, report_html.router, leaderboards.router, models.router, families.router, datasets.router,
+              health.router):
         app.include_router(r)
     _problem_only_errors(app)
     return app
