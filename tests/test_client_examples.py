@@ -92,3 +92,15 @@ def test_docs_mention_every_remote_command() -> None:
                 "etm jobs cancel", "etm compare", "etm gate", "etm leaderboard", "etm mlflow-log"):
         assert cmd in doc, cmd
     assert Path(EXAMPLES / "ci-gate.yml").name in doc
+
+
+def test_local_subcommands_are_the_local_clis(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`etm score|salience|merge` behave as service.cli's (same parser, same exit codes)."""
+    from client.cli import main
+
+    code = main(["score", "--candidate", f"a={tmp_path / 'missing.onnx'}", "--dataset", str(tmp_path),
+                 "--out", str(tmp_path / "out")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["score"])
+    assert exc.value.code == 2
