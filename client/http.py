@@ -657,6 +657,19 @@ class AsyncClient(_Base):
     async def dataset(self, dataset_id: str) -> Dataset:
         return Dataset.from_json((await self._send(_Call("GET", f"/v1/datasets/{dataset_id}"))).json())
 
+    async def models(self) -> list[Model]:
+        return [Model.from_json(m) for m in (await self._send(_Call("GET", "/v1/models"))).json()["items"]]
+
+    async def datasets(self) -> list[Dataset]:
+        return [Dataset.from_json(d) for d in (await self._send(_Call("GET", "/v1/datasets"))).json()["items"]]
+
+    async def ready(self) -> bool:
+        try:
+            await self._send(_Call("GET", "/readyz"))
+            return True
+        except ApiError:
+            return False
+
     async def families(self) -> list[Family]:
         items = (await self._send(_Call("GET", "/v1/families"))).json()["items"]
         return [Family(f["name"], list(f["models"])) for f in items]
@@ -670,6 +683,10 @@ class AsyncClient(_Base):
 
     async def job(self, job_id: str) -> Job:
         return self._job(await self._send(_Call("GET", f"/v1/jobs/{job_id}")))
+
+    async def jobs(self, status: str | None = None, limit: int = 20) -> list[Job]:
+        data = (await self._send(_Call("GET", "/v1/jobs", params={"status": status, "limit": limit}))).json()
+        return [Job.from_json(j) for j in data["items"]]
 
     async def cancel(self, job_id: str) -> Job:
         return self._job(await self._send(_Call("POST", f"/v1/jobs/{job_id}/cancel", safe=False)))
@@ -719,6 +736,17 @@ class AsyncClient(_Base):
     async def artifact(self, job_id: str, name: str) -> bytes:
         resp = await self._send(_Call("GET", f"/v1/jobs/{job_id}/artifacts/{name}", headers={"Accept": "*/*"}))
         return resp.content
+
+    async def download_artifacts(self, job_id: str, dest: str | Path, names: Sequence[str] | None = None) -> list[Path]:
+        out_dir = Path(dest)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for a in await self.artifacts(job_id):
+            if names is None or a.name in names:
+                p = out_dir / Path(a.name).name
+                p.write_bytes(await self.artifact(job_id, a.name))
+                paths.append(p)
+        return paths
 
     async def leaderboard(self, dataset_id: str, measure: str | None = None) -> Leaderboard:
         resp = await self._send(_Call("GET", f"/v1/leaderboards/{dataset_id}", params={"measure": measure}))

@@ -281,3 +281,35 @@ def test_async_client_retries_and_streams(stub: Stub, tmp_path: Path) -> None:
     assert len(uploads) == 2 and _multipart_file(uploads[0]["body"]) == _multipart_file(uploads[1]["body"])
     with zipfile.ZipFile(io.BytesIO(_multipart_file(uploads[1]["body"])[1])) as zf:
         assert zf.namelist() == ["x/1.png"]
+
+
+def test_progress_printer_draws_a_bar_on_a_terminal_and_lines_in_logs() -> None:
+    from client.cli import progress_printer
+    from client.types import Job
+
+    def job(status: str, stage: str, done: int, total: int, frac: float) -> Job:
+        return Job.from_json({"id": "j-1", "status": status, "links": {},
+                              "progress": {"stage": stage, "done": done, "total": total, "fraction": frac}})
+
+    states = [job("queued", "queued", 0, 0, 0.0), job("running", "in-set", 8, 32, 0.22),
+              job("running", "in-set", 9, 32, 0.25), job("running", "in-set", 32, 32, 0.9),
+              job("succeeded", "done", 1, 1, 1.0)]
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    update, close = progress_printer("j-1", tty)
+    for j in states:
+        update(j)
+    close()
+    assert "100%" in tty.getvalue() and "|" in tty.getvalue() and "succeeded" in tty.getvalue()
+
+    log = io.StringIO()
+    update, close = progress_printer("j-1", log)
+    for j in states:
+        update(j)
+    close()
+    assert log.getvalue().splitlines() == ["j-1: queued (0%)", "j-1: running in-set 8/32 (22%)",
+                                           "j-1: running in-set 32/32 (90%)", "j-1: succeeded (100%)"]
