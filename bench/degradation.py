@@ -54,9 +54,12 @@ def _inputs(n_images: int, quick: bool) -> dict[str, Any]:
 
 
 class Eager(torch.nn.Module):
+    """Normalisation + the network, as the anchors call it. The network is held outside the module
+    tree: an exported program's ``.module()`` refuses ``train()``/``eval()``, which the anchors call."""
+
     def __init__(self, net: Any, mean: list[float], std: list[float]) -> None:
         super().__init__()
-        self.net = net
+        object.__setattr__(self, "net", net)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 

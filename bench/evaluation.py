@@ -100,7 +100,7 @@ def tiny_inputs(root: Path | None = None, n_per_class: int = 64, size: int = 40)
 
 
 def make_spec(inputs: dict[str, Any], n_images: int, batch_size: int = 64, split: str | None = "default",
-              bootstrap: int = 1000):
+              bootstrap: int = 1000, measures: list[str] | None = None):
     from service.spec import EvaluationSpec
 
     return EvaluationSpec(
@@ -108,7 +108,7 @@ def make_spec(inputs: dict[str, Any], n_images: int, batch_size: int = 64, split
         dataset=str(inputs["dataset"]),
         split=inputs["split"] if split == "default" else split,
         ood_dataset=str(inputs["ood"]) if inputs.get("ood") else None,
-        measures=["all"],
+        measures=measures or ["all"],
         batch_size=batch_size,
         max_images=n_images,
         bootstrap_resamples=bootstrap,

@@ -64,18 +64,18 @@ class Normalized(torch.nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def _anchors(net: torch.nn.Module, layer_name: str, targets: list[int]) -> dict[str, Any]:
+def _anchors(net: torch.nn.Module, layer_name: str, targets: list[int], device: str = "cpu") -> dict[str, Any]:
     """One callable per installed anchor, each on its own copy of the model (their hooks stay
     registered between calls and must not slow the others). Each returns native maps [N, h, w]."""
     mean, std = IMAGENET_META["mean"], IMAGENET_META["std"]
     out: dict[str, Any] = {}
-    tgt = torch.tensor(targets)
+    tgt = torch.tensor(targets, device=device)
 
     if have("pytorch_grad_cam"):
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        m1 = Normalized(copy.deepcopy(net), mean, std).eval()
+        m1 = Normalized(copy.deepcopy(net), mean, std).to(device).eval()
         layer = dict(m1.net.named_modules())[layer_name]
         cam = GradCAM(model=m1, target_layers=[layer])
         pgc_targets = [ClassifierOutputTarget(int(t)) for t in targets]
@@ -93,24 +93,24 @@ def _anchors(net: torch.nn.Module, layer_name: str, targets: list[int]) -> dict[
     if have("torchcam"):
         from torchcam.methods import GradCAM as TorchCamGradCAM
 
-        m2 = Normalized(copy.deepcopy(net), mean, std).eval()
+        m2 = Normalized(copy.deepcopy(net), mean, std).to(device).eval()
         extractor = TorchCamGradCAM(m2, target_layer=f"net.{layer_name}")
 
         def tcam(x: torch.Tensor) -> np.ndarray:
             scores = m2(x)
             maps = extractor(class_idx=list(targets), scores=scores)[0]  # min-max normalised per map
-            return maps.detach().numpy()
+            return maps.detach().cpu().numpy()
 
         out["torchcam"] = tcam
 
     if have("captum"):
         from captum.attr import LayerGradCam
 
-        m3 = Normalized(copy.deepcopy(net), mean, std).eval()
+        m3 = Normalized(copy.deepcopy(net), mean, std).to(device).eval()
         lgc = LayerGradCam(m3, dict(m3.net.named_modules())[layer_name])
 
         def captum(x: torch.Tensor) -> np.ndarray:
-            return lgc.attribute(x, target=tgt, relu_attributions=True)[:, 0].detach().numpy()
+            return lgc.attribute(x, target=tgt, relu_attributions=True)[:, 0].detach().cpu().numpy()
 
         out["captum"] = captum
     return out
@@ -151,6 +151,17 @@ def run(batch: int = 16, size: int = 224, reps: int = 3, threads: int = 1, layer
         pt2_path = export_cached(f"{model_name}-{size}", build, "pt2", size, meta)
         pt2_model = load_model(pt2_path, device="cpu")
         fns["ours-pt2-autograd"] = lambda: compute_salience(pt2_model, images, "gradcam")
+        from bench.prototypes import pt2_head_only
+
+        head_only = pt2_head_only(pt2_model)
+        fns["prototype pt2 head-only grad"] = lambda: head_only(images)
+        eager_net = Normalized(net, meta["mean"], meta["std"]).eval()
+
+        def bare_torch():
+            with torch.no_grad():
+                return eager_net(images)
+
+        fns["bare torch forward"] = bare_torch
     anchor_fns = _anchors(net, layer_name, targets) if anchors else {}
     missing = [a for a in ANCHORS if a not in anchor_fns]
     if missing:
@@ -169,6 +180,10 @@ def run(batch: int = 16, size: int = 224, reps: int = 3, threads: int = 1, layer
         r = pearson_rows(ours_native, compute_salience(pt2_model, images, "gradcam").native.numpy())
         rep.check("native maps ONNX fast path vs .pt2 autograd", bool(np.all(r >= PEARSON_MIN)),
                   f"min Pearson r = {float(np.nanmin(r)):.6f}")
+        svc = compute_salience(pt2_model, images, "gradcam").native
+        proto = head_only(images)[0]
+        d = float((svc - proto).abs().max() / svc.abs().max().clamp_min(1e-12))
+        rep.check("prototype pt2 head-only grad = service .pt2 autograd", d < 1e-5, f"max rel |diff| = {d:.1e}")
 
     times = interleaved(fns, reps=reps, warmup=1)
     rep.timings = times
@@ -185,6 +200,13 @@ def run(batch: int = 16, size: int = 224, reps: int = 3, threads: int = 1, layer
         if pt2_model is not None:
             r2 = t[fastest] / t["ours-pt2-autograd"]
             rep.row(f"ours-pt2-autograd vs fastest anchor ({fastest})", r2, "x", "(report)")
+            r3 = t[fastest] / t["prototype pt2 head-only grad"]
+            rep.row(f"bench/prototypes.py pt2 head-only vs fastest anchor ({fastest})", r3, "x", "(report)")
+    if pt2_model is not None:
+        rep.row("ours-pt2-autograd vs bare torch forward (its floor)", t["bare torch forward"] / t["ours-pt2-autograd"],
+                "x", "(report)")
+        rep.row("bench/prototypes.py pt2 head-only vs bare torch forward",
+                t["bare torch forward"] / t["prototype pt2 head-only grad"], "x", "(report)")
     floor = t["bare-ort-forward"] / t["ours-onnx"]
     rep.row("ours-onnx vs bare ORT forward (floor)", floor, "x", ">= 0.9", floor >= 0.9)
     return rep
