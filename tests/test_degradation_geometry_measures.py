@@ -182,7 +182,8 @@ def test_deletion_blur_baseline_and_empty_maps() -> None:
     images[2, :, :4] = 0.1
     ctx = make_ctx(images, [model], grad_x_input)
     assert ctx.clean[0].upsampled[2].sum() == 0
-    cols = DegradationMeasure({"variants": ["degradation.deletion"]}).per_image(ctx)
+    # reference_size None: the paper's sigmas as plain pixels (scaling is tested below).
+    cols = DegradationMeasure({"variants": ["degradation.deletion"], "reference_size": None}).per_image(ctx)
     with torch.no_grad():
         blurred = gaussian_blur(images, 10.0)
         expected_end = model(blurred).gather(1, ctx.clean[0].targets.view(-1, 1)).squeeze(1)
@@ -223,7 +224,7 @@ def test_blur_variant_matches_direct_computation() -> None:
                          0.3 * torch.rand(3, 3, H, W, generator=g))
     model = RegionModel(region)
     ctx = make_ctx(images, [model], grad_x_input, pool=2)
-    m = DegradationMeasure({"variants": ["degradation.blur"]})
+    m = DegradationMeasure({"variants": ["degradation.blur"], "reference_size": None})
     cols = m.per_image(ctx)
     maps8 = to_uint8(ctx.clean[0].upsampled)
     clean8 = to_uint8(ctx.clean[0].native).numpy()
@@ -371,3 +372,13 @@ def test_noise_measure_matches_references() -> None:
     assert m.passes_per_image(2) == {"salience": 6, "forward": 0}
     with pytest.raises(BadInput):
         NoiseMeasure({"amounts": [0.0, 0.5, 0.2]})
+
+
+def test_pixel_lengths_scale_with_the_input_size() -> None:
+    """The paper's sigmas are for 224 px; a 64-px image gets them scaled by 64 / 224."""
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    m = DegradationMeasure()
+    assert m.scale(images) == pytest.approx(64 / 224)
+    torch.testing.assert_close(m.baseline(images), gaussian_blur(images, 10.0 * 64 / 224))
+    assert DegradationMeasure().scale(torch.rand(1, 3, 224, 224)) == 1.0
+    assert DegradationMeasure({"reference_size": None}).scale(images) == 1.0

@@ -83,7 +83,12 @@ class DegradationMeasure(Measure):
     Params: ``variants`` (which of the two to compute; both by default), ``steps`` (deletion
     percentages, default 0..100 by 10), ``baseline`` (``blur`` or ``mean``), ``baseline_sigma`` (10),
     ``mean_color`` (RGB in [0, 1], for ``mean``), ``chunk_size`` (images per deletion forward pass),
-    ``smooth_sigma`` (5, the paper's map smoothing), ``bootstrap_resamples``.
+    ``smooth_sigma`` (5, the paper's map smoothing), ``reference_size`` (224), ``bootstrap_resamples``.
+
+    Every length in pixels (``smooth_sigma``, the blur sigmas up to 10, ``baseline_sigma``) was set by
+    the paper for 224-px inputs; like the contract's translation shift, it is scaled by
+    ``min(H, W) / reference_size``, so a 64-px model is degraded as much, relative to its image, as a
+    224-px one. At 224 px nothing changes; ``reference_size: null`` uses the sigmas as plain pixels.
 
     Columns: deletion: ``deletion_morf``, ``deletion_lerf``, ``deletion_random`` [N, K, S] (score
     per step); blur: ``blur_before``, ``blur_after_background``, ``blur_after_object``,
@@ -126,6 +131,7 @@ class DegradationMeasure(Measure):
             "mean_color": [0.5, 0.5, 0.5],
             "chunk_size": 256,
             "smooth_sigma": 5.0,
+            "reference_size": 224,
             "bootstrap_resamples": DEFAULT_RESAMPLES,
         }
 
@@ -140,10 +146,15 @@ class DegradationMeasure(Measure):
         return {"salience": 2 * n_runs if self._on(BLUR) else 0, "forward": n_runs * forward}
 
     # -- per image -------------------------------------------------------------------------------
+    def scale(self, images: torch.Tensor) -> float:
+        """Pixel lengths are the paper's at ``reference_size`` px, scaled to this input size."""
+        ref = self.params["reference_size"]
+        return 1.0 if ref is None else min(images.shape[-2:]) / float(ref)
+
     def baseline(self, images: torch.Tensor) -> torch.Tensor:
         """The deletion baseline of each image: [N, 3, H, W]."""
         if self.params["baseline"] == "blur":
-            return gaussian_blur(images, float(self.params["baseline_sigma"]))
+            return gaussian_blur(images, float(self.params["baseline_sigma"]) * self.scale(images))
         color = torch.tensor(self.params["mean_color"], dtype=images.dtype, device=images.device)
         return color.view(1, 3, 1, 1).expand_as(images).clone()
 
@@ -200,7 +211,8 @@ class DegradationMeasure(Measure):
             clean8 = to_uint8(clean.native)
             cols["blur_before"][:, r] = _np(clean.scores)
             for mode in MODES:
-                degraded = salience_guided_blur(ctx.images, maps8, mode, float(self.params["smooth_sigma"]))
+                s = self.scale(ctx.images)
+                degraded = salience_guided_blur(ctx.images, maps8, mode, float(self.params["smooth_sigma"]) * s, s)
                 res = ctx.salience_fn(r, degraded)
                 after = _np(target_scores(ctx, r, res.logits, clean.targets))
                 sim = ssim(to_uint8(res.native), clean8, 255.0).numpy()
@@ -245,7 +257,7 @@ class DegradationMeasure(Measure):
                 "steps": steps.tolist(),
                 "baseline": p["baseline"],
                 **(
-                    {"baseline_sigma": float(p["baseline_sigma"])}
+                    {"baseline_sigma": float(p["baseline_sigma"]), "reference_size": p["reference_size"]}
                     if p["baseline"] == "blur"
                     else {"mean_color": [float(c) for c in p["mean_color"]]}
                 ),
@@ -300,6 +312,7 @@ class DegradationMeasure(Measure):
             variant=kind,
             parameters={
                 "smooth_sigma": float(self.params["smooth_sigma"]),
+                "reference_size": self.params["reference_size"],
                 "max_sigma": 10.0,
                 "ssim_maps": "8-bit native",
                 "data_range": 255,

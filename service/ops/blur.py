@@ -122,8 +122,11 @@ def blur_levels(maps8: torch.Tensor, mode: BlurMode = "background", smooth_sigma
     return torch.round(scaled * (MAX_LEVEL * LEVEL_STEPS)).to(torch.long)
 
 
-def variable_blur(images: torch.Tensor, levels: torch.Tensor, truncate: float = 4.0) -> torch.Tensor:
-    """Blur each pixel of ``images`` [N, C, H, W] with the sigma of its level ``levels`` [N, H, W].
+def variable_blur(
+    images: torch.Tensor, levels: torch.Tensor, truncate: float = 4.0, scale: float = 1.0
+) -> torch.Tensor:
+    """Blur each pixel of ``images`` [N, C, H, W] with the sigma of its level ``levels`` [N, H, W],
+    times ``scale`` (the image size relative to the paper's 224 px, see DegradationMeasure).
 
     Each distinct level present in the batch blurs the images that contain it once (whole image,
     scipy boundary), and each pixel then takes the value of its own level's blur.
@@ -133,7 +136,7 @@ def variable_blur(images: torch.Tensor, levels: torch.Tensor, truncate: float = 
     out = images.clone()
     n = images.shape[0]
     for q in torch.unique(levels).tolist():
-        sigma = float(level_sigma(torch.tensor(q)))
+        sigma = float(level_sigma(torch.tensor(q))) * scale
         if int(truncate * sigma + 0.5) == 0:  # a 1-tap kernel: the pixel is unchanged
             continue
         at = levels == q  # [N, H, W]
@@ -154,7 +157,11 @@ def variable_blur(images: torch.Tensor, levels: torch.Tensor, truncate: float = 
 
 
 def salience_guided_blur(
-    images: torch.Tensor, maps8: torch.Tensor, mode: BlurMode = "background", smooth_sigma: float = 5.0
+    images: torch.Tensor,
+    maps8: torch.Tensor,
+    mode: BlurMode = "background",
+    smooth_sigma: float = 5.0,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """The paper's salience-guided degradation: ``variable_blur(images, blur_levels(maps8, mode))``.
 
@@ -162,5 +169,7 @@ def salience_guided_blur(
         images: [N, C, H, W] float.
         maps8: [N, H, W] upsampled 8-bit maps.
         mode: ``background`` (the map) or ``object`` (``255 - map``).
+        smooth_sigma: map smoothing in pixels (already scaled by the caller).
+        scale: factor on the per-level blur sigmas (1 = the paper's sigmas in pixels).
     """
-    return variable_blur(images, blur_levels(maps8, mode, smooth_sigma))
+    return variable_blur(images, blur_levels(maps8, mode, smooth_sigma), scale=scale)
