@@ -12,10 +12,8 @@ from __future__ import annotations
 import pytest
 
 from benchmark import paths
-from benchmark.replicate import ensure_data, spec_for, verdicts
+from benchmark.replicate import SEEN, ensure_data, spec_for, verdicts
 from service.evaluation import evaluate
-
-SEEN = ("entropy.spatial", "stability.ssim", "geometry.ssim", "agreement.human", "accuracy.ood", "oos.noise")
 
 
 @pytest.fixture(scope="module")

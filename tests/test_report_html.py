@@ -380,8 +380,9 @@ def _bench_family(name: str) -> list[Path]:
     return sorted((BENCH_MODELS / name).glob("run*.onnx"))
 
 
-DIRECTED = ("entropy.spatial", "stability.ssim", "geometry.ssim", "degradation.deletion", "degradation.blur",
-            "agreement.human")
+# Where the replication (benchmark.replicate.SEEN, docs/REPLICATION.md) shows the paper's direction and
+# this job computes the measure (noise and the out-of-set accuracy need passes the job leaves out).
+DIRECTED = ("entropy.spatial", "stability.ssim", "geometry.ssim", "agreement.human")
 BENCH_RUNS = 3  # runs per family: enough for stability, and the job stays under a minute on two cores
 
 
@@ -419,7 +420,7 @@ def test_benchmark_job_ranks_cyborg_first(browser: Browser, tmp_path_factory: py
         fams = {f.name: f.models for f in etm.families()}
         job, report = etm.evaluate(
             {"xent": fams["xent"], "cyborg": fams["cyborg"]}, "builtin:faces", split="test", max_images=96,
-            measures=["entropy", "geometry", "stability", "degradation", "agreement"], bootstrap_resamples=300,
+            measures=["entropy", "geometry", "stability", "agreement"], bootstrap_resamples=300,
             overlays=6, timeout=400,
         )
         page = etm.report_html(job.id)
