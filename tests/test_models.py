@@ -229,3 +229,34 @@ def test_bad_sidecar_metadata_is_refused(tmp_path: Path, exports: dict[str, Path
     p.write_bytes(exports["onnx"].read_bytes())
     (tmp_path / "m.onnx.json").write_text(json.dumps({"positive_class": "dog", "class_names": ["a", "b"]}))
     _refused(p, "positive_class 'dog' is not one of class_names")
+
+
+def test_ssim_and_histogram_entropy_equal_skimage_on_real_maps(exports: dict[str, Path]) -> None:
+    """The batched SSIM / entropy kernels on Grad-CAM maps of a real model, against scikit-image per map."""
+    from skimage.measure import shannon_entropy
+    from skimage.metrics import structural_similarity
+
+    from service.measures.entropy import histogram_entropy
+    from service.ops.maps import to_uint8
+    from service.ops.ssim import ssim
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(16, 3, 32, 32, generator=g)
+    a = compute_salience(load_model(exports["onnx"]), x, "gradcam")
+    b = compute_salience(load_model(exports["onnx"]), torch.flip(x, dims=[3]), "gradcam")
+    a8, b8 = to_uint8(a.native), to_uint8(b.native)
+    ours = ssim(a8, b8, 255.0).numpy()
+    ref = [structural_similarity(a8[i].numpy(), b8[i].numpy(), data_range=255) for i in range(16)]
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    up_a = a.upsampled - a.upsampled.amin((1, 2), keepdim=True)
+    up_a = up_a / up_a.amax((1, 2), keepdim=True).clamp_min(1e-12)
+    up_b = b.upsampled - b.upsampled.amin((1, 2), keepdim=True)
+    up_b = up_b / up_b.amax((1, 2), keepdim=True).clamp_min(1e-12)
+    ours_f = ssim(up_a, up_b, 1.0).numpy()
+    ref_f = [
+        structural_similarity(up_a[i].double().numpy(), up_b[i].double().numpy(), data_range=1.0) for i in range(16)
+    ]
+    np.testing.assert_allclose(ours_f, ref_f, atol=1e-4)
+    ent = histogram_entropy(a8).numpy()
+    ref_e = [shannon_entropy(a8[i].numpy()) / np.log2(64) for i in range(16)]
+    np.testing.assert_allclose(ent, ref_e, atol=1e-6)
