@@ -39,6 +39,7 @@ benchmark-models: venv
 	$(PY) -m benchmark.train
 
 bench: venv
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
 
 clean:

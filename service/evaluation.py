@@ -177,19 +177,23 @@ def _label_index(models: Sequence[Model], labels: Sequence[str]) -> torch.Tensor
 
 def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any] | None = None) -> BatchContext:
     seeds = image_seeds(spec.seed, batch.keys)
+    # Measures combine the batch with salience results, which live on the model's device (CUDA for .pt2
+    # on a GPU worker; ONNX Runtime hands results back on the CPU).
+    device = fam.models[0].device
+    images = batch.images.to(device)
 
     def salience(run: int, images: torch.Tensor) -> Any:
         return compute_salience(
             fam.models[run], images, spec.method, spec.target, spec.layer, spec.method_params, seeds=seeds
         )
 
-    clean = [salience(r, batch.images) for r in range(len(fam.models))]
+    clean = [salience(r, images) for r in range(len(fam.models))]
     return BatchContext(
         keys=list(batch.keys),
-        images=batch.images,
-        labels=_label_index(fam.models, batch.labels),
-        masks=batch.masks if bool(batch.has_mask.any()) else None,
-        has_mask=batch.has_mask,
+        images=images,
+        labels=_label_index(fam.models, batch.labels).to(device),
+        masks=batch.masks.to(device) if bool(batch.has_mask.any()) else None,
+        has_mask=batch.has_mask.to(device),
         image_seeds=seeds,
         clean=clean,
         salience_fn=salience,
@@ -308,7 +312,8 @@ def finish(
     families = load_families(spec, resolver)
     columns: dict[str, dict[str, Columns]] = {}
     for fam in families:
-        fams = [p.columns.get(fam.name, {}) for p in parts]
+        # A shard with no images (more shards than batches) contributes no columns.
+        fams = [cols for p in parts if (cols := p.columns.get(fam.name)) and any(cols.values())] or [{}]
         columns[fam.name] = {
             m: {c: np.concatenate([f[m][c] for f in fams if m in f]) for c in fams[0][m]} for m in fams[0]
         }
