@@ -42,11 +42,16 @@ CancelFn = Callable[[], bool]
 
 @dataclass
 class Resolver:
-    """How spec names become files: identity for the CLI, id lookups for the service."""
+    """How spec names become files: identity for the CLI, id lookups for the service.
+
+    Loaded models and datasets are cached by path (the service's paths are content-addressed), so the
+    in-set pass, ``finish`` and the artifacts validate and hash a dataset's files once, not three times.
+    """
 
     model_path: Callable[[str], Path] = Path
     dataset_path: Callable[[str], Path] = Path
     model_cache: dict[str, Model] = field(default_factory=dict)
+    dataset_cache: dict[tuple[str, str | None], Dataset] = field(default_factory=dict)
     threads: int = 0
 
     def model(self, ref: str) -> Model:
@@ -55,6 +60,12 @@ class Resolver:
         if key not in self.model_cache:
             self.model_cache[key] = load_model(path, threads=self.threads)
         return self.model_cache[key]
+
+    def dataset(self, ref: str, split: str | None) -> Dataset:
+        key = (str(self.dataset_path(ref)), split)
+        if key not in self.dataset_cache:
+            self.dataset_cache[key] = load_dataset(Path(key[0]), split=split)
+        return self.dataset_cache[key]
 
 
 @dataclass
@@ -281,7 +292,7 @@ def run_inset(
 
 
 def _dataset(spec: EvaluationSpec, resolver: Resolver) -> Dataset:
-    ds = load_dataset(resolver.dataset_path(spec.dataset), split=spec.split)
+    ds = resolver.dataset(spec.dataset, spec.split)
     if spec.max_images is not None and spec.max_images < len(ds.items):
         # Evenly spaced over the canonical (sorted) order, so a subset keeps the class balance.
         step = len(ds.items) / spec.max_images
@@ -322,7 +333,7 @@ def finish(
     seconds = {k: sum(p.seconds.get(k, 0.0) for p in parts) for k in ("load", "in-set")}
     ood_measures = {f.name: {n: m for n, m in make_measures(spec, f).items() if m.needs_ood} for f in families}
     if spec.ood_dataset is not None:
-        ood_ds = load_dataset(resolver.dataset_path(spec.ood_dataset), split=spec.ood_split)
+        ood_ds = resolver.dataset(spec.ood_dataset, spec.ood_split)
     if ood_ds is not None and any(ood_measures.values()):
         state = {}
         for fam in families:

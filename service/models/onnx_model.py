@@ -40,6 +40,7 @@ class OnnxModel(Model):
     onnx_head: OnnxHead | None = None
     _sessions: dict[tuple[str, ...], ort.InferenceSession] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _head_info: HeadInfo | None = None
 
     format: str = "onnx"
 
@@ -107,8 +108,10 @@ class OnnxModel(Model):
         h = self.onnx_head
         if h is None or h.layer != layer or not h.linear:
             return None
-        w, b = h.linear_weights()
-        return HeadInfo(layer=layer, weight=w, bias=b, where=f"{h.pool} then {h.chain}")
+        if self._head_info is None:  # read once: evaluating the head at eye(K) costs ms at K = 2048
+            w, b = h.linear_weights()
+            self._head_info = HeadInfo(layer=layer, weight=w, bias=b, where=f"{h.pool} then {h.chain}")
+        return self._head_info
 
 
 def _check_logits(out: torch.Tensor, n: int, c: int) -> None:
