@@ -25,8 +25,12 @@ from service.errors import BadInput
 K1 = 0.01
 K2 = 0.03
 DEFAULT_WIN = 7
-# Elements (maps x pixels) per chunk: bounds the float64 temporaries to a few hundred MB.
-_CHUNK_ELEMS = 1 << 22
+# Elements (maps x pixels) per chunk: the float64 temporaries of a chunk (5 planes) stay in the CPU
+# caches (2**22 was 3x slower on 100,000 8x8 maps); per-map values do not depend on the chunk.
+_CHUNK_ELEMS = 1 << 18
+# Window sums of 8-bit x, y, x*x, y*y, x*y are integers below win**2 * 255**2; under 2**24 they are
+# exact in float32 whatever the summation order (float32's 24-bit mantissa).
+_EXACT_F32 = 1 << 24
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -83,14 +87,29 @@ def box_mean(x: torch.Tensor, win: int) -> torch.Tensor:
     return out.div_(win * win)
 
 
+def _window_means(a: torch.Tensor, b: torch.Tensor, win: int) -> torch.Tensor:
+    """Window means of x, y, x*x, y*y, x*y: float64 [N, 5, h - win + 1, w - win + 1].
+
+    For 8-bit maps the window *sums* come from one float32 ``avg_pool2d`` (exact: integers below
+    2**24), then ``sum / win**2`` in float64 is the very value the float64 ``box_mean`` gives, several
+    times faster. Other maps take ``box_mean`` in float64.
+    """
+    if a.dtype == torch.uint8 and b.dtype == torch.uint8 and win * win * 255 * 255 < _EXACT_F32:
+        x = a.detach().to(torch.float32)
+        y = b.detach().to(device=x.device, dtype=torch.float32)
+        planes = torch.stack([x, y, x * x, y * y, x * y], dim=1)
+        sums = F.avg_pool2d(planes, win, stride=1, divisor_override=1)
+        return sums.to(torch.float64).div_(win * win)
+    x = a.detach().to(torch.float64)
+    y = b.detach().to(device=x.device, dtype=torch.float64)
+    return box_mean(torch.stack([x, y, x * x, y * y, x * y], dim=1), win)
+
+
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float, win_size: int | None = None) -> torch.Tensor:
     """The cropped SSIM map of each pair: float64 [N, h - win + 1, w - win + 1] on ``a``'s device."""
     _check_pair(a, b, None)
     win = window_size(a.shape[1], a.shape[2], win_size)
-    x = a.detach().to(torch.float64)
-    y = b.detach().to(device=x.device, dtype=torch.float64)
-    pooled = box_mean(torch.stack([x, y, x * x, y * y, x * y], dim=1), win)
-    ux, uy, uxx, uyy, uxy = pooled.unbind(1)
+    ux, uy, uxx, uyy, uxy = _window_means(a, b, win).unbind(1)
     np_ = win * win
     cov_norm = np_ / (np_ - 1)  # sample covariance, skimage's default
     vx = cov_norm * (uxx - ux * ux)
