@@ -249,34 +249,7 @@ def run(n_images: int = 256, reps: int = 1, batch_size: int = 64, threads: int =
     acc["rest: model load, dataset listing/validation/decoding, summaries, bootstrap"] = inst_total - sum(acc.values())
     for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
         rep.row(f"time share: {k}", 100 * v / inst_total, "%", note=f"{v:.2f} s of {inst_total:.2f} s")
-    _blur_prototype(rep, inputs, batch_size)
     return rep
-
-
-def _blur_prototype(rep: Report, inputs: dict[str, Any], batch_size: int) -> None:
-    """The paper blur's per-level loop (``service.ops.blur.variable_blur``) against the bit-identical
-    ``bench.prototypes.variable_blur_where`` on one batch of real maps and images."""
-    from bench.common import interleaved
-    from bench.prototypes import variable_blur_where
-    from service.datasets import iter_batches, load_dataset
-    from service.models.loader import load_model
-    from service.ops.blur import blur_levels, variable_blur
-    from service.ops.maps import to_uint8
-    from service.salience.registry import compute_salience
-
-    model = load_model(inputs["model"], threads=1)
-    ds = load_dataset(inputs["dataset"], split=inputs["split"])
-    batch = next(iter(iter_batches(ds, range(min(batch_size, len(ds))), batch_size,
-                                   tuple(model.metadata.input_size))))
-    levels = blur_levels(to_uint8(compute_salience(model, batch.images).upsampled), "background")
-    same = torch.equal(variable_blur(batch.images, levels), variable_blur_where(batch.images, levels))
-    rep.check("prototype variable_blur_where = service variable_blur, bit for bit", same, "torch.equal, one batch")
-    t = interleaved({"service": lambda: variable_blur(batch.images, levels),
-                     "prototype": lambda: variable_blur_where(batch.images, levels)}, reps=3)
-    ts, tp = best(t["service"]), best(t["prototype"])
-    rep.row("paper blur, one batch: service variable_blur", ts, "s",
-            note=f"{int(torch.unique(levels).numel())} distinct levels, {len(batch.images)} images")
-    rep.row("paper blur, one batch: bench/prototypes.py (same bits)", tp, "s", note=f"{ts / tp:.1f}x faster")
 
 
 def main(argv: list[str] | None = None) -> int:

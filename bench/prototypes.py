@@ -7,24 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from service.ops.blur import gaussian_blur, level_sigma
-
-
-def variable_blur_where(images: torch.Tensor, levels: torch.Tensor, truncate: float = 4.0) -> torch.Tensor:
-    """``service.ops.blur.variable_blur`` with the same blurs, but each level's pixels are taken with
-    one ``torch.where`` over the batch instead of boolean-mask gather/scatter, the sigmas are
-    computed once, and the blurs run in float32 on the same GEMM shapes (bit-identical output)."""
-    qs = torch.unique(levels)
-    sigmas = level_sigma(qs).tolist()
-    out = images
-    for q, sigma in zip(qs.tolist(), sigmas, strict=True):
-        if int(truncate * sigma + 0.5) == 0:  # 1-tap kernel: unchanged, as in scipy
-            continue
-        at = (levels == q).unsqueeze(1)
-        out = torch.where(at, gaussian_blur(images, sigma, truncate), out)
-    return out
-
-
 _LEAVES: list[torch.Tensor] = []
 
 
