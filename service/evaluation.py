@@ -9,11 +9,17 @@ Sharding: ``run_inset(spec, shard=(i, n))`` processes a contiguous, batch-aligne
 in-set images, so every image sees exactly the batch it sees in an unsharded run and the numbers
 are bitwise identical. ``finish`` concatenates the shards' columns in order, runs the out-of-set
 pass (which needs the whole in-set mean map) and summarises. ``evaluate`` = ``finish(run_inset())``.
+
+Runtime faults: a forward pass that gives NaN/Inf or the wrong shape raises ``ModelRuntimeError`` naming
+the candidate, the model and the images. A batch that does not fit in memory (PyTorch or ONNX Runtime
+allocation failure) is halved and retried down to one image; every measure is per image and every
+random draw is keyed by the image (``image_seeds``), so the numbers do not depend on the batch size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from collections import Counter
@@ -26,11 +32,12 @@ import numpy as np
 import torch
 
 from service.datasets import Dataset, content_sha256, iter_batches, load_dataset
-from service.errors import BadInput, Canceled
+from service.datasets.batches import Batch
+from service.errors import BadInput, Canceled, ModelRuntimeError
 from service.measures import MEASURES
 from service.measures.base import BatchContext, Columns, Measure
 from service.measures.oos_set import inset_state, inset_sums
-from service.models.base import Model
+from service.models.base import Model, ModelOutOfMemory, OutputNotFinite, is_out_of_memory, release_memory
 from service.models.loader import load_model
 from service.report import EvaluationResult, build_report
 from service.salience.registry import compute_salience
@@ -38,6 +45,7 @@ from service.spec import EvaluationSpec
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,6 +150,7 @@ def shard_indices(n_images: int, batch_size: int, shard: tuple[int, int] | None)
 class Family:
     name: str
     models: list[Model]
+    refs: list[str] = field(default_factory=list)  # the spec's model references, to name a failing run
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -162,7 +171,7 @@ def load_families(spec: EvaluationSpec, resolver: Resolver) -> list[Family]:
             cap = m.capabilities.get(spec.method)
             if cap is None or not cap.available:
                 raise BadInput(f"candidate {cand.name!r}: {cap.reason if cap else spec.method + ' unavailable'}")
-        fams.append(Family(cand.name, models))
+        fams.append(Family(cand.name, models, list(cand.models)))
     return fams
 
 
@@ -194,9 +203,18 @@ def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any
     images = batch.images.to(device)
 
     def salience(run: int, images: torch.Tensor) -> Any:
-        return compute_salience(
-            fam.models[run], images, spec.method, spec.target, spec.layer, spec.method_params, seeds=seeds
-        )
+        try:
+            return compute_salience(
+                fam.models[run], images, spec.method, spec.target, spec.layer, spec.method_params, seeds=seeds
+            )
+        except ModelRuntimeError as exc:
+            raise _named_fault(exc, fam, run, batch.keys) from exc
+
+    def logits(run: int, images: torch.Tensor) -> torch.Tensor:
+        try:
+            return fam.models[run].logits(images)
+        except ModelRuntimeError as exc:
+            raise _named_fault(exc, fam, run, batch.keys) from exc
 
     clean = [salience(r, images) for r in range(len(fam.models))]
     return BatchContext(
@@ -208,11 +226,75 @@ def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any
         image_seeds=seeds,
         clean=clean,
         salience_fn=salience,
-        logits_fn=lambda run, images: fam.models[run].logits(images),
+        logits_fn=logits,
         probabilities_fn=lambda run, logits: fam.models[run].probabilities(logits),
         seed=spec.seed,
         inset=inset or {},
     )
+
+
+def _named_fault(exc: ModelRuntimeError, fam: Family, run: int, keys: Sequence[str]) -> ModelRuntimeError:
+    """The fault with the candidate, the model and the images it happened on, and what to check."""
+    if isinstance(exc, ModelOutOfMemory) or str(exc).startswith("candidate "):
+        return exc  # already says where
+    ref = fam.refs[run] if run < len(fam.refs) else f"#{run}"
+    rows = exc.rows if isinstance(exc, OutputNotFinite) else list(range(len(keys)))
+    # Measures stack variants of the batch (shifted, noisy...) image-major, so row r is image r mod N.
+    names = sorted({keys[r % len(keys)] for r in rows}) if keys else []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    advice = (
+        "run the model on these images outside the service to reproduce it, and check its metadata (mean, std, "
+        "channel_order, input_size): inputs scaled unlike in training can overflow"
+        if isinstance(exc, OutputNotFinite)
+        else "run the model on these images outside the service to reproduce it"
+    )
+    return ModelRuntimeError(f"candidate {fam.name!r}, model {ref} (run {run}): {exc}; images: {shown}. {advice}")
+
+
+def _score_batch(
+    spec: EvaluationSpec, fam: Family, batch: Batch, measures: dict[str, Measure], inset: dict[str, Any] | None
+) -> tuple[dict[str, Columns], tuple[torch.Tensor, torch.Tensor] | None]:
+    """Every measure's columns for one batch of one family (and its in-set sums on the in-set pass).
+
+    Nothing is stored here, so a batch that fails half-way (out of memory) leaves no partial columns.
+    """
+    ctx = _context(spec, fam, batch, inset)
+    cols = {name: (m.per_image_ood(ctx) if inset is not None else m.per_image(ctx)) for name, m in measures.items()}
+    return cols, (inset_sums(ctx) if inset is None else None)
+
+
+def _fitting(
+    score: Callable[[Batch], Any], batch: Batch, fits: dict[str, int], fam: Family, stage: str
+) -> list[Any]:
+    """``score`` over the batch in parts of at most ``fits[fam.name]`` images, halving that size whenever a part
+    runs out of memory (and keeping it halved for the rest of the pass), down to one image."""
+    out: list[Any] = []
+    start = 0
+    while start < len(batch):
+        size = min(fits.get(fam.name, len(batch)), len(batch) - start)
+        part = batch if size == len(batch) else batch.subset(start, start + size)
+        try:
+            out.append(score(part))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_memory()  # also torch.cuda.empty_cache, so the retry finds the freed blocks
+            if size == 1:
+                raise ModelOutOfMemory(
+                    f"candidate {fam.name!r} ran out of memory during {stage} on image {part.keys[0]!r} even with a "
+                    f"batch of 1 image (the batch was halved from {len(batch)} down to 1): {str(exc).strip()[:300]}. "
+                    "Use a worker with more memory (ETM_JOB_QUEUE=gpu for a larger GPU, or raise "
+                    "ETM_ORT_ARENA_MAX_BYTES), a smaller input_size, or another salience method",
+                    smallest=1,
+                ) from exc
+            fits[fam.name] = size // 2
+            log.warning(
+                "candidate %s: out of memory on a batch of %d images during %s; retrying with %d (%s)",
+                fam.name, size, stage, size // 2, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "",
+            )
+            continue
+        start += size
+    return out
 
 
 def _append(store: dict[str, list[np.ndarray]], cols: Columns) -> None:
@@ -243,21 +325,25 @@ def _pass(
     by_size: dict[tuple[int, int], list[Family]] = {}
     for fam in families:
         by_size.setdefault(fam.input_size, []).append(fam)
+    fits: dict[str, int] = {}  # per family: the largest batch that fitted in memory, once one did not
     for size, fams in by_size.items():
         for batch in iter_batches(dataset, indices, spec.batch_size, size):
             for fam in fams:
                 if should_cancel and should_cancel():
                     raise Canceled(f"canceled during {stage}")
                 inset = ood_state[fam.name] if ood_state is not None else None
-                ctx = _context(spec, fam, batch, inset)
-                for name, m in measures[fam.name].items():
-                    cols = m.per_image_ood(ctx) if ood_state is not None else m.per_image(ctx)
-                    if cols:
-                        _append(store[fam.name].setdefault(name, {}), cols)
-                if ood_state is None:
-                    s, c = inset_sums(ctx)
-                    prev = sums.get(fam.name)
-                    sums[fam.name] = [s, c] if prev is None else [prev[0] + s, prev[1] + c]
+
+                def score(part: Batch, fam: Family = fam, inset: dict[str, Any] | None = inset) -> Any:
+                    return _score_batch(spec, fam, part, measures[fam.name], inset)
+
+                for part_cols, part_sums in _fitting(score, batch, fits, fam, stage):
+                    for name, cols in part_cols.items():
+                        if cols:
+                            _append(store[fam.name].setdefault(name, {}), cols)
+                    if part_sums is not None:
+                        s, c = part_sums
+                        prev = sums.get(fam.name)
+                        sums[fam.name] = [s, c] if prev is None else [prev[0] + s, prev[1] + c]
                 done += len(batch.keys)
                 if progress:
                     progress(stage, done, total)

@@ -40,6 +40,17 @@ class Batch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def subset(self, start: int, stop: int) -> Batch:
+        """Items ``start:stop`` as a batch of their own (views, no copy): for retrying a smaller batch."""
+        return Batch(
+            indices=self.indices[start:stop],
+            keys=self.keys[start:stop],
+            labels=self.labels[start:stop],
+            images=self.images[start:stop],
+            masks=self.masks[start:stop],
+            has_mask=self.has_mask[start:stop],
+        )
+
 
 def iter_batches(
     dataset: Dataset,

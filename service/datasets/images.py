@@ -24,6 +24,7 @@ Conventions (every measure sees images through these, so they are fixed and docu
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,24 +111,46 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def check_image(path: Path) -> tuple[str | None, str | None]:
+def max_image_pixels() -> int:
+    """The decompression-bomb limit (``ETM_MAX_IMAGE_PIXELS``), also installed as Pillow's own guard."""
+    from service.settings import get_settings
+
+    limit = get_settings().max_image_pixels
+    # Pillow warns above this and raises above twice this, at open time, before anything is decoded.
+    Image.MAX_IMAGE_PIXELS = limit
+    return limit
+
+
+def _too_many_pixels(pixels: int | str, limit: int) -> str:
+    return (
+        f"image too large: {pixels} pixels, above the limit of {limit} (ETM_MAX_IMAGE_PIXELS); refused unread "
+        "as a possible decompression bomb"
+    )
+
+
+def check_image(path: Path, max_pixels: int | None = None) -> tuple[str | None, str | None]:
     """Validate an image file and hash it.
 
-    The file is sniffed, its format checked, its structure verified (``Image.verify``: PNG chunk
-    CRCs, ...) and then decoded, so that truncated files are caught at load time rather than in
-    the middle of a job.
+    The file is sniffed, its format checked, its pixel count bounded (read from the header, before
+    any decoding), its structure verified (``Image.verify``: PNG chunk CRCs, ...) and then decoded, so
+    that truncated files are caught at load time rather than in the middle of a job.
 
     Args:
         path: The file.
+        max_pixels: Largest width x height; None: ``ETM_MAX_IMAGE_PIXELS``.
 
     Returns:
         ``(sha256, None)`` when the file is a usable image, ``(None, reason)`` otherwise.
     """
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     try:
         with Image.open(path) as im:
             fmt = im.format or "unknown"
             if fmt not in ACCEPTED_FORMATS:
                 return None, f"unsupported image format {fmt} (accepted: PNG, JPEG, WebP)"
+            width, height = im.size
+            if width * height > limit:
+                return None, _too_many_pixels(f"{width}x{height} = {width * height}", limit)
             im.verify()
         # verify() leaves the image unusable; reopen to decode.
         with Image.open(path) as im:
@@ -136,8 +159,9 @@ def check_image(path: Path) -> tuple[str | None, str | None]:
         return file_sha256(path), None
     except UnidentifiedImageError:
         return None, "not a readable image (content is not PNG, JPEG or WebP)"
-    except Image.DecompressionBombError as e:
-        return None, f"image too large: {e}"
+    except Image.DecompressionBombError as e:  # Pillow's guard fired first (more than twice the limit)
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        return None, _too_many_pixels(found.group(1) if found else "too many", limit)
     except OSError as e:
         if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError):
             return None, f"unreadable file: {e.strerror}"

@@ -1,13 +1,87 @@
-"""The model interface every loader returns, whatever the file format."""
+"""The model interface every loader returns, whatever the file format, and the runtime faults
+a forward pass can end in (non-finite or misshapen outputs, out of memory)."""
 
 from __future__ import annotations
 
+import gc
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
 
+from service.errors import ModelRuntimeError
 from service.models.metadata import ModelMetadata
+
+# How allocation failures read in the runtimes we use: PyTorch (CUDA and CPU), ONNX Runtime's arena and
+# its CUDA provider. Matched on the message because ONNX Runtime raises one generic exception type.
+_OOM_MARKERS = (
+    "out of memory",
+    "failed to allocate memory",
+    "available memory of",  # BFCArena: "Available memory of X is smaller than requested bytes of Y"
+    "can't allocate memory",
+    "bad_alloc",
+    "bad allocation",
+    "cudaerrormemoryallocation",
+)
+
+
+class OutputNotFinite(ModelRuntimeError):
+    """A forward pass produced NaN or Inf; ``rows`` are the offending rows of the input batch."""
+
+    def __init__(self, message: str, rows: list[int]) -> None:
+        super().__init__(message)
+        self.rows = rows
+
+
+class ModelOutOfMemory(ModelRuntimeError):
+    """A batch did not fit in memory even after halving it down to ``smallest`` images."""
+
+    title = "Out of memory"
+
+    def __init__(self, message: str, smallest: int) -> None:
+        super().__init__(message)
+        self.smallest = smallest
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure of PyTorch or ONNX Runtime (worth retrying smaller)."""
+    if isinstance(exc, ModelRuntimeError):
+        return False
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+        return True
+    text = str(exc).lower()
+    return any(m in text for m in _OOM_MARKERS)
+
+
+def release_memory() -> None:
+    """Give back what a failed batch held before a smaller retry: Python garbage, PyTorch's CUDA cache."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_outputs(logits: torch.Tensor, n: int, c: int, activation: torch.Tensor | None = None) -> None:
+    """A forward pass must give finite logits [n, c] (and a finite activation when one was asked for).
+
+    Raises:
+        ModelRuntimeError: wrong shape.
+        OutputNotFinite: NaN or Inf, with the rows of the batch where they appear.
+    """
+    if logits.ndim != 2 or logits.shape[0] != n or logits.shape[1] != c:
+        raise ModelRuntimeError(
+            f"the model output has shape {list(logits.shape)} on a batch of {n} images, but [{n}, {c}] was "
+            f"expected ({c} class scores per image, as the graph and metadata say); check that the output does "
+            "not depend on a fixed batch size and that class_names match the output"
+        )
+    for what, value in (("output", logits), ("target layer activation", activation)):
+        if value is None:
+            continue
+        finite = torch.isfinite(value.detach()).reshape(len(value), -1).all(dim=1)
+        if not bool(finite.all()):
+            rows = torch.nonzero(~finite).flatten().tolist()
+            raise OutputNotFinite(
+                f"the model {what} contains NaN or Inf for {len(rows)} of {len(value)} images", rows
+            )
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Load a model file safely: sniff the format, refuse what could run code, read metadata.
 
 Refused with a message: pickles and ``torch.save`` checkpoints, TorchScript archives, ONNX files
-that fail ``onnx.checker`` or reference external data, graphs whose input is not one 4-D image
+that fail ``onnx.checker``, reference external data or import opsets/operator domains the installed
+ONNX Runtime does not provide, graphs whose input is not one 4-D image
 tensor or whose output is not one ``[N, C]`` tensor.
 """
 
@@ -14,12 +15,13 @@ from pathlib import Path
 import onnx
 import torch
 
-from service.errors import ModelRefused
-from service.models.base import Model
+from service.errors import ModelRefused, ModelRuntimeError
+from service.models.base import Model, OutputNotFinite
 from service.models.capabilities import capability_table
 from service.models.metadata import ModelMetadata
 from service.models.onnx_head import find_head
 from service.models.onnx_model import OnnxModel
+from service.models.onnx_support import check_opsets
 from service.models.pt2_model import Pt2Model, analyse_graph, load_exported_program
 
 
@@ -110,6 +112,8 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
             f"{path.name} references external data for {len(external)} tensor(s) "
             f"(e.g. {external[0]!r}); upload a self-contained ONNX file (save_as_external_data=False)"
         )
+    # Before the checker: an opset newer than the onnx package knows fails there with a less useful message.
+    check_opsets(proto, path.name)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
@@ -152,7 +156,20 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
         threads=threads,
     )
     model.onnx_head = find_head(proto, model.output_name)
+    _probe(model, fixed or 2, path.name)
     return model
+
+
+def _probe(model: OnnxModel, n: int, name: str) -> None:
+    """Run blank images once, so that an output whose real shape contradicts the graph is refused at upload,
+    not in the middle of a job. NaN/Inf on blank images is not judged here: real images decide that."""
+    h, w = model.metadata.input_size
+    try:
+        model.forward(torch.zeros(n, 3, h, w))
+    except OutputNotFinite:
+        pass
+    except ModelRuntimeError as exc:
+        raise ModelRefused(f"{name} fails on a probe batch of {n} blank {h}x{w} images: {exc}") from exc
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:

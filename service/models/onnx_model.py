@@ -19,8 +19,33 @@ import onnxruntime as ort
 import torch
 
 from service.errors import BadInput, ModelRuntimeError
-from service.models.base import Forward, HeadInfo, Model
+from service.models.base import Forward, HeadInfo, Model, check_outputs, is_out_of_memory
 from service.models.onnx_head import OnnxHead
+
+_ARENA_LOCK = threading.Lock()
+_arena_registered: int | None = None
+
+
+def _shared_cpu_arena() -> bool:
+    """Register one CPU memory arena capped at ``ETM_ORT_ARENA_MAX_BYTES`` for this process (once).
+
+    Sessions that opt in (``session.use_env_allocators``) allocate from it, so a worker's ONNX Runtime
+    memory is bounded and a batch that does not fit fails with an allocation error, which the evaluation
+    answers by halving the batch. 0 (the default) keeps ONNX Runtime's own unbounded per-session arenas.
+    """
+    global _arena_registered
+    from service.settings import get_settings
+
+    cap = get_settings().ort_arena_max_bytes
+    if cap <= 0:
+        return False
+    with _ARENA_LOCK:
+        if _arena_registered is None:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            # -1: ONNX Runtime's defaults for the extend strategy, initial chunk and dead bytes per chunk.
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(cap, -1, -1, -1))
+            _arena_registered = cap
+    return True
 
 
 def _providers() -> list[str]:
@@ -63,6 +88,8 @@ class OnnxModel(Model):
                 # ONNX Runtime's spinning worker threads would fight PyTorch's OpenMP threads, which run
                 # the measures between forward passes; without spinning both stay fast.
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                if _shared_cpu_arena():
+                    opts.add_session_config_entry("session.use_env_allocators", "1")
                 self._sessions[extra] = ort.InferenceSession(
                     proto.SerializeToString(), sess_options=opts, providers=_providers()
                 )
@@ -76,15 +103,23 @@ class OnnxModel(Model):
         chunk = self.fixed_batch or max(len(x), 1)
         logits, acts = [], []
         for i in range(0, len(x), chunk):
-            res = sess.run(outputs, {self.input_name: x[i : i + chunk]})
+            try:
+                res = sess.run(outputs, {self.input_name: x[i : i + chunk]})
+            except Exception as exc:  # ONNX Runtime raises one generic type (Fail, RuntimeException...)
+                if is_out_of_memory(exc):
+                    raise  # the evaluation halves the batch and retries
+                raise ModelRuntimeError(
+                    f"ONNX Runtime failed to run the model on a batch of {len(x[i : i + chunk])} images: "
+                    f"{_first_line(exc)}"
+                ) from exc
             logits.append(np.asarray(res[0], dtype=np.float32))
             if layer:
                 acts.append(np.asarray(res[1], dtype=np.float32))
         out = torch.from_numpy(np.concatenate(logits))
-        _check_logits(out, len(x), self.num_outputs)
         act = torch.from_numpy(np.concatenate(acts)) if layer else None
         if act is not None and act.ndim != 4:
             raise BadInput(f"layer {layer!r} is not a 4-D activation (shape {tuple(act.shape)})")
+        check_outputs(out, len(x), self.num_outputs, act)
         return Forward(out, act)
 
     def resolve_layer(self, layer: str) -> str:
@@ -114,8 +149,6 @@ class OnnxModel(Model):
         return self._head_info
 
 
-def _check_logits(out: torch.Tensor, n: int, c: int) -> None:
-    if out.ndim != 2 or out.shape[0] != n or out.shape[1] != c:
-        raise ModelRuntimeError(f"model output has shape {tuple(out.shape)}, expected [{n}, {c}]")
-    if not torch.isfinite(out).all():
-        raise ModelRuntimeError("model output contains NaN or Inf")
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]

@@ -21,7 +21,7 @@ import torch.fx
 from torch.export.pt2_archive import _package as pt2
 
 from service.errors import BadInput, ModelRefused
-from service.models.base import Forward, HeadInfo, Model
+from service.models.base import Forward, HeadInfo, Model, check_outputs
 
 _POOL_TARGETS = {"aten.mean.dim", "aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default"}
 _SHAPE_OPS = {
@@ -138,15 +138,15 @@ class Pt2Model(Model):
         with torch.no_grad():
             f = self._run(self.preprocess(images), layer)
         f.logits = f.logits.float()
-        from service.models.onnx_model import _check_logits
-
-        _check_logits(f.logits, len(images), self.num_outputs)
+        check_outputs(f.logits, len(images), self.num_outputs, f.activation)
         return f
 
     def autograd_forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
         """``images`` may require grad; gradients flow through preprocessing to them."""
         with torch.enable_grad():
-            return self._run(self.preprocess(images), layer)
+            f = self._run(self.preprocess(images), layer)
+        check_outputs(f.logits, len(images), self.num_outputs, f.activation)
+        return f
 
     def resolve_layer(self, layer: str) -> str:
         assert self.gm is not None
