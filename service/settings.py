@@ -64,6 +64,25 @@ class Settings(BaseSettings):
         8 * 2**30, ge=1, description="Largest total size of a dataset archive once extracted, in bytes."
     )
     upload_dir: Path | None = Field(None, description="Temporary folder for uploads; unset: the system's.")
+    # -- upload hardening and runtime faults (see docs/SERVICE.md, Uploads) ----------------------
+    max_compression_ratio: float = Field(
+        200.0,
+        gt=1,
+        description="Largest extracted/compressed size ratio of a dataset archive member (and of the whole "
+        "archive) once it has inflated past 1 MiB; beyond it the upload is refused as a zip bomb.",
+    )
+    max_image_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Largest width x height of a dataset image; larger images are skipped and listed "
+        "(decompression-bomb guard).",
+    )
+    ort_arena_max_bytes: int = Field(
+        0,
+        ge=0,
+        description="Cap on ONNX Runtime's CPU memory arena per worker process, in bytes (0: no cap). A batch "
+        "that does not fit is halved and retried.",
+    )
     retry_after_seconds: int = Field(2, ge=1, description="Retry-After sent with 202 and 409 job answers.")
     list_limit_max: int = Field(200, ge=1, description="Largest page size of list endpoints.")
     idempotency_ttl_seconds: int = Field(86_400, ge=1, description="How long an Idempotency-Key is remembered.")
