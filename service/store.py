@@ -221,10 +221,17 @@ class ArtifactStore:
 # -- safe archive extraction ---------------------------------------------------------------------
 
 
+# The compression-ratio limit applies once a member (or the archive) has inflated past this many bytes:
+# small files of repetitive bytes legitimately compress far beyond any sane zip-bomb ratio.
+RATIO_FLOOR = 1 << 20
+MANIFEST_NAME = "manifest.csv"
+
+
 @dataclass
 class ArchiveLimits:
     max_members: int = 200_000
     max_bytes: int = 8 * 2**30
+    max_ratio: float = 200.0
 
 
 @dataclass
@@ -264,9 +271,17 @@ def _member_parts(raw: str) -> list[str]:
     return parts
 
 
-def _skip_reason(parts: list[str]) -> str | None:
+def _skip_reason(parts: list[str], is_dir: bool = False) -> str | None:
+    """Why a member is not extracted: metadata of other tools and files that cannot be dataset images."""
+    from service.datasets.images import is_obviously_not_image
+
     if parts and parts[0] == "__MACOSX":
         return "macOS resource fork (__MACOSX)"
+    hidden = next((p for p in parts if p.startswith(".")), None)
+    if hidden is not None:
+        return f"hidden file or folder ({hidden}), e.g. .DS_Store; not part of a dataset"
+    if parts and not is_dir and parts[-1] != MANIFEST_NAME and is_obviously_not_image(Path(parts[-1])):
+        return f"not an image ({Path(parts[-1]).suffix.lower()}); only {MANIFEST_NAME} and images are extracted"
     return None
 
 
@@ -274,18 +289,23 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
     """Extract a zip or tar archive into ``dest`` without trusting it.
 
     Regular files and folders only: absolute paths, ``..``, links and device files refuse the
-    whole archive (nothing outside ``dest`` is ever written); the member count and the number of
-    bytes actually written are bounded.
+    whole archive (nothing outside ``dest`` is ever written); the member count, the number of
+    bytes actually written and the compression ratio (per zip member and over the whole archive,
+    counted on the bytes actually inflated) are bounded. Hidden files, ``__MACOSX`` and files that are
+    obviously not images (``.txt``, ``.py``...; ``manifest.csv`` is kept) are not extracted and are
+    listed in ``skipped`` with the reason.
 
     Raises:
         UnsupportedMedia: not a zip or tar archive.
         DatasetError: an unsafe or duplicate member, a damaged archive.
-        UploadTooLarge: too many members or too many bytes once extracted.
+        UploadTooLarge: too many members, too many bytes once extracted, or a compression ratio above
+            ``limits.max_ratio`` (a zip bomb).
     """
     fmt = archive_format(archive)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     info = Extraction(format=fmt, members=0, files=0, bytes=0)
+    archive_size = max(archive.stat().st_size, 1)
 
     def count_member() -> None:
         info.members += 1
@@ -300,9 +320,18 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
             raise DatasetError(f"archive member {raw!r} would be written outside the dataset folder")
         return target
 
-    def write(parts: list[str], raw: str, declared: int, src: Any) -> None:
+    def check_ratio(raw: str, written: int, compressed: int | None) -> None:
+        if compressed is not None and written > RATIO_FLOOR and written > limits.max_ratio * max(compressed, 1):
+            raise UploadTooLarge(_bomb(raw, f"inflates from {compressed} to more than {written} bytes", limits))
+        if info.bytes > RATIO_FLOOR and info.bytes > limits.max_ratio * archive_size:
+            raise UploadTooLarge(
+                _bomb(raw, f"takes the archive ({archive_size} bytes) past {info.bytes} bytes extracted", limits)
+            )
+
+    def write(parts: list[str], raw: str, declared: int, src: Any, compressed: int | None = None) -> None:
         if info.bytes + declared > limits.max_bytes:
             raise UploadTooLarge(_too_big(limits))
+        check_ratio(raw, declared, compressed)  # the declared sizes may lie; the loop below counts real bytes
         target = target_for(parts, raw)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -311,11 +340,14 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
             raise DatasetError(f"archive member {raw!r} appears twice (or as a file and a folder)") from exc
         except IsADirectoryError as exc:
             raise DatasetError(f"archive member {raw!r} is both a file and a folder") from exc
+        written = 0
         with out:
             for chunk in iter(lambda: src.read(CHUNK), b""):
                 info.bytes += len(chunk)
+                written += len(chunk)
                 if info.bytes > limits.max_bytes:
                     raise UploadTooLarge(_too_big(limits))
+                check_ratio(raw, written, compressed)
                 out.write(chunk)
         info.files += 1
 
@@ -333,7 +365,7 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
                         )
                     if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: no Unix type recorded
                         raise DatasetError(f"archive member {zi.filename!r} is not a regular file or folder")
-                    reason = _skip_reason(parts)
+                    reason = _skip_reason(parts, zi.is_dir())
                     if reason or not parts:
                         if reason and not zi.is_dir():
                             info.skipped.append({"path": zi.filename, "reason": reason})
@@ -342,7 +374,7 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
                         target_for(parts, zi.filename).mkdir(parents=True, exist_ok=True)
                         continue
                     with zf.open(zi) as src:
-                        write(parts, zi.filename, zi.file_size, src)
+                        write(parts, zi.filename, zi.file_size, src, zi.compress_size)
         else:
             with tarfile.open(archive, "r:*") as tf:
                 for ti in tf:
@@ -356,7 +388,7 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
                         )
                     if not (ti.isfile() or ti.isdir()):
                         raise DatasetError(f"archive member {ti.name!r} is not a regular file or folder")
-                    reason = _skip_reason(parts)
+                    reason = _skip_reason(parts, ti.isdir())
                     if reason or not parts:
                         if reason and ti.isfile():
                             info.skipped.append({"path": ti.name, "reason": reason})
@@ -372,6 +404,13 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zipfile.LargeZipFile) as exc:
         raise DatasetError(f"the archive is damaged or truncated: {exc}") from exc
     return info
+
+
+def _bomb(raw: str, what: str, limits: ArchiveLimits) -> str:
+    return (
+        f"archive member {raw!r} {what}: a compression ratio above {limits.max_ratio:g} "
+        "(ETM_MAX_COMPRESSION_RATIO), as in a zip bomb; upload the dataset without such a member, or raise the limit"
+    )
 
 
 def _too_big(limits: ArchiveLimits) -> str:

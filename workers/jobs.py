@@ -162,21 +162,36 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
     """The problem+json a job error is reported as."""
     from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+    from service.models.base import ModelOutOfMemory, is_out_of_memory
+    from service.settings import get_settings
+
     if isinstance(exc, ValidationError):
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return problem("invalid-spec", "Invalid job spec", 422, detail)
     if isinstance(exc, BadInput):
         slug = type(exc).__name__.lower()
         return problem(slug, getattr(exc, "title", "Bad input"), 422, str(exc))
+    if isinstance(exc, ModelOutOfMemory):
+        return problem("out-of-memory", exc.title, 507, str(exc))
     if isinstance(exc, ModelRuntimeError):
         return problem("model-runtime-error", exc.title, 422, str(exc))
+    if is_out_of_memory(exc):  # outside a batch (loading a model, summarising): nothing smaller to retry
+        return problem(
+            "out-of-memory",
+            ModelOutOfMemory.title,
+            507,
+            f"the worker ran out of memory outside the per-batch retry ({type(exc).__name__}: {str(exc)[:300]}); "
+            "use a worker with more memory or a smaller job (max_images, fewer candidates)",
+        )
     if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+        soft, hard = get_settings().task_soft_time_limit, get_settings().task_time_limit
         return problem(
             "time-limit",
             "Time limit exceeded",
             504,
-            "the job ran past the task time limit (ETM_TASK_SOFT_TIME_LIMIT / ETM_TASK_TIME_LIMIT); lower "
-            "ETM_SHARD_IMAGES so that it is split into smaller shards, use max_images, or raise the limits",
+            f"the job ran past the task time limit ({soft} s, ETM_TASK_SOFT_TIME_LIMIT; killed at {hard} s, "
+            "ETM_TASK_TIME_LIMIT); lower ETM_SHARD_IMAGES so that it is split into smaller shards, use "
+            "max_images, or raise the limits",
         )
     return problem(
         "internal",

@@ -44,7 +44,8 @@ _UPLOAD_BODY = {
     response_model=DatasetOut,
     summary="Upload a dataset archive",
     description="Streams the archive to disk (limit ETM_MAX_DATASET_BYTES), extracts it safely (regular files "
-    "and folders only; no absolute paths, '..', or links; bounded entries and bytes), validates every image and "
+    "and folders only; no absolute paths, '..', or links; bounded entries, bytes and compression ratio; hidden and "
+    "non-image files are skipped and listed), validates every image and "
     "registers the dataset by content: the same images again answer 200 with the existing dataset.",
     openapi_extra=_UPLOAD_BODY,
     responses={
@@ -59,7 +60,7 @@ async def upload_dataset(
         upload = await receive_upload(request, "file", settings.max_dataset_bytes, settings.upload_dir, "dataset.zip")
     except MalformedUpload as exc:
         raise ProblemError(400, str(exc)) from exc
-    limits = ArchiveLimits(settings.max_archive_members, settings.max_extracted_bytes)
+    limits = ArchiveLimits(settings.max_archive_members, settings.max_extracted_bytes, settings.max_compression_ratio)
     with upload:
         assert upload.path is not None
         record, created = await run_in_threadpool(
