@@ -119,16 +119,7 @@ class AccuracyMeasure(Measure):
         params = {"bootstrap_resamples": reps, "excluded": "images with label -1 (unknown)"}
         if not ok.any():
             return [
-                MeasureResult(
-                    name=nm,
-                    value=None,
-                    ci=None,
-                    n=0,
-                    direction=self.variants[nm][1],
-                    variant=self.variants[nm][0],
-                    parameters=params,
-                    details={"message": "no labelled images"},
-                )
+                self.unavailable(nm, params, {"message": "no labelled images"})
                 for nm in names
             ]
         y = labels[ok]

@@ -87,23 +87,11 @@ class AgreementMeasure(Measure):
             ("agreement.human.ssim", "ssim", "SSIM of the min-max upsampled map and mask (data range 1)"),
             ("agreement.human.mass", "mass", f"share of salience mass where mask >= {REGION_THRESHOLD}"),
         ):
-            kind, direction = self.variants[variant]
             params = {"map": "upsampled", "bootstrap_resamples": reps}
             if key == "mass":
                 params["region_threshold"] = REGION_THRESHOLD
             if n_masked == 0:
-                out.append(
-                    MeasureResult(
-                        name=variant,
-                        value=None,
-                        ci=None,
-                        n=0,
-                        direction=direction,
-                        variant=kind,
-                        parameters=params,
-                        details={"message": NO_MASKS},
-                    )
-                )
+                out.append(self.unavailable(variant, params, {"message": NO_MASKS}))
                 continue
             masked = np.asarray(cols[key])[has]
             s = summarize_runs(masked, rng_seed, reps)
@@ -114,19 +102,5 @@ class AgreementMeasure(Measure):
                 "images_with_mask": n_masked,
                 "images_without_value": s["n_empty"],
             }
-            out.append(
-                MeasureResult(
-                    name=variant,
-                    value=s["value"],
-                    ci=s["ci"],
-                    n=s["n"],
-                    direction=direction,
-                    variant=kind,
-                    parameters=params,
-                    n_empty=n_empty,
-                    per_run=s["per_run"],
-                    details=details,
-                    per_image=row_nanmean(masked),
-                )
-            )
+            out.append(self.result(variant, s, params, details, row_nanmean(masked), n_empty=n_empty))
         return out

@@ -144,3 +144,47 @@ class Measure(ABC):
     @abstractmethod
     def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         """Dataset-level results from the concatenated columns."""
+
+    def result(
+        self,
+        variant: str,
+        summary: dict[str, Any],
+        parameters: dict[str, Any],
+        details: dict[str, Any],
+        per_image: np.ndarray | None = None,
+        n_empty: int | None = None,
+        per_run: list[dict[str, Any]] | None = None,
+    ) -> MeasureResult:
+        """A variant's result from a ``stats.summarize``/``summarize_runs`` summary: value, CI, n,
+        empty count and per-run summaries come from it unless given."""
+        kind, direction = self.variants[variant]
+        return MeasureResult(
+            name=variant,
+            value=summary["value"],
+            ci=summary["ci"],
+            n=summary["n"],
+            direction=direction,
+            variant=kind,  # type: ignore[arg-type]
+            parameters=parameters,
+            n_empty=summary["n_empty"] if n_empty is None else n_empty,
+            per_run=summary.get("per_run") if per_run is None else per_run,
+            details=details,
+            per_image=per_image,
+        )
+
+    def unavailable(
+        self, variant: str, parameters: dict[str, Any], details: dict[str, Any], n_empty: int = 0
+    ) -> MeasureResult:
+        """A variant that has no value on this input (``details["message"]`` says why)."""
+        kind, direction = self.variants[variant]
+        return MeasureResult(
+            name=variant,
+            value=None,
+            ci=None,
+            n=0,
+            direction=direction,
+            variant=kind,  # type: ignore[arg-type]
+            parameters=parameters,
+            n_empty=n_empty,
+            details=details,
+        )

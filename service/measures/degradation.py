@@ -244,16 +244,11 @@ class DegradationMeasure(Measure):
             aucs[o] = summarize_runs(auc_values[o], seed, reps)
         gap = summarize_runs(auc_values["lerf"] - auc_values["morf"], seed, reps)
         vs_random = summarize_runs(auc_values["random"] - auc_values["morf"], seed, reps)
-        kind, direction = self.variants[DELETION]
         p = self.params
-        return MeasureResult(
-            name=DELETION,
-            value=gap["value"],
-            ci=gap["ci"],
-            n=gap["n"],
-            direction=direction,
-            variant=kind,
-            parameters={
+        return self.result(
+            DELETION,
+            gap,
+            {
                 "steps": steps.tolist(),
                 "baseline": p["baseline"],
                 **(
@@ -265,8 +260,6 @@ class DegradationMeasure(Measure):
                 "ties": "pixel index",
                 "bootstrap_resamples": reps,
             },
-            n_empty=gap["n_empty"],
-            per_run=gap["per_run"],
             per_image=row_nanmean(auc_values["lerf"] - auc_values["morf"]),
             details={
                 "headline": "AUC(LeRF) - AUC(MoRF), trapezoid over k in [0, 1]",
@@ -293,7 +286,6 @@ class DegradationMeasure(Measure):
             cols["blur_after_object"], dtype=np.float64
         )
         head = summarize_runs(head_values, seed, reps)
-        kind, direction = self.variants[BLUR]
         details: dict[str, Any] = {
             "headline": "drop(object) - drop(background) = score(background blurred) - score(object blurred)",
             "modes": per_mode,
@@ -303,14 +295,10 @@ class DegradationMeasure(Measure):
         }
         if notes:
             details["notes"] = notes
-        return MeasureResult(
-            name=BLUR,
-            value=head["value"],
-            ci=head["ci"],
-            n=head["n"],
-            direction=direction,
-            variant=kind,
-            parameters={
+        return self.result(
+            BLUR,
+            head,
+            {
                 "smooth_sigma": float(self.params["smooth_sigma"]),
                 "reference_size": self.params["reference_size"],
                 "max_sigma": 10.0,
@@ -318,8 +306,6 @@ class DegradationMeasure(Measure):
                 "data_range": 255,
                 "bootstrap_resamples": reps,
             },
-            n_empty=head["n_empty"],
-            per_run=head["per_run"],
-            per_image=row_nanmean(head_values),
-            details=details,
+            details,
+            row_nanmean(head_values),
         )

@@ -154,7 +154,6 @@ class EntropyMeasure(Measure):
         n_empty = int(np.sum(cols["empty"]))
         out = []
         for variant, key in (("entropy.spatial", "spatial"), ("entropy.histogram", "histogram")):
-            kind, direction = self.variants[variant]
             values = cols[key]
             s = summarize_runs(values, rng_seed, reps)
             per_image = row_nanmean(values)
@@ -171,23 +170,10 @@ class EntropyMeasure(Measure):
                 details["known_flaw"] = HISTOGRAM_FLAW
             if input_size:
                 details["note"] = INPUT_SIZE_NOTE
-            out.append(
-                MeasureResult(
-                    name=variant,
-                    value=s["value"],
-                    ci=s["ci"],
-                    n=s["n"],
-                    direction=direction,
-                    variant=kind,
-                    parameters={
-                        "map": "input-size" if input_size else "native",
-                        "normalisation": "log2(h*w)",
-                        "bootstrap_resamples": reps,
-                    },
-                    n_empty=n_empty,
-                    per_run=s["per_run"],
-                    details=details,
-                    per_image=per_image,
-                )
-            )
+            params = {
+                "map": "input-size" if input_size else "native",
+                "normalisation": "log2(h*w)",
+                "bootstrap_resamples": reps,
+            }
+            out.append(self.result(variant, s, params, details, per_image, n_empty=n_empty))
         return out

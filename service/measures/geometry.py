@@ -124,7 +124,6 @@ class GeometryMeasure(Measure):
         }
         out = []
         for variant, key in (("geometry.ssim", "ssim"), ("geometry.pearson", "pearson")):
-            kind, direction = self.variants[variant]
             v = np.asarray(cols[key], dtype=np.float64)
             overall = summarize_runs(row_nanmean(v), rng_seed, reps)  # mean over transforms first
             per_transform = {
@@ -143,19 +142,5 @@ class GeometryMeasure(Measure):
             }
             if notes:
                 details["notes"] = notes
-            out.append(
-                MeasureResult(
-                    name=variant,
-                    value=overall["value"],
-                    ci=overall["ci"],
-                    n=overall["n"],
-                    direction=direction,
-                    variant=kind,
-                    parameters=params,
-                    n_empty=overall["n_empty"],
-                    per_run=overall["per_run"],
-                    details=details,
-                    per_image=row_nanmean(row_nanmean(v)),
-                )
-            )
+            out.append(self.result(variant, overall, params, details, row_nanmean(row_nanmean(v))))
         return out

@@ -143,25 +143,18 @@ class NoiseMeasure(Measure):
         }
         if bool(np.any(cols["native_is_input_size"])):
             details["note"] = INPUT_SIZE_NOTE
-        kind, direction = self.variants["oos.noise"]
         return [
-            MeasureResult(
-                name="oos.noise",
-                value=head["value"],
-                ci=head["ci"],
-                n=head["n"],
-                direction=direction,
-                variant=kind,
-                parameters={
+            self.result(
+                "oos.noise",
+                head,
+                {
                     "amounts": amounts.tolist(),
                     "salt_vs_pepper": float(self.params["salt_vs_pepper"]),
                     "map": "8-bit native",
                     "data_range": 255,
                     "bootstrap_resamples": reps,
                 },
-                n_empty=head["n_empty"],
-                per_run=head["per_run"],
-                details=details,
-                per_image=row_nanmean(trapezoid_auc(np.asarray(cols["ssim"], dtype=np.float64), amounts)),
+                details,
+                row_nanmean(trapezoid_auc(np.asarray(cols["ssim"], dtype=np.float64), amounts)),
             )
         ]

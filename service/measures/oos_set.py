@@ -137,18 +137,7 @@ class OodSetMeasure(Measure):
         kind, direction = self.variants["oos.set"]
         params = {"entropy": f"entropy.{self.params['entropy']}", "bootstrap_resamples": reps, "ssim_data_range": 255}
         if not ood_cols or not len(ood_cols.get("entropy", ())):
-            return [
-                MeasureResult(
-                    name="oos.set",
-                    value=None,
-                    ci=None,
-                    n=0,
-                    direction=direction,
-                    variant=kind,
-                    parameters=params,
-                    details={"message": NO_OOD},
-                )
-            ]
+            return [self.unavailable("oos.set", params, {"message": NO_OOD})]
         h_in, h_out = cols["entropy"], ood_cols["entropy"]
         in_img, out_img = row_nanmean(h_in), row_nanmean(h_out)
         diff = two_sample_difference(out_img, in_img, rng_seed, reps)

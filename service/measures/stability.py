@@ -106,21 +106,8 @@ class StabilityMeasure(Measure):
         }
         out = []
         for variant, key in (("stability.ssim", "ssim"), ("stability.pearson", "pearson")):
-            kind, direction = self.variants[variant]
             if k < 2:
-                out.append(
-                    MeasureResult(
-                        name=variant,
-                        value=None,
-                        ci=None,
-                        n=0,
-                        direction=direction,
-                        variant=kind,
-                        parameters=params,
-                        n_empty=n_empty,
-                        details={"message": NEEDS_FAMILY, "n_runs": k},
-                    )
-                )
+                out.append(self.unavailable(variant, params, {"message": NEEDS_FAMILY, "n_runs": k}, n_empty))
                 continue
             pairs = run_pairs(k)
             vals = np.asarray(cols[f"{key}_pairs"], dtype=np.float64)
@@ -159,19 +146,5 @@ class StabilityMeasure(Measure):
                 details["note"] = "Pearson r of the same 8-bit maps; NaN (undefined) for constant maps"
             if input_size:
                 details["map_note"] = INPUT_SIZE_NOTE
-            out.append(
-                MeasureResult(
-                    name=variant,
-                    value=s["value"],
-                    ci=s["ci"],
-                    n=s["n"],
-                    direction=direction,
-                    variant=kind,
-                    parameters=params,
-                    n_empty=n_empty,
-                    per_run=per_run,
-                    details=details,
-                    per_image=row_nanmean(vals),
-                )
-            )
+            out.append(self.result(variant, s, params, details, row_nanmean(vals), n_empty=n_empty, per_run=per_run))
         return out
