@@ -7,12 +7,14 @@ relative: they are taken relative to the working directory of the process.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Queue = Literal["cpu", "gpu"]
@@ -125,8 +127,66 @@ class Settings(BaseSettings):
     report_ttl_seconds: int = Field(
         7 * 86_400, ge=60, description="Lifetime of the Redis copy of a report (the store keeps the original)."
     )
+    worker_redis_retry_seconds: float = Field(
+        60.0,
+        ge=0.0,
+        description="How long a worker keeps retrying a Redis command while Redis is unreachable (a restart) "
+        "before the task gives up; running jobs wait for Redis instead of failing.",
+    )
+    job_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Lease a running task holds on its part of a job (renewed every third of it): a second "
+        "delivery of the same message finds it held and does nothing. Must be below the visibility timeout.",
+    )
+
+    # -- webhooks (a job's callback_url) -------------------------------------------------------
     callback_timeout: float = Field(10.0, gt=0, description="Seconds per attempt to POST a job to its callback_url.")
-    callback_attempts: int = Field(3, ge=1, description="Attempts to deliver a job's callback.")
+    callback_attempts: int = Field(
+        3, ge=1, description="Attempts to deliver a job's callback (network errors, 5xx and 429 are retried)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key that signs every callback (header X-ETM-Signature: t=<unix time>,v1=<hex> "
+        "over `<t>.<body>`). Unset: jobs with a callback_url are refused (422).",
+    )
+    webhook_backoff_seconds: float = Field(
+        1.0, ge=0.0, description="Delay before the second callback attempt; doubles after each further attempt."
+    )
+    webhook_backoff_max_seconds: float = Field(30.0, ge=0.0, description="Longest delay between callback attempts.")
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow callbacks to private, loopback, link-local, multicast and reserved addresses "
+        "(otherwise refused at submission and at delivery).",
+    )
+    webhook_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names (`hooks.example.com`, `.example.com` for sub-domains) and CIDRs "
+        "(`10.0.0.0/8`). Set: callbacks go only to these hosts, private addresses included. Empty: to any host "
+        "whose addresses are all public.",
+    )
+
+    @model_validator(mode="after")
+    def _lease_below_visibility(self) -> Settings:
+        if self.job_lease_seconds >= self.visibility_timeout:
+            raise ValueError(
+                f"ETM_JOB_LEASE_SECONDS ({self.job_lease_seconds}) must be below ETM_VISIBILITY_TIMEOUT "
+                f"({self.visibility_timeout}) so that a task redelivered after its worker died finds the lease expired"
+            )
+        return self
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _allowed_hosts_parse(cls, value: str) -> str:
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            if "/" in entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"ETM_WEBHOOK_ALLOWED_HOSTS: {entry!r} is not a CIDR ({exc})") from exc
+            elif not re.fullmatch(r"\.?[A-Za-z0-9_.:\[\]-]+", entry):
+                raise ValueError(f"ETM_WEBHOOK_ALLOWED_HOSTS: {entry!r} is neither a host name nor a CIDR")
+        return value
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every process.")
 
     @model_validator(mode="after")

@@ -56,21 +56,42 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0, sig: int = signal.
     return proc.returncode
 
 
-class RedisServer:
-    """A private redis-server on a free port, no persistence."""
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (e.g. a Celery worker's pool processes), from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
 
-    def __init__(self, workdir: Path) -> None:
+
+class RedisServer:
+    """A private redis-server on a free port. Without persistence by default; ``persistent=True`` turns
+    the append-only file on (fsync on every write), and ``restart`` brings it back on the same port and
+    data folder, as a production Redis restarts."""
+
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
         self.port = free_port()
+        self.workdir = workdir
+        self.persistent = persistent
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "redis.log"
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--logfile", str(self.log)],
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
+             "--dir", str(self.workdir), "--logfile", str(self.log)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -82,16 +103,25 @@ class RedisServer:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
-    def stop(self) -> None:
-        stop_process(self.proc, grace=5)
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: Redis's clean shutdown (AOF flushed); SIGKILL: a crash."""
+        stop_process(self.proc, grace=5, sig=sig)
+
+    def restart(self, down_for: float = 0.0, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        time.sleep(down_for)
+        self.start()
 
 
 class ServiceKit:
     """Redis + API + ``n_workers`` Celery workers, configured through ``ETM_*`` variables."""
 
-    def __init__(self, workdir: Path, n_workers: int = 1, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, n_workers: int = 1, env: dict[str, str] | None = None, redis_persistent: bool = False
+    ) -> None:
         self.workdir = workdir
         self.n_workers = n_workers
+        self.redis_persistent = redis_persistent
         self.extra_env = env or {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.redis: RedisServer | None = None
@@ -120,7 +150,7 @@ class ServiceKit:
         return env
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process's lifetime
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process's lifetime
         self.procs[name] = subprocess.Popen(
             args, cwd=REPO, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -128,16 +158,39 @@ class ServiceKit:
 
     def start(self, timeout: float = 120) -> ServiceKit:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(self.workdir / "redis")
+        self.redis = RedisServer(self.workdir / "redis", persistent=self.redis_persistent)
+        self.start_api()
+        for i in range(self.n_workers):
+            self.start_worker(i)
+        self.wait_ready(timeout)
+        return self
+
+    def start_api(self) -> None:
         self._spawn(
             "api",
             [PY, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port), "--log-level",
              "warning"],
         )
-        for i in range(self.n_workers):
-            self._spawn(f"worker{i}", [PY, "-m", "workers", "--hostname", f"w{i}@etm-test", "--concurrency", "1"])
-        self.wait_ready(timeout)
-        return self
+
+    def start_worker(self, i: int) -> None:
+        """(Re)start worker ``i``; its log is appended to, so that counting lines in it spans restarts."""
+        self._spawn(f"worker{i}", [PY, "-m", "workers", "--hostname", f"w{i}@etm-test", "--concurrency", "1"])
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a process of the kit and its whole process group (a worker with its pool), and reap it."""
+        stop_process(self.procs[name], grace=10, sig=sig)
+
+    def pool_children(self, worker: str) -> list[int]:
+        return child_pids(self.procs[worker].pid)
+
+    def wait_api(self, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if self.client.get("/healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"the API did not come back within {timeout} s\n{self.log_tail('api')}")
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.time() + timeout

@@ -27,7 +27,13 @@ TASK_FINISH_JOB = "etm.finish_job"
 def make_celery(settings: Settings) -> Celery:
     url = settings.celery_url
     app = Celery("etm", broker=url, backend=url, include=["workers.tasks"])
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport = {
+        "visibility_timeout": settings.visibility_timeout,
+        # Sweep for messages of workers that died whole (not only a pool process) every ~1/10 of the
+        # visibility timeout instead of kombu's default of ~100 s, so they come back soon after it.
+        "unacked_restore_interval": max(1, min(60, settings.visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -43,6 +49,9 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         result_expires=24 * 3600,
         broker_connection_retry_on_startup=True,
+        # A Redis restart: keep reconnecting (forever) instead of exiting after 100 tries.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_send_sent_event=False,

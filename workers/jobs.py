@@ -9,6 +9,7 @@ shard whose partial result is in the store is not recomputed, and a result alrea
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -26,11 +27,29 @@ from service.errors import BadInput, Canceled, ModelRuntimeError
 from service.settings import Settings
 from service.spec import EvaluationSpec
 from service.store import ArtifactStore, CheckedSpec, NotFound, Registry
-from workers.records import TERMINAL, JobStore, problem, public_job
+from workers.lease import hold
+from workers.records import TERMINAL, JobStore, problem
 
 log = logging.getLogger("etm.worker")
 
 MODEL_CACHE_MAX = 64  # loaded models kept per worker process (a family of 5 runs x a few candidates)
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client that rides out a Redis restart: commands failing to connect are retried with backoff
+    for about ``ETM_WORKER_REDIS_RETRY_SECONDS``, so a running job waits for Redis instead of failing."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    cap = 2.0
+    retries = int(settings.worker_redis_retry_seconds / cap) + 5  # the first few waits are shorter than cap
+    return redis.Redis.from_url(
+        settings.redis_py_url,
+        socket_connect_timeout=2,
+        socket_timeout=30,
+        retry=Retry(ExponentialBackoff(cap=cap, base=0.05), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
 
 
 @dataclass
@@ -46,7 +65,7 @@ class WorkerEnv:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerEnv:
-        client = redis.Redis.from_url(settings.redis_py_url)
+        client = redis_client(settings)
         store = ArtifactStore(settings.store_url)
         jobs = JobStore(client, store, settings.key_prefix, settings.job_ttl_seconds, settings.report_ttl_seconds)
         return cls(settings, client, store, Registry(store), jobs)
@@ -137,25 +156,10 @@ def _after_end(env: WorkerEnv, job_id: str) -> None:
 
 
 def deliver_callback(settings: Settings, jobs: JobStore, job: dict[str, Any]) -> None:
-    """POST the final job to its ``callback_url`` (best effort, a few attempts); record the outcome."""
-    import httpx
+    """POST the final job to its ``callback_url``: signed, retried, allowed hosts only (``workers.webhooks``)."""
+    from workers.webhooks import deliver
 
-    body = public_job(job)
-    outcome: dict[str, Any] = {"attempts": 0, "status_code": None, "error": None}
-    for attempt in range(settings.callback_attempts):
-        outcome["attempts"] = attempt + 1
-        try:
-            resp = httpx.post(job["callback_url"], json=body, timeout=settings.callback_timeout)
-            outcome["status_code"] = resp.status_code
-            outcome["error"] = None
-            if resp.status_code < 500:
-                break
-        except httpx.HTTPError as exc:
-            outcome["error"] = f"{type(exc).__name__}: {exc}"
-        if attempt + 1 < settings.callback_attempts:
-            time.sleep(min(2**attempt, 10))
-    jobs.set_fields(job["id"], callback=outcome)
-    jobs.snapshot(job["id"])
+    deliver(settings, jobs, job)
 
 
 def problem_for(exc: BaseException) -> dict[str, Any]:
@@ -266,6 +270,25 @@ def _cached(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> bool:
     return True
 
 
+def _leased(part: Callable[..., str]) -> Callable[[Callable[..., None]], Callable[..., bool]]:
+    """Run an entry point only while holding the lease on its part of the job (``workers.lease``):
+    a duplicate delivery of a message whose first delivery is still running does nothing (returns False)."""
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., bool]:
+        @functools.wraps(fn)
+        def run(env: WorkerEnv, job_id: str, *args: Any) -> bool:
+            key = f"{env.jobs.key(job_id)}:lease:{part(*args)}"
+            with hold(env.redis, key, env.settings.job_lease_seconds) as owned:
+                if owned:
+                    fn(env, job_id, *args)
+                return owned
+
+        return run
+
+    return wrap
+
+
+@_leased(lambda *_: "job")
 def run_job(env: WorkerEnv, job_id: str, dispatch_shards: Callable[[str, int], None]) -> None:
     """Entry point of a job: cache check, then compute here or fan out into shards."""
     loaded = _load(env, job_id, "job")
@@ -316,6 +339,7 @@ def _progress(env: WorkerEnv, job_id: str, checked: CheckedSpec, shard: int = 0)
     )
 
 
+@_leased(lambda index, count: f"shard{index}")
 def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
     """The in-set pass over shard ``index`` of ``count``; its Partial goes to the store."""
     from service.evaluation import run_inset
@@ -343,6 +367,7 @@ def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
     _guarded(env, job_id, work)
 
 
+@_leased(lambda count: "finish")
 def finish_job(env: WorkerEnv, job_id: str, count: int) -> None:
     """Merge the shards' partials, run the out-of-set pass, summarise, store the result."""
     from service.evaluation import Partial, finish

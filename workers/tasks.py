@@ -13,6 +13,7 @@ from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, chord, shared_task
+from celery.exceptions import Ignore
 
 from service.settings import get_settings
 from workers.app import TASK_FINISH_JOB, TASK_RUN_JOB, TASK_RUN_SHARD
@@ -58,7 +59,10 @@ def run_job_task(self: Task, job_id: str) -> None:
 
 @shared_task(name=TASK_RUN_SHARD, bind=True, base=JobTask)
 def run_shard_task(self: Task, job_id: str, index: int, count: int) -> int:
-    run_shard(env(), job_id, index, count)
+    if not run_shard(env(), job_id, index, count):
+        # A duplicate of a shard still running elsewhere: Ignore acks it without counting it towards the
+        # chord, which would otherwise start finish_job before the real shard is done.
+        raise Ignore()
     return index
 
 

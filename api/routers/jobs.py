@@ -90,6 +90,8 @@ def create_job(
             return _accepted(response, job, settings.retry_after_seconds)
     spec = EvaluationSpec.model_validate({k: v for k, v in raw.items() if k != "callback_url"})
     checked = registry.check_spec(spec)
+    if body.callback_url:
+        _check_callback(body.callback_url, settings)
     job_id = new_job_id()
     if idempotency_key:
         prior = jobs.claim_idempotency_key(idempotency_key, body_sha, job_id, settings.idempotency_ttl_seconds)
@@ -149,6 +151,16 @@ def create_job(
             jobs.snapshot(job_id)
             raise ProblemError(503, detail, slug="enqueue-failed", headers={"Retry-After": "5"}) from exc
     return _accepted(response, job, settings.retry_after_seconds)
+
+
+def _check_callback(url: str, settings: Any) -> None:
+    """Refuse a callback the workers would not deliver (unsigned service, disallowed host) now, not later."""
+    from workers.webhooks import CallbackRefused, check_callback_url
+
+    try:
+        check_callback_url(url, settings)
+    except CallbackRefused as exc:
+        raise ProblemError(422, str(exc), slug="callback-refused", title="Callback URL refused") from exc
 
 
 def _callback(services: Any, job_id: str) -> None:
