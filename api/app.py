@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from api import problems
 from api.deps import Services
 from api.routers import datasets, families, health, jobs, leaderboards, models, report_html
+from api.security.auth import warn_auth_off
 from service.settings import Settings
 
 DESCRIPTION = """\
@@ -23,6 +24,12 @@ or tar archive), or use the built-ins (`GET /v1/families`, datasets `builtin:*`)
 (`POST /v1/jobs`), poll it (`GET /v1/jobs/{id}`), then read its report (`/report`, versioned JSON;
 `/report.csv`, per image) and artifacts (`/artifacts`). Every error is `application/problem+json`
 (RFC 9457).
+
+Access: every `/v1` operation needs `Authorization: Bearer <API key>` (operators make keys with
+`etm-admin keys create --tenant <tenant>`); models, datasets, jobs and reports are visible only to the
+key's tenant (another tenant's id answers 404). Uploads and job submissions are rate limited per key
+(429 with `Retry-After`). With `ETM_AUTH=off` (the `make run` default, loopback only) no key is needed.
+`/healthz`, `/readyz`, `/metrics` and the documentation are open.
 """
 
 
@@ -60,12 +67,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ],
     )
     app.state.services = Services(settings)
+    if settings.auth == "off":
+        warn_auth_off("the API")
     problems.install(app)
     for r in (jobs.router, report_html.router, leaderboards.router, models.router, families.router, datasets.router,
               health.router):
         app.include_router(r)
     _problem_only_errors(app)
+    _bearer_security(app)
     return app
+
+
+def _bearer_security(app: FastAPI) -> None:
+    """Document the bearer key on every operation that can answer 401 (clients and fuzzers read it)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["apiKey"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key etm_<id>_<secret> (etm-admin keys create); not needed with ETM_AUTH=off.",
+            }
+            for ops in schema.get("paths", {}).values():
+                for op in ops.values():
+                    if "401" in op.get("responses", {}):
+                        op["security"] = [{"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _problem_only_errors(app: FastAPI) -> None:

@@ -12,6 +12,9 @@ from typing import Annotated, Any
 import redis
 from fastapi import Depends, Request
 
+from api.security.auth import Authenticator, authenticate
+from api.security.keys import KeyStore, Principal
+from api.security.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import ArtifactStore, Registry
 from workers.records import JobStore
@@ -43,6 +46,18 @@ class Services:
         return JobStore(self.redis, self.store, s.key_prefix, s.job_ttl_seconds, s.report_ttl_seconds)
 
     @cached_property
+    def keys(self) -> KeyStore:
+        return KeyStore(self.store)
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        return Authenticator(self.settings, self.keys)
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.redis, self.settings.key_prefix)
+
+    @cached_property
     def celery(self) -> Any:
         from workers.app import make_celery
 
@@ -61,16 +76,18 @@ def get_jobs(request: Request) -> JobStore:
     return request.app.state.services.jobs
 
 
-def get_registry(request: Request) -> Registry:
-    return request.app.state.services.registry
+def get_registry(request: Request, principal: Annotated[Principal, Depends(authenticate)]) -> Registry:
+    """The registry as the caller's tenant sees it (its uploads and the built-ins)."""
+    return request.app.state.services.registry.for_tenant(principal.tenant)
 
 
 def get_store(request: Request) -> ArtifactStore:
     return request.app.state.services.store
 
 
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]  # tenant-scoped: authenticates the request
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]

@@ -7,6 +7,10 @@
 - The benchmark: generated into ``ETM_BENCHMARK_DATA_DIR`` when missing, then registered as
   built-ins (datasets ``builtin:*``, models ``builtin:<family>/run<k>``).
 
+Access: ``ETM_AUTH`` unset means ``off`` on a loopback ``ETM_API_HOST`` (the zero-config default,
+announced by a loud warning) and ``keys`` on any other. ``ETM_AUTH=off`` with a host that is not
+loopback is refused before anything starts (exit 2).
+
 Ctrl-C (SIGINT) or SIGTERM stops the API, then the worker, then the embedded Redis (which saves
 its database), and exits 0. A child that dies on its own stops everything with exit code 1.
 """
@@ -28,6 +32,7 @@ from typing import Any
 import httpx
 
 from api.examples import curl_submit
+from api.security.auth import is_loopback, warn_auth_off
 from service.settings import Settings
 
 log = logging.getLogger("etm.devserver")
@@ -59,6 +64,7 @@ class DevServer:
     def child_env(self, redis_url: str) -> dict[str, str]:
         env = dict(os.environ)
         env["ETM_REDIS_URL"] = redis_url
+        env["ETM_AUTH"] = self.settings.auth
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -215,9 +221,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def auth_settings(settings: Settings, explicit: bool) -> Settings:
+    """The devserver's access mode: ``off`` by default on loopback; ``off`` elsewhere is refused.
+
+    Raises:
+        SystemExit: ETM_AUTH=off with a host that is not loopback.
+    """
+    host = settings.api_host
+    if not explicit:
+        settings = settings.model_copy(update={"auth": "off" if is_loopback(host) else "keys"})
+    if settings.auth == "off" and not is_loopback(host):
+        log.error(
+            "refusing to start: ETM_AUTH=off is allowed only on a loopback address, and ETM_API_HOST is %r. "
+            "Listen on 127.0.0.1, or set ETM_AUTH=keys and create keys with `etm-admin keys create --tenant <t>`",
+            host,
+        )
+        raise SystemExit(2)
+    if settings.auth == "off":
+        warn_auth_off(f"the devserver on {host}:{settings.api_port}")
+    return settings
+
+
 def main() -> int:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = auth_settings(settings, explicit=bool(os.environ.get("ETM_AUTH")))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls
     server = DevServer(settings)
 

@@ -189,6 +189,29 @@ class Settings(BaseSettings):
         return value
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every process.")
 
+    # -- access control ------------------------------------------------------------------------
+    auth: Literal["keys", "off"] = Field(
+        "keys",
+        description="`keys`: every /v1 request needs `Authorization: Bearer <API key>` (keys made with "
+        "`etm-admin keys create`). `off`: no keys, one tenant (`local`); only on a loopback address: the "
+        "devserver refuses to start otherwise and the API answers 403 to any peer that is not loopback. "
+        "`make run` defaults to `off` on 127.0.0.1.",
+    )
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0.0,
+        description="How long an API process trusts a verified key before checking it (and its revocation) "
+        "again in the store: a revoked key stops working within this many seconds.",
+    )
+    rate_uploads_per_minute: int = Field(
+        60,
+        ge=0,
+        description="Model and dataset uploads per minute per API key (per tenant with auth off); 0: no limit.",
+    )
+    rate_jobs_per_minute: int = Field(
+        120, ge=0, description="Job submissions per minute per API key (per tenant with auth off); 0: no limit."
+    )
+
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:
         if self.task_time_limit <= self.task_soft_time_limit:

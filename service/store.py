@@ -10,6 +10,8 @@ registry/models/<id>.json           model records (effective metadata, capabilit
 registry/models-by-sha/<sha256>     -> model id (the same bytes are one model)
 registry/datasets/<id>.json         dataset records (counts per split and class, skipped files)
 registry/datasets-by-sha/<sha256>   -> dataset id (the same content is one dataset)
+registry/tenants/<tenant>/...       a tenant's own uploads (models/, models-by-sha/, datasets/, ...)
+auth/keys/<key id>.json             API keys (argon2 hashes; api.security.keys)
 results/<cache key>/report.json     reports, per-image CSVs and artifacts, by result-cache key
 jobs/<job id>.json                  final job records (GET falls back to them when Redis forgot)
 partials/<job id>/<i>-of-<n>.npz    shard results until the job's finish step merges them
@@ -49,6 +51,7 @@ CHUNK = 1 << 20
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 DATASET_HASH_VERSION = "etm-dataset-splits-v1"
 CACHE_KEY_VERSION = "etm-result-v1"
+MAX_ID_CHARS = 200  # longest quoted model/dataset id looked up in the registry (file names stop at 255 bytes)
 
 
 class NotFound(KeyError):
@@ -533,8 +536,27 @@ def describe_folder(root: Path) -> dict[str, Any]:
 # -- the registry --------------------------------------------------------------------------------
 
 
-def _record_key(kind: str, ident: str) -> str:
-    return f"registry/{kind}/{quote(ident, safe='')}.json"
+def _blob_of(kind: str, record: dict[str, Any]) -> str | None:
+    """The blob a record stores its bytes in (a model file, a dataset archive)."""
+    if kind == "models":
+        return record.get("sha256")
+    return (record.get("archive") or {}).get("sha256")
+
+
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def check_tenant(tenant: str) -> str:
+    """A tenant name safe in store paths and Redis keys, or ValueError saying what is allowed."""
+    if not TENANT_RE.match(tenant):
+        raise ValueError(
+            f"bad tenant name {tenant!r}: use 1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+        )
+    return tenant
+
+
+def _is_builtin_id(ident: str) -> bool:
+    return ident.startswith("builtin:")
 
 
 def model_id_for(sha: str) -> str:
@@ -555,49 +577,91 @@ class CheckedSpec:
     ood_dataset: dict[str, Any] | None
     n_images: int
     cache_key: str
+    tenant: str | None = None
 
 
 class Registry:
-    """Model and dataset records in the store, and the conversions workers need."""
+    """Model and dataset records in the store, and the conversions workers need.
 
-    def __init__(self, store: ArtifactStore) -> None:
+    ``tenant`` scopes the view: a tenant's uploads live under ``registry/tenants/<tenant>/`` (the same
+    bytes uploaded by two tenants are two records, so neither learns what the other has; the blobs
+    are shared by content), built-ins (``builtin:*``) under ``registry/`` are seen by every tenant.
+    ``tenant=None`` is the unscoped view of ``registry/`` itself (built-in registration, the CLI).
+    """
+
+    def __init__(self, store: ArtifactStore, tenant: str | None = None) -> None:
         self.store = store
+        self.tenant = check_tenant(tenant) if tenant is not None else None
+
+    def for_tenant(self, tenant: str | None) -> Registry:
+        return self if tenant == self.tenant else Registry(self.store, tenant)
 
     # -- records -------------------------------------------------------------------------------
+    def _base(self, ident: str | None = None) -> str:
+        if self.tenant is None or (ident is not None and _is_builtin_id(ident)):
+            return "registry"
+        return f"registry/tenants/{self.tenant}"
+
+    def _record_key(self, kind: str, ident: str) -> str:
+        return f"{self._base(ident)}/{kind}/{quote(ident, safe='')}.json"
+
     def _get(self, kind: str, ident: str) -> dict[str, Any] | None:
+        if len(quote(ident, safe="")) > MAX_ID_CHARS:  # no id is that long; the OS would refuse the name (a 500)
+            return None
         try:
-            return self.store.read_json(_record_key(kind, ident))
+            return self.store.read_json(self._record_key(kind, ident))
         except (NotFound, ValueError):
             return None
 
-    def _list(self, kind: str) -> list[dict[str, Any]]:
+    def _list_under(self, base: str, kind: str) -> list[dict[str, Any]]:
         out = []
-        for name in self.store.list(f"registry/{kind}"):
+        for name in self.store.list(f"{base}/{kind}"):
             if name.endswith(".json"):
                 try:
-                    out.append(self.store.read_json(f"registry/{kind}/{name}"))
+                    out.append(self.store.read_json(f"{base}/{kind}/{name}"))
                 except (NotFound, ValueError):
                     continue  # deleted meanwhile
+        return out
+
+    def _list(self, kind: str) -> list[dict[str, Any]]:
+        out = self._list_under("registry", kind)
+        if self.tenant is not None:
+            out = [r for r in out if r.get("builtin")] + self._list_under(self._base(), kind)
         return sorted(out, key=lambda r: (not r.get("builtin", False), r["id"]))
 
-    def _by_sha(self, kind: str, sha: str) -> dict[str, Any] | None:
+    def _by_sha(self, kind: str, sha: str, base: str | None = None) -> dict[str, Any] | None:
+        base = base or self._base()
         try:
-            ident = self.store.read_bytes(f"registry/{kind}-by-sha/{sha}").decode()
+            ident = self.store.read_bytes(f"{base}/{kind}-by-sha/{sha}").decode()
         except NotFound:
             return None
-        return self._get(kind, ident)
+        try:
+            return self.store.read_json(f"{base}/{kind}/{quote(ident, safe='')}.json")
+        except (NotFound, ValueError):
+            return None
 
     def _put(self, kind: str, record: dict[str, Any]) -> None:
-        self.store.write_json(_record_key(kind, record["id"]), record)
-        self.store.write_bytes(f"registry/{kind}-by-sha/{record['sha256']}", record["id"].encode())
+        base = self._base(record["id"])
+        self.store.write_json(self._record_key(kind, record["id"]), record)
+        self.store.write_bytes(f"{base}/{kind}-by-sha/{record['sha256']}", record["id"].encode())
 
     def _delete(self, kind: str, record: dict[str, Any]) -> None:
-        self.store.delete(_record_key(kind, record["id"]))
+        base = self._base(record["id"])
+        self.store.delete(self._record_key(kind, record["id"]))
         try:
-            if self.store.read_bytes(f"registry/{kind}-by-sha/{record['sha256']}").decode() == record["id"]:
-                self.store.delete(f"registry/{kind}-by-sha/{record['sha256']}")
+            if self.store.read_bytes(f"{base}/{kind}-by-sha/{record['sha256']}").decode() == record["id"]:
+                self.store.delete(f"{base}/{kind}-by-sha/{record['sha256']}")
         except NotFound:
             pass
+
+    def _blob_in_use(self, kind: str, content_sha: str, blob: str) -> bool:
+        """Whether any record (built-ins, the unscoped registry, any tenant) still needs ``blob``."""
+        bases = ["registry"] + [f"registry/tenants/{t}" for t in self.store.list("registry/tenants")]
+        for base in bases:
+            rec = self._by_sha(kind, content_sha, base)
+            if rec is not None and _blob_of(kind, rec) == blob:
+                return True
+        return False
 
     def get_model(self, ident: str) -> dict[str, Any] | None:
         return self._get("models", ident)
@@ -618,7 +682,8 @@ class Registry:
         if rec.get("builtin"):
             raise Conflict(f"{ident} is a built-in model and cannot be deleted")
         self._delete("models", rec)
-        self.store.delete(ArtifactStore.blob_key(rec["sha256"]))
+        if not self._blob_in_use("models", rec["sha256"], rec["sha256"]):
+            self.store.delete(ArtifactStore.blob_key(rec["sha256"]))
         return rec
 
     def delete_dataset(self, ident: str) -> dict[str, Any]:
@@ -628,8 +693,9 @@ class Registry:
         if rec.get("builtin"):
             raise Conflict(f"{ident} is a built-in dataset and cannot be deleted")
         self._delete("datasets", rec)
-        if rec.get("archive"):
-            self.store.delete(ArtifactStore.blob_key(rec["archive"]["sha256"]))
+        blob = _blob_of("datasets", rec)
+        if blob and not self._blob_in_use("datasets", rec["sha256"], blob):
+            self.store.delete(ArtifactStore.blob_key(blob))
         return rec
 
     # -- ingestion -----------------------------------------------------------------------------
@@ -684,6 +750,7 @@ class Registry:
         }
         self.store.put_blob(path, sha)
         self._put("models", record)
+        self.store.put_blob(path, sha)  # again: another tenant's delete may have removed it meanwhile
         return record, True
 
     def ingest_dataset(
@@ -724,6 +791,7 @@ class Registry:
             }
             self.store.put_blob(archive, archive_sha)
             self._put("datasets", record)
+            self.store.put_blob(archive, archive_sha)  # again: another tenant's delete may have removed it
             if keep_in is not None:
                 target = keep_in / "datasets" / archive_sha
                 if not target.exists():
@@ -834,7 +902,9 @@ class Registry:
         n_images = next(s["n_images"] for s in dataset["splits"] if s["split"] == split)
         if spec.max_images is not None:
             n_images = min(n_images, spec.max_images)
-        return CheckedSpec(spec, recs, dataset, ood, n_images, self.cache_key(spec, recs, dataset, ood))
+        return CheckedSpec(
+            spec, recs, dataset, ood, n_images, self.cache_key(spec, recs, dataset, ood), tenant=self.tenant
+        )
 
     @staticmethod
     def _split(record: dict[str, Any], split: str | None, field_name: str) -> str | None:
@@ -883,7 +953,9 @@ class Registry:
         rec = self.get_model(ident)
         if rec is None:
             raise UnknownReference(f"model {ident} is no longer registered (deleted after the job was submitted?)")
-        folder = cache_dir / "models" / rec["sha256"]
+        # By bytes *and* metadata: two tenants may register the same bytes with different metadata.
+        meta_sha = hashlib.sha256(canonical_json(rec["metadata"]).encode()).hexdigest()[:12]
+        folder = cache_dir / "models" / f"{rec['sha256']}-{meta_sha}"
         path = folder / f"model.{rec['format'] or 'onnx'}"
         if path.is_file() and (folder / f"{path.name}.json").is_file():
             return path

@@ -143,6 +143,7 @@ class ServiceKit:
                 "ETM_PROGRESS_INTERVAL": "0.2",
                 "ETM_TORCH_THREADS": "1",
                 "ETM_LOG_LEVEL": "INFO",
+                "ETM_AUTH": "off",  # the kit listens on 127.0.0.1; pass env={"ETM_AUTH": "keys"} for keys
                 "PYTHONUNBUFFERED": "1",
                 **self.extra_env,
             }
@@ -235,6 +236,25 @@ class ServiceKit:
 
     def logs(self) -> str:
         return "\n".join(f"--- {name} ---\n{self.log_tail(name)}" for name in self.procs)
+
+    # -- access (ETM_AUTH=keys) -----------------------------------------------------------------
+    def admin(self, *args: str) -> subprocess.CompletedProcess:
+        """Run ``python -m api.admin`` (etm-admin) on the kit's store, as an operator would."""
+        return subprocess.run(
+            [PY, "-m", "api.admin", *args], cwd=REPO, env=self.env(), capture_output=True, text=True, timeout=60
+        )
+
+    def create_key(self, tenant: str, name: str | None = None) -> str:
+        """A new API key for ``tenant`` (made with the admin CLI)."""
+        res = self.admin("keys", "create", "--tenant", tenant, *(["--name", name] if name else []))
+        if res.returncode != 0:
+            raise RuntimeError(f"etm-admin keys create failed ({res.returncode}): {res.stderr}")
+        return res.stdout.strip()
+
+    def client_for(self, key: str | None) -> httpx.Client:
+        """An HTTP client sending ``key`` as a bearer token (no header when None)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, timeout=60, headers=headers)
 
     # -- API helpers ---------------------------------------------------------------------------
     def upload_model(self, path: Path, metadata: str | None = None) -> httpx.Response:

@@ -50,6 +50,7 @@ def client(tmp_path: Path) -> Client:
         cache_dir=tmp_path / "cache",
         max_model_bytes=1000,
         max_archive_members=5,
+        auth="off",  # the ASGI transport's peer is 127.0.0.1
     )
     return Client(create_app(settings))
 
@@ -124,8 +125,10 @@ def test_job_that_cannot_be_queued_fails_instead_of_hanging(
 
     redis_server = RedisServer(tmp_path / "redis")
     try:
-        settings = Settings(redis_url=redis_server.url, store_url=str(tmp_path / "store"), cache_dir=tmp_path / "c")
-        reg = Registry(ArtifactStore(settings.store_url))
+        settings = Settings(
+            redis_url=redis_server.url, store_url=str(tmp_path / "store"), cache_dir=tmp_path / "c", auth="off"
+        )
+        reg = Registry(ArtifactStore(settings.store_url), tenant="local")  # what ETM_AUTH=off acts as
         model, _ = reg.ingest_model(family_onnx[0], "run0.onnx")
         (tmp_path / "ds.zip").write_bytes(zip_folder(dataset_dir))
         ds, _ = reg.ingest_dataset(tmp_path / "ds.zip", "ds.zip", ArchiveLimits(), tmp_path)

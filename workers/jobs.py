@@ -70,10 +70,11 @@ class WorkerEnv:
         jobs = JobStore(client, store, settings.key_prefix, settings.job_ttl_seconds, settings.report_ttl_seconds)
         return cls(settings, client, store, Registry(store), jobs)
 
-    def resolver(self) -> Any:
+    def resolver(self, tenant: str | None = None) -> Any:
+        """Resolves ids as the job's tenant sees them (its uploads and the built-ins)."""
         if len(self.model_cache) > MODEL_CACHE_MAX:
             self.model_cache.clear()
-        return self.registry.resolver(
+        return self.registry.for_tenant(tenant).resolver(
             self.settings.cache_dir, self.settings.benchmark_data_dir, self.settings.torch_threads, self.model_cache
         )
 
@@ -236,7 +237,7 @@ def _load(env: WorkerEnv, job_id: str, part: str) -> tuple[dict[str, Any], Check
         return None
     try:
         spec = EvaluationSpec.model_validate(job["spec"])
-        checked = env.registry.check_spec(spec)
+        checked = env.registry.for_tenant(job.get("tenant")).check_spec(spec)
     except (ValidationError, BadInput) as exc:
         fail(env, job_id, problem_for(exc))
         return None
@@ -324,7 +325,7 @@ def run_job(env: WorkerEnv, job_id: str, dispatch_shards: Callable[[str, int], N
 def _compute_whole(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> None:
     from service.evaluation import evaluate
 
-    resolver = env.resolver()
+    resolver = env.resolver(checked.tenant)
     progress = _progress(env, job_id, checked)
     should_cancel = cancel_check(env.jobs, job_id)
     t0 = time.time()
@@ -351,7 +352,7 @@ def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
     _, checked = loaded
 
     def work() -> None:
-        resolver = env.resolver()
+        resolver = env.resolver(checked.tenant)
         part = run_inset(
             checked.spec,
             resolver,
@@ -386,7 +387,7 @@ def finish_job(env: WorkerEnv, job_id: str, count: int) -> None:
                     parts.append(Partial.load(env.store.get_file(key, Path(tmp) / f"{i}.npz")))
                 except NotFound as exc:
                     raise RuntimeError(f"the result of shard {i} of {count} is missing from the store") from exc
-        resolver = env.resolver()
+        resolver = env.resolver(checked.tenant)
         progress = _progress(env, job_id, checked)
         should_cancel = cancel_check(env.jobs, job_id)
         result = finish(checked.spec, parts, resolver, progress, should_cancel)

@@ -8,20 +8,25 @@ Keys (``P`` = ``ETM_KEY_PREFIX``, default ``etm:``):
 ```
 P job:<id>            hash, one JSON value per field (status, spec, progress, error, ...)
 P job:<id>:shards     hash shard index -> images done (in-set progress of sharded jobs)
-P jobs                sorted set of job ids by creation sequence (listing, newest first)
+P jobs:<tenant>       sorted set of a tenant's job ids by creation sequence (listing, newest first)
 P seq                 creation sequence counter
-P idem:<sha256(key)>  {"job_id", "body_sha256"} for Idempotency-Key
+P idem:<sha256(tenant, key)>  {"job_id", "body_sha256"} for a tenant's Idempotency-Key
 P report:<cache key>  the report JSON (the store keeps the original)
 P stats:state         state -> number of jobs in it
 P stats:duration      histogram buckets, sum and count of job durations (seconds)
 P stats:images        images processed, compute seconds, last job's images per second
 ```
+
+Every job carries its ``tenant`` (the API key's tenant, ``local`` with auth off); the final record in
+the store keeps it, so a GET after Redis lost the job still answers only that tenant. A record
+without one (written before tenants existed) belongs to ``local``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -30,6 +35,7 @@ import redis
 
 from service.store import ArtifactStore, NotFound
 
+DEFAULT_TENANT = "local"
 STATES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
@@ -71,6 +77,13 @@ return 1
 """
 
 
+def tenant_of(job: dict[str, Any]) -> str:
+    return job.get("tenant") or DEFAULT_TENANT
+
+
+JOB_ID_RE = re.compile(r"j-[0-9a-f]{20}")
+
+
 def new_job_id() -> str:
     return "j-" + uuid.uuid4().hex[:20]
 
@@ -102,6 +115,9 @@ class JobStore:
     def key(self, job_id: str) -> str:
         return f"{self.p}job:{job_id}"
 
+    def index_key(self, tenant: str) -> str:
+        return f"{self.p}jobs:{tenant}"
+
     @property
     def stats_key(self) -> str:
         return f"{self.p}stats:state"
@@ -114,13 +130,15 @@ class JobStore:
         pipe = self.r.pipeline()
         pipe.hset(self.key(job["id"]), mapping={k: json.dumps(v) for k, v in job.items()})
         pipe.expire(self.key(job["id"]), self.job_ttl)
-        pipe.zadd(f"{self.p}jobs", {job["id"]: job["seq"]})
+        pipe.zadd(self.index_key(tenant_of(job)), {job["id"]: job["seq"]})
         pipe.hincrby(self.stats_key, job["status"], 1)
         pipe.execute()
         return job
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """The job record from Redis, else the final snapshot in the store, else None."""
+        if not JOB_ID_RE.fullmatch(job_id):  # not an id new_job_id makes; never a store path (a long one was a 500)
+            return None
         raw = self.r.hgetall(self.key(job_id))
         if raw:
             return {k.decode(): json.loads(v) for k, v in raw.items()}
@@ -128,6 +146,11 @@ class JobStore:
             return self.store.read_json(f"jobs/{job_id}.json")
         except (NotFound, ValueError):
             return None
+
+    def get_for(self, job_id: str, tenant: str) -> dict[str, Any] | None:
+        """The job when it belongs to ``tenant``; None otherwise (another tenant's job looks unknown)."""
+        job = self.get(job_id)
+        return job if job is not None and tenant_of(job) == tenant else None
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         if fields:
@@ -187,8 +210,11 @@ class JobStore:
         self.r.hset(self.key(job_id), "updated_at", json.dumps(t))
 
     # -- listing -------------------------------------------------------------------------------
-    def list(self, status: str | None, limit: int, cursor: int | None) -> tuple[list[dict[str, Any]], int | None]:
-        """Newest first; ``cursor`` is the ``seq`` of the last job of the previous page (None: the newest).
+    def list(
+        self, status: str | None, limit: int, cursor: int | None, tenant: str = DEFAULT_TENANT
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """``tenant``'s jobs, newest first; ``cursor`` is the ``seq`` of the last job of the previous page
+        (None: the newest).
 
         Returns the page and the next cursor (None when there is nothing after this page).
         """
@@ -198,7 +224,7 @@ class JobStore:
         budget = 5000  # records looked at per call, so that a rare status cannot make one call unbounded
         last_seq: int | None = None
         while budget > 0:
-            ids = self.r.zrevrangebyscore(f"{self.p}jobs", hi, "-inf", start=0, num=page, withscores=True)
+            ids = self.r.zrevrangebyscore(self.index_key(tenant), hi, "-inf", start=0, num=page, withscores=True)
             if not ids:
                 return out, None
             pipe = self.r.pipeline()
@@ -220,7 +246,7 @@ class JobStore:
                         full = True
                         break
             if gone:
-                self.r.zrem(f"{self.p}jobs", *gone)
+                self.r.zrem(self.index_key(tenant), *gone)
             if full:
                 return out, last_seq
             if len(ids) < page:
@@ -228,16 +254,20 @@ class JobStore:
         return out, last_seq
 
     # -- idempotency ---------------------------------------------------------------------------
-    def _idem_key(self, key: str) -> str:
-        return f"{self.p}idem:{hashlib.sha256(key.encode()).hexdigest()}"
+    def _idem_key(self, key: str, tenant: str) -> str:
+        # Per tenant: two tenants using the same key get two jobs, and neither learns of the other's.
+        digest = hashlib.sha256(tenant.encode() + b"\0" + key.encode()).hexdigest()
+        return f"{self.p}idem:{digest}"
 
-    def idempotency_binding(self, key: str) -> dict[str, str] | None:
-        raw = self.r.get(self._idem_key(key))
+    def idempotency_binding(self, key: str, tenant: str = DEFAULT_TENANT) -> dict[str, str] | None:
+        raw = self.r.get(self._idem_key(key, tenant))
         return json.loads(raw) if raw else None
 
-    def claim_idempotency_key(self, key: str, body_sha: str, job_id: str, ttl: int) -> dict[str, str] | None:
+    def claim_idempotency_key(
+        self, key: str, body_sha: str, job_id: str, ttl: int, tenant: str = DEFAULT_TENANT
+    ) -> dict[str, str] | None:
         """Bind ``key`` to ``job_id``; returns the earlier binding when the key was used before."""
-        k = self._idem_key(key)
+        k = self._idem_key(key, tenant)
         value = json.dumps({"job_id": job_id, "body_sha256": body_sha})
         if self.r.set(k, value, nx=True, ex=ttl):
             return None

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import RegistryDep, SettingsDep
 from api.problems import ProblemError, problem_responses
 from api.schemas import DatasetList, DatasetOut
+from api.security.auth import authenticate
+from api.security.ratelimit import limit
 from api.uploads import MalformedUpload, receive_upload
 from service.store import ArchiveLimits
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(503))
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"],
+    responses=problem_responses(401, 403, 503), dependencies=[Depends(authenticate)],
+)
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -50,8 +55,9 @@ _UPLOAD_BODY = {
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": DatasetOut, "description": "This content was registered already"},
-        **problem_responses(400, 413, 415),
+        **problem_responses(400, 413, 415, 429),
     },
+    dependencies=[Depends(limit("uploads"))],
 )
 async def upload_dataset(
     request: Request, response: Response, settings: SettingsDep, registry: RegistryDep

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from api.deps import RegistryDep
 from api.problems import problem_responses
 from api.schemas import Family, FamilyList
+from api.security.auth import authenticate
 from service.builtins import families
 
-router = APIRouter(prefix="/v1/families", tags=["models"], responses=problem_responses(503))
+router = APIRouter(
+    prefix="/v1/families", tags=["models"],
+    responses=problem_responses(401, 403, 503), dependencies=[Depends(authenticate)],
+)
 
 
 @router.get(

@@ -9,16 +9,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from api.deps import JobsDep, ServicesDep, SettingsDep, StoreDep
+from api.deps import JobsDep, PrincipalDep, ServicesDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.schemas import ArtifactList, Job, JobList, JobRequest, JobStatus
+from api.security.auth import authenticate
+from api.security.ratelimit import limit
 from service.spec import EvaluationSpec
 from service.store import NotFound
 from workers.app import TASK_RUN_JOB
 from workers.records import TERMINAL, JobStore, body_sha256, new_job_id, problem, public_job
 
 log = logging.getLogger("etm.api")
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(503))
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 503), dependencies=[Depends(authenticate)]
+)
 
 
 def require_json(request: Request) -> None:
@@ -30,8 +34,8 @@ def require_json(request: Request) -> None:
         )
 
 
-def _job_or_404(jobs: JobStore, job_id: str) -> dict[str, Any]:
-    job = jobs.get(job_id)
+def _job_or_404(jobs: JobStore, job_id: str, tenant: str) -> dict[str, Any]:
+    job = jobs.get_for(job_id, tenant)  # another tenant's job answers exactly like an unknown one
     if job is None:
         raise ProblemError(404, f"no job {job_id!r}; list jobs at GET /v1/jobs")
     return job
@@ -69,21 +73,23 @@ def _replay(jobs: JobStore, prior: dict[str, str], body_sha: str, key: str) -> d
     "are dataset ids, plus an optional `callback_url`. Answers 202 with `Location` and `Retry-After`. A job "
     "whose result is cached comes back already `succeeded` with `cache_hit: true`. With an `Idempotency-Key` "
     "header, repeating the same body returns the same job; another body with the same key is a 422.",
-    responses=problem_responses(409, 415, 503),
-    dependencies=[Depends(require_json)],
+    responses=problem_responses(409, 415, 429, 503),
+    dependencies=[Depends(limit("jobs")), Depends(require_json)],
 )
 def create_job(
     body: JobRequest,
     response: Response,
     services: ServicesDep,
+    principal: PrincipalDep,
     background: BackgroundTasks,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Makes retries safe.")] = None,
 ) -> Job:
-    settings, jobs, registry = services.settings, services.jobs, services.registry
+    settings, jobs, registry = services.settings, services.jobs, services.registry.for_tenant(principal.tenant)
+    tenant = principal.tenant
     raw = body.model_dump(mode="json")
     body_sha = body_sha256(raw)
     if idempotency_key:
-        prior = jobs.idempotency_binding(idempotency_key)
+        prior = jobs.idempotency_binding(idempotency_key, tenant)
         if prior is not None:
             job = _replay(jobs, prior, body_sha, idempotency_key)
             response.headers["Idempotent-Replayed"] = "true"
@@ -94,7 +100,9 @@ def create_job(
         _check_callback(body.callback_url, settings)
     job_id = new_job_id()
     if idempotency_key:
-        prior = jobs.claim_idempotency_key(idempotency_key, body_sha, job_id, settings.idempotency_ttl_seconds)
+        prior = jobs.claim_idempotency_key(
+            idempotency_key, body_sha, job_id, settings.idempotency_ttl_seconds, tenant
+        )
         if prior is not None:
             job = _replay(jobs, prior, body_sha, idempotency_key)
             response.headers["Idempotent-Replayed"] = "true"
@@ -103,6 +111,7 @@ def create_job(
     cached = settings.result_cache and services.store.exists(f"results/{checked.cache_key}/report.json")
     job: dict[str, Any] = {
         "id": job_id,
+        "tenant": tenant,
         "status": "succeeded" if cached else "queued",
         "created_at": t,
         "updated_at": t,
@@ -175,18 +184,19 @@ def _callback(services: Any, job_id: str) -> None:
 def list_jobs(
     jobs: JobsDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, description="Page size (at most ETM_LIST_LIMIT_MAX).")] = 20,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]+$", description="next_cursor of the previous page.")] = None,
 ) -> JobList:
     limit = min(limit, settings.list_limit_max)
-    items, nxt = jobs.list(status, limit, int(cursor) if cursor else None)
+    items, nxt = jobs.list(status, limit, int(cursor) if cursor else None, principal.tenant)
     return JobList(items=[Job.model_validate(public_job(j)) for j in items], next_cursor=str(nxt) if nxt else None)
 
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job", responses=problem_responses(404, 503))
-def get_job(job_id: str, jobs: JobsDep) -> Job:
-    return Job.model_validate(public_job(_job_or_404(jobs, job_id)))
+def get_job(job_id: str, jobs: JobsDep, principal: PrincipalDep) -> Job:
+    return Job.model_validate(public_job(_job_or_404(jobs, job_id, principal.tenant)))
 
 
 @router.post(
@@ -197,8 +207,8 @@ def get_job(job_id: str, jobs: JobsDep) -> Job:
     description="A queued job is canceled at once; a running one stops at its next batch (within seconds).",
     responses=problem_responses(404, 409),
 )
-def cancel_job(job_id: str, jobs: JobsDep, response: Response, settings: SettingsDep) -> Job:
-    job = _job_or_404(jobs, job_id)
+def cancel_job(job_id: str, jobs: JobsDep, response: Response, settings: SettingsDep, principal: PrincipalDep) -> Job:
+    job = _job_or_404(jobs, job_id, principal.tenant)
     if job["status"] in TERMINAL:
         raise ProblemError(409, f"job {job_id} already ended ({job['status']}); there is nothing to cancel")
     job = jobs.request_cancel(job_id) or job
@@ -206,8 +216,8 @@ def cancel_job(job_id: str, jobs: JobsDep, response: Response, settings: Setting
     return Job.model_validate(public_job(job))
 
 
-def _finished(jobs: JobStore, job_id: str, settings: Any) -> dict[str, Any]:
-    job = _job_or_404(jobs, job_id)
+def _finished(jobs: JobStore, job_id: str, settings: Any, tenant: str) -> dict[str, Any]:
+    job = _job_or_404(jobs, job_id, tenant)
     if job["status"] == "succeeded":
         return job
     if job["status"] in ("queued", "running"):
@@ -239,8 +249,8 @@ _REPORT_RESPONSES = {
 
 
 @router.get("/{job_id}/report", summary="The job's report (JSON)", responses=_REPORT_RESPONSES)
-def get_report(job_id: str, jobs: JobsDep, settings: SettingsDep) -> Response:
-    job = _finished(jobs, job_id, settings)
+def get_report(job_id: str, jobs: JobsDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
+    job = _finished(jobs, job_id, settings, principal.tenant)
     data = jobs.get_report(job["cache_key"])
     if data is None:
         raise ProblemError(410, f"the report of job {job_id} is no longer stored; submit the job again")
@@ -256,8 +266,10 @@ def get_report(job_id: str, jobs: JobsDep, settings: SettingsDep) -> Response:
         **problem_responses(404, 409, 410),
     },
 )
-def get_report_csv(job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
-    job = _finished(jobs, job_id, settings)
+def get_report_csv(
+    job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    job = _finished(jobs, job_id, settings, principal.tenant)
     try:
         data = store.read_bytes(f"results/{job['cache_key']}/per_image.csv")
     except NotFound as exc:
@@ -284,8 +296,10 @@ def _artifacts(store: Any, job: dict[str, Any]) -> list[dict[str, Any]]:
     "overlay shows, with predictions) and curves.json (every measure's curves per candidate).",
     responses=problem_responses(404, 409),
 )
-def list_artifacts(job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> ArtifactList:
-    job = _finished(jobs, job_id, settings)
+def list_artifacts(
+    job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> ArtifactList:
+    job = _finished(jobs, job_id, settings, principal.tenant)
     return ArtifactList(
         items=[{**a, "url": f"/v1/jobs/{job_id}/artifacts/{a['name']}"} for a in _artifacts(store, job)]
     )
@@ -299,8 +313,10 @@ def list_artifacts(job_id: str, jobs: JobsDep, store: StoreDep, settings: Settin
         **problem_responses(404, 409, 410),
     },
 )
-def get_artifact(job_id: str, name: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
-    job = _finished(jobs, job_id, settings)
+def get_artifact(
+    job_id: str, name: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    job = _finished(jobs, job_id, settings, principal.tenant)
     entry = next((a for a in _artifacts(store, job) if a["name"] == name), None)
     if entry is None:
         raise ProblemError(404, f"job {job_id} has no artifact {name!r}; list them at GET /v1/jobs/{job_id}/artifacts")

@@ -23,14 +23,19 @@ import json
 from collections.abc import Iterable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from api.deps import JobsDep, RegistryDep, StoreDep
+from api.deps import JobsDep, PrincipalDep, RegistryDep, StoreDep
 from api.problems import ProblemError, problem_responses
+from api.security.auth import authenticate
 from service.store import NotFound
+from workers.records import tenant_of
 
-router = APIRouter(prefix="/v1/leaderboards", tags=["jobs"], responses=problem_responses(503))
+router = APIRouter(
+    prefix="/v1/leaderboards", tags=["jobs"], responses=problem_responses(401, 403, 503),
+    dependencies=[Depends(authenticate)],
+)
 
 # Spec fields that do not change a candidate's numbers (only which numbers exist, or how fast).
 _NOT_CONFIG = ("candidates", "measures", "overlays", "batch_size")
@@ -216,6 +221,7 @@ def get_leaderboard(
     jobs: JobsDep,
     store: StoreDep,
     registry: RegistryDep,
+    principal: PrincipalDep,
     measure: Annotated[str | None, Query(description="Only this measure (e.g. stability.ssim).")] = None,
 ) -> Leaderboard:
     if registry.get_dataset(dataset_id) is None:
@@ -228,7 +234,11 @@ def get_leaderboard(
             job = store.read_json(f"jobs/{name}")
         except (NotFound, ValueError):
             continue
-        if job.get("status") == "succeeded" and (job.get("spec") or {}).get("dataset") == dataset_id:
+        if (
+            job.get("status") == "succeeded"
+            and tenant_of(job) == principal.tenant  # a tenant's board shows only its own jobs
+            and (job.get("spec") or {}).get("dataset") == dataset_id
+        ):
             records.append(job)
     records.sort(key=lambda j: (j.get("finished_at") or 0, j.get("seq") or 0), reverse=True)
     reports: dict[str, dict[str, Any] | None] = {}

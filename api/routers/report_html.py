@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from api.deps import JobsDep, SettingsDep, StoreDep
+from api.deps import JobsDep, PrincipalDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import _artifacts, _finished
+from api.security.auth import authenticate
 from service.report_html import CSP, render_report_html
 from service.store import NotFound
 from workers.records import public_job
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(503))
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 503), dependencies=[Depends(authenticate)]
+)
 
 
 def _overlays(store: Any, job: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
@@ -50,8 +53,10 @@ def _overlays(store: Any, job: dict[str, Any]) -> tuple[dict[str, Any] | None, d
         **problem_responses(404, 409, 410),
     },
 )
-def get_report_html(job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep) -> Response:
-    job = _finished(jobs, job_id, settings)
+def get_report_html(
+    job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    job = _finished(jobs, job_id, settings, principal.tenant)
     data = jobs.get_report(job["cache_key"])
     if data is None:
         raise ProblemError(410, f"the report of job {job_id} is no longer stored; submit the job again")
