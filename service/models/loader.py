@@ -16,7 +16,7 @@ import onnx
 import torch
 
 from service.errors import ModelRefused, ModelRuntimeError
-from service.models.base import Model, OutputNotFinite
+from service.models.base import Model, OutputNotFinite, is_out_of_memory
 from service.models.capabilities import capability_table
 from service.models.metadata import ModelMetadata
 from service.models.onnx_head import find_head
@@ -170,6 +170,10 @@ def _probe(model: OnnxModel, n: int, name: str) -> None:
         pass
     except ModelRuntimeError as exc:
         raise ModelRefused(f"{name} fails on a probe batch of {n} blank {h}x{w} images: {exc}") from exc
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # Not this process's call: a worker with more memory may run it, and batches are halved there.
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
