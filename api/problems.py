@@ -17,12 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.errors import BadInput, ModelRuntimeError
 from workers.records import PROBLEM_BASE
 
 log = logging.getLogger("etm.api")
 PROBLEM_JSON = "application/problem+json"
+FASTAPI_UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI's 400 when a JSON body cannot be decoded
 
 _SLUGS = {
     400: ("bad-request", "Bad request"),
@@ -112,6 +114,22 @@ def _http_detail(status: int, detail: Any, request: Request) -> str:
     return str(detail)
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method served at the request's path. Starlette's 405 names only the first route that matched
+    the path, but each method is its own route here, and RFC 9110 wants all of them in ``Allow``."""
+    methods: set[str] = set()
+    for route in _leaf_routes(request.app.router.routes):
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return ", ".join(sorted(methods))
+
+
+def _leaf_routes(routes: Any) -> Any:
+    for route in routes:
+        included = getattr(getattr(route, "original_router", None), "routes", None)  # FastAPI's include_router
+        yield from _leaf_routes(included) if included is not None else (route,)
+
+
 def _validation_detail(errors: list[dict[str, Any]]) -> str:
     parts = []
     for e in errors[:5]:
@@ -131,6 +149,13 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSABLE_BODY:
+            # A body that is not even text (bad UTF-8) is invalid JSON like any other: same 422 as json_invalid.
+            return problem_response(
+                request, 422, "the request body is not valid JSON: it is not UTF-8 text; send a UTF-8 JSON object"
+            )
         return problem_response(
             request, exc.status_code, _http_detail(exc.status_code, exc.detail, request), headers=headers
         )

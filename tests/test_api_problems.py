@@ -65,7 +65,7 @@ def _problem(r, status: int) -> dict:  # noqa: ANN001
 
 
 def test_redis_down_is_503(client: Client) -> None:
-    p = _problem(client.get("/v1/jobs/j-123"), 503)
+    p = _problem(client.get("/v1/jobs/j-00000000000000000123"), 503)
     assert "Redis" in p["detail"] and client.get("/v1/jobs").status_code == 503
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("unreachable")
