@@ -52,6 +52,9 @@ def make_celery(settings: Settings) -> Celery:
         # A Redis restart: keep reconnecting (forever) instead of exiting after 100 tries.
         broker_connection_retry=True,
         broker_connection_max_retries=None,
+        # Running jobs keep running through a broker reconnect (their Redis client retries; a task that
+        # ends up delivered again finds its job ended or its lease held). Set explicitly: Celery warns otherwise.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_send_sent_event=False,

@@ -94,7 +94,7 @@ def _not_public(ip: IPAddress) -> str | None:
     """Why ``ip`` is not a public address (None when it is)."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for reason in ("loopback", "private", "link_local", "multicast", "reserved", "unspecified"):
+    for reason in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{reason}"):
             return reason.replace("_", "-")
     return None if ip.is_global else "non-global"
