@@ -106,7 +106,8 @@ class OnnxModel(Model):
             try:
                 res = sess.run(outputs, {self.input_name: x[i : i + chunk]})
             except Exception as exc:  # ONNX Runtime raises one generic type (Fail, RuntimeException...)
-                if is_out_of_memory(exc):
+                if not type(exc).__module__.startswith("onnxruntime") or is_out_of_memory(exc):
+                    # Not the runtime's (a Celery time limit raised in this frame): as it is. Out of memory:
                     raise  # the evaluation halves the batch and retries
                 raise ModelRuntimeError(
                     f"ONNX Runtime failed to run the model on a batch of {len(x[i : i + chunk])} images: "
