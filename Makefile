@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint demo openapi benchmark-data benchmark-models bench clean
+.PHONY: venv run test lint demo openapi benchmark-data benchmark-models bench soak clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,11 @@ benchmark-models: venv
 bench: venv
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m bench.run
+
+# Faults, longer and randomised (kills, Redis and API restarts, duplicates); a few minutes. Exit 1 if anything
+# was lost or differed. Options: make soak SOAK_ARGS='--jobs 60 --seed 2'
+soak: venv
+	$(PY) -m tests.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf var/ .pytest_cache
