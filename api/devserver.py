@@ -155,11 +155,17 @@ class DevServer:
 
     def banner(self) -> None:
         u = self.base_url
+        access = (
+            "no API key needed (ETM_AUTH=off: loopback peers only)"
+            if self.settings.auth == "off"
+            else "API keys required: etm-admin keys create --tenant <t>, then Authorization: Bearer <key>"
+        )
         print(
             f"\nExplain-to-Me is running at {u}\n"
             f"  API docs:  {u}/docs\n"
             f"  health:    {u}/readyz    metrics: {u}/metrics\n"
-            f"  built-ins: curl -s {u}/v1/families ; curl -s {u}/v1/datasets\n\n"
+            f"  built-ins: curl -s {u}/v1/families ; curl -s {u}/v1/datasets\n"
+            f"  access:    {access}\n\n"
             f"Submit the example job:\n\n{curl_submit(u)}\n\n"
             f"then poll GET {u}/v1/jobs/<id> and read GET {u}/v1/jobs/<id>/report. Ctrl-C stops everything.\n",
             flush=True,
