@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         None,
         description="HMAC-SHA256 key that signs every callback (header X-ETM-Signature: t=<unix time>,v1=<hex> "
-        "over `<t>.<body>`). Unset: jobs with a callback_url are refused (422).",
+        "over `<t>.<body>`), at least 16 characters. Unset: jobs with a callback_url are refused (422).",
     )
     webhook_backoff_seconds: float = Field(
         1.0, ge=0.0, description="Delay before the second callback attempt; doubles after each further attempt."
@@ -174,6 +174,13 @@ class Settings(BaseSettings):
                 f"({self.visibility_timeout}) so that a task redelivered after its worker died finds the lease expired"
             )
         return self
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("ETM_WEBHOOK_SECRET must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return value
 
     @field_validator("webhook_allowed_hosts")
     @classmethod

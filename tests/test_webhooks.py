@@ -142,6 +142,8 @@ def test_allow_list_names_and_cidrs() -> None:
 def test_no_secret_no_callbacks() -> None:
     with pytest.raises(CallbackRefused, match="ETM_WEBHOOK_SECRET"):
         check_callback_url("http://127.0.0.1/x", settings(webhook_secret=None))
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        settings(webhook_secret="short")
 
 
 def test_unresolvable_host_is_refused_with_the_host_named() -> None:
