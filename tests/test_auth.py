@@ -24,9 +24,10 @@ from api.app import create_app
 from api.devserver import auth_settings
 from api.security.auth import MISSING_DETAIL, NOT_BEARER_DETAIL, OFF_REMOTE_DETAIL, is_loopback
 from api.security.keys import KeyStore
+from api.security.ratelimit import RateLimiter
 from service.settings import Settings
 from service.store import ArtifactStore
-from tests.servicekit import PY, REPO, ServiceKit, zip_folder
+from tests.servicekit import PY, REPO, RedisServer, ServiceKit, zip_folder
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -346,6 +347,20 @@ def test_rate_limit_is_atomic_under_concurrent_requests(kit: ServiceKit) -> None
     assert sorted(codes) == [422] * RATE + [429] * (16 - RATE), codes
 
 
+def test_token_bucket_never_overdraws(tmp_path: Path) -> None:
+    # The Lua bucket alone, 20 rounds of 32 concurrent takes on fresh buckets: exactly the limit passes.
+    server = RedisServer(tmp_path / "redis")
+    try:
+        limiter = RateLimiter(redis.Redis.from_url(server.url), "t:")
+        with ThreadPoolExecutor(32) as pool:
+            for round_ in range(20):
+                waits = list(pool.map(lambda _, r=round_: limiter.take("jobs", f"key:{r}", 5), range(32)))
+                assert sum(w == 0 for w in waits) == 5, waits
+                assert all(0 < w <= 12 for w in waits if w), waits  # 60 s / 5 per minute: one token per 12 s
+    finally:
+        server.stop()
+
+
 def test_etm_client_reads_the_key_from_the_environment(kit: ServiceKit, keys: dict[str, str]) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETM_")} | {"ETM_API_URL": kit.base_url}
     cmd = [PY, "-m", "client.cli", "models", "list", "--retries", "1"]
@@ -359,8 +374,10 @@ def test_etm_client_reads_the_key_from_the_environment(kit: ServiceKit, keys: di
 # -- auth off ----------------------------------------------------------------------------------------
 
 
-def test_auth_off_serves_only_loopback_peers(tmp_path: Path) -> None:
-    app = create_app(Settings(store_url=str(tmp_path / "store"), auth="off"))
+def test_auth_off_serves_only_loopback_peers(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="etm.auth"):
+        app = create_app(Settings(store_url=str(tmp_path / "store"), auth="off"))
+    assert "AUTHENTICATION IS OFF (ETM_AUTH=off)" in caplog.text  # the loud start-up banner
 
     async def get(client: tuple[str, int], path: str) -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=client)
