@@ -51,7 +51,7 @@ def job_body(ids: dict[str, Any]) -> dict[str, Any]:
     return {
         "candidates": [{"name": "a", "models": m[:2]}, {"name": "b", "models": m[1:]}],
         "dataset": ids["dataset"],
-        "measures": ["entropy", "stability", "agreement", "accuracy", "geometry"],
+        "measures": ["entropy", "stability", "agreement", "accuracy"],
         "seed": 0,
         "bootstrap_resamples": 100,
         "batch_size": 4,
