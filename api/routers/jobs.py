@@ -207,11 +207,21 @@ def get_job(job_id: str, jobs: JobsDep, principal: PrincipalDep) -> Job:
     description="A queued job is canceled at once; a running one stops at its next batch (within seconds).",
     responses=problem_responses(404, 409),
 )
-def cancel_job(job_id: str, jobs: JobsDep, response: Response, settings: SettingsDep, principal: PrincipalDep) -> Job:
+def cancel_job(
+    job_id: str,
+    jobs: JobsDep,
+    response: Response,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    background: BackgroundTasks,
+) -> Job:
     job = _job_or_404(jobs, job_id, principal.tenant)
     if job["status"] in TERMINAL:
         raise ProblemError(409, f"job {job_id} already ended ({job['status']}); there is nothing to cancel")
     job = jobs.request_cancel(job_id) or job
+    if job["status"] == "canceled" and job.get("callback_url"):
+        background.add_task(_callback, services, job_id)  # it ended here, while queued: no worker will report it
     response.headers["Retry-After"] = str(settings.retry_after_seconds)
     return Job.model_validate(public_job(job))
 
