@@ -43,6 +43,14 @@ DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 1440
 # Sets the given fields and the status when the current status is one of ARGV[1] (a JSON list);
 # keeps the per-state counters in step. Returns 1 when done, 0 when the state did not allow it,
 # -1 when the job does not exist.
+# The next creation sequence number and Redis's clock, read in one atomic step, so that jobs listed by
+# sequence are also ordered by created_at, however many API processes create jobs at once.
+_NEXT_SEQ = """
+local seq = redis.call('INCR', KEYS[1])
+local t = redis.call('TIME')
+return {seq, t[1], t[2]}
+"""
+
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return -1 end
@@ -109,6 +117,7 @@ class JobStore:
         self.job_ttl = job_ttl
         self.report_ttl = report_ttl
         self._transition = self.r.register_script(_TRANSITION)
+        self._next_seq = self.r.register_script(_NEXT_SEQ)
         self._shard_progress = self.r.register_script(_SHARD_PROGRESS)
 
     # -- keys ----------------------------------------------------------------------------------
@@ -126,7 +135,13 @@ class JobStore:
     def create(self, job: dict[str, Any]) -> dict[str, Any]:
         """Store a new job (its ``status`` is ``queued`` or, for cache hits, ``succeeded``)."""
         job = dict(job)
-        job["seq"] = int(self.r.incr(f"{self.p}seq"))
+        seq, sec, usec = self._next_seq(keys=[f"{self.p}seq"])
+        t = int(sec) + int(usec) / 1e6
+        job["seq"] = int(seq)
+        # Creation times come from the same atomic step as the sequence (see _NEXT_SEQ).
+        job["created_at"] = job["updated_at"] = t
+        if job.get("finished_at") is not None:  # a cache hit is finished when it is created
+            job["finished_at"] = t
         pipe = self.r.pipeline()
         pipe.hset(self.key(job["id"]), mapping={k: json.dumps(v) for k, v in job.items()})
         pipe.expire(self.key(job["id"]), self.job_ttl)
