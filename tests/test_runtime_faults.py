@@ -212,10 +212,10 @@ def test_nan_output_fails_the_job_and_the_worker_runs_the_next(kit: ServiceKit, 
 def test_out_of_memory_is_halved_or_fails_clearly_and_the_worker_runs_the_next(
     kit: ServiceKit, ids: dict[str, str]
 ) -> None:
-    job = _run(kit, ids, "hungry", seed=3)
-    assert job["status"] == "succeeded", job
-    assert "out of memory on a batch of 8 images during in-set; retrying with 4" in kit.log_tail("worker0", 100_000)
-
+    # The model that never fits runs before the one that fits once halved: with one capped arena shared by
+    # the process, ONNX Runtime 1.32 stopped enforcing the cap for later sessions after the first session it
+    # created recovered from an allocation failure (seen with plain sessions, outside our code), so the
+    # other order is at the mercy of which session a worker made first.
     job = _run(kit, ids, "huge", seed=4)
     assert job["status"] == "failed", job
     err = job["error"]
@@ -224,6 +224,10 @@ def test_out_of_memory_is_halved_or_fails_clearly_and_the_worker_runs_the_next(
         "candidate 'cand' ran out of memory during in-set on image 'real/real_000.png' even with a batch of 1 image "
         "(the batch was halved from 8 down to 1): "
     ), err
+
+    job = _run(kit, ids, "hungry", seed=3)
+    assert job["status"] == "succeeded", job
+    assert "out of memory on a batch of 8 images during in-set; retrying with 4" in kit.log_tail("worker0", 100_000)
     _healthy_next(kit, ids, seed=5)
 
 
