@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint demo openapi benchmark-data benchmark-models bench soak clean
+.PHONY: venv run test lint demo openapi benchmark-data benchmark-models bench soak fuzz load clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,17 @@ bench: venv
 # was lost or differed. Options: make soak SOAK_ARGS='--jobs 60 --seed 2'
 soak: venv
 	$(PY) -m tests.soak $(SOAK_ARGS)
+
+# Schemathesis on every operation (with and without an API key), many more examples than make test's
+# bounded run; prints what each operation answered. FUZZ_EXAMPLES per operation (default 300).
+FUZZ_EXAMPLES ?= 300
+fuzz: venv
+	ETM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ETM_FUZZ_SUMMARY=1 $(PY) -m pytest tests/test_api_fuzz.py -q -s
+
+# 100 clients polling and submitting for 60 s against a fresh service on loopback (bench/load.py):
+# requests/s, p50/p99 per operation, errors and jobs lost (both must be 0). Options: LOAD_ARGS='--clients 50'
+load: venv
+	$(PY) -m bench.load $(LOAD_ARGS)
 
 clean:
 	rm -rf var/ .pytest_cache

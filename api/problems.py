@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -130,6 +131,19 @@ def _leaf_routes(routes: Any) -> Any:
         yield from _leaf_routes(included) if included is not None else (route,)
 
 
+async def _unauthenticated(request: Request) -> JSONResponse | None:
+    """The 401 of a /v1 request that fails before its route authenticated it (FastAPI parses the body before
+    any dependency runs, and a path no route matches has none), so that without a valid key every /v1 answer
+    is 401 and nothing about the request is judged for a caller who may not make it."""
+    if not request.url.path.startswith("/v1/") or getattr(request.state, "principal", None) is not None:
+        return None
+    try:  # in a thread: a key not seen recently costs an argon2 verification
+        await run_in_threadpool(request.app.state.services.authenticator, request)
+    except ProblemError as exc:
+        return problem_response(request, exc.status, exc.detail, exc.slug, exc.title, exc.headers)
+    return None
+
+
 def _validation_detail(errors: list[dict[str, Any]]) -> str:
     parts = []
     for e in errors[:5]:
@@ -151,6 +165,8 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+        if exc.status_code in (400, 404) and (refused := await _unauthenticated(request)) is not None:
+            return refused
         if exc.status_code == 400 and exc.detail == FASTAPI_UNPARSABLE_BODY:
             # A body that is not even text (bad UTF-8) is invalid JSON like any other: same 422 as json_invalid.
             return problem_response(
@@ -162,6 +178,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if (refused := await _unauthenticated(request)) is not None:
+            return refused
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
