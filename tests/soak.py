@@ -8,7 +8,7 @@ job must have succeeded exactly once with the report of an undisturbed run, the 
 and no request may have been answered with a 500. Prints a table of what was tried, how many times
 and what held; exits 1 when anything was lost or differed.
 
-    python -m tests.soak [--jobs 30] [--wave 6] [--seed 1] [--workdir DIR]
+    python -m tests.soak [--jobs 40] [--wave 8] [--seed 1] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ WEIGHTS = (5, 1, 1, 1, 1, 2)
 
 
 class Soak:
-    def __init__(self, kit: ServiceKit, rng: random.Random) -> None:
-        self.kit, self.rng = kit, rng
+    def __init__(self, kit: ServiceKit, rng: random.Random, inspect: Inspector) -> None:
+        self.kit, self.rng, self.inspect = kit, rng, inspect
         self.tried: collections.Counter[str] = collections.Counter()
         self.statuses: collections.Counter[int] = collections.Counter()
         self.celery = make_celery(Settings(redis_url=kit.redis.url if kit.redis else None))
@@ -69,12 +69,15 @@ class Soak:
     def inject(self, fault: str, jobs: list[str]) -> None:
         kit = self.kit
         assert kit.redis is not None
+        busy = self.busy_workers(jobs)  # worker name -> pool process running one of the jobs
+        workers = sorted(busy) or [n for n in kit.procs if n.startswith("worker")]
+        worker = self.rng.choice(workers)
+        if fault in ("kill pool process", "kill worker whole"):
+            self.tried[f"{fault}: while it ran a job"] += worker in busy
         if fault == "kill pool process":
-            worker = self.rng.choice([n for n in kit.procs if n.startswith("worker")])
-            for pid in kit.pool_children(worker):
+            for pid in [busy[worker]] if worker in busy else kit.pool_children(worker):
                 signal_pid(pid)
         elif fault == "kill worker whole":
-            worker = self.rng.choice([n for n in kit.procs if n.startswith("worker")])
             kit.kill(worker, signal.SIGKILL)
             kit.start_worker(int(worker.removeprefix("worker")))
         elif fault in ("restart Redis (SIGTERM)", "kill Redis (SIGKILL)"):
@@ -90,16 +93,32 @@ class Soak:
             self.celery.send_task(TASK_RUN_JOB, kwargs={"job_id": self.rng.choice(jobs)}, queue="cpu")
         self.tried[fault] += 1
 
+    def busy_workers(self, jobs: list[str]) -> dict[str, int]:
+        """Which worker's pool process runs one of ``jobs``, from the leases the tasks hold (host:pid:nonce)."""
+        pids = set()
+        for job_id in jobs:
+            try:
+                holder = self.inspect.r.get(f"etm:job:{job_id}:lease:job")
+            except Exception:  # noqa: BLE001 - Redis may be down right now
+                return {}
+            if holder:
+                pids.add(int(holder.decode().rsplit(":", 2)[1]))
+        out = {}
+        for name in [n for n in self.kit.procs if n.startswith("worker")]:
+            for pid in self.kit.pool_children(name):
+                if pid in pids:
+                    out[name] = pid
+        return out
+
     def run_wave(self, body: dict[str, Any], keys: list[str], timeout: float = 600) -> list[str]:
         ids = [self.submit(body, k) for k in keys]
         deadline = time.time() + timeout
         while time.time() < deadline:
-            time.sleep(self.rng.uniform(0.3, 2.5))
+            time.sleep(self.rng.uniform(0.2, 1.5))
             states = [self.status(j) for j in ids]
             if all(s in ("succeeded", "failed", "canceled") for s in states):
                 return ids
-            if any(s == "running" for s in states):
-                self.inject(self.rng.choices(FAULTS, WEIGHTS)[0], ids)
+            self.inject(self.rng.choices(FAULTS, WEIGHTS)[0], ids)  # jobs are queued or running (or unknown)
         raise TimeoutError(f"wave not done after {timeout} s: {[self.status(j) for j in ids]}")
 
 
@@ -113,8 +132,8 @@ def signal_pid(pid: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=30)
-    ap.add_argument("--wave", type=int, default=6)
+    ap.add_argument("--jobs", type=int, default=40)
+    ap.add_argument("--wave", type=int, default=8)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -133,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = comparable(kit.client.get(f"/v1/jobs/{ref_id}/report").json())
         ref_csv = kit.client.get(f"/v1/jobs/{ref_id}/report.csv").text
         before = inspect.counters()
-        soak = Soak(kit, random.Random(args.seed))
+        soak = Soak(kit, random.Random(args.seed), inspect)
         ids: list[str] = []
         for start in range(0, args.jobs, args.wave):
             keys = [f"soak-{i}" for i in range(start, min(start + args.wave, args.jobs))]
@@ -165,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         print("| what was tried | how many times | what held |")
         print("|---|---|---|")
         for fault in FAULTS:
-            print(f"| {fault} | {soak.tried[fault]} | {held} |")
+            hit = soak.tried.get(f"{fault}: while it ran a job")
+            what = f"{fault} ({hit} while it ran a job)" if hit is not None else fault
+            print(f"| {what} | {soak.tried[fault]} | {held} |")
         print(f"| jobs through the faults | {len(ids)} | {succeeded} succeeded, {computed} computed once each; "
               f"{redeliveries} redeliveries after kills |")
         answers = ", ".join(f"{k}: {v}" for k, v in sorted(soak.statuses.items()))

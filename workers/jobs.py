@@ -136,16 +136,29 @@ def cancel_check(jobs: JobStore, job_id: str) -> Callable[[], bool]:
 def fail(env: WorkerEnv, job_id: str, err: dict[str, Any]) -> None:
     err = {**err, "instance": f"/v1/jobs/{job_id}"}
     t = time.time()
-    if env.jobs.transition(job_id, "failed", ("queued", "running"), error=err, finished_at=t, updated_at=t):
+    if _ours(env, job_id, "failed", t, env.jobs.transition(
+        job_id, "failed", ("queued", "running"), error=err, finished_at=t, updated_at=t
+    )):
         log.warning("job %s failed: %s", job_id, err["detail"])
         _after_end(env, job_id)
 
 
 def cancel(env: WorkerEnv, job_id: str) -> None:
     t = time.time()
-    if env.jobs.transition(job_id, "canceled", ("queued", "running"), finished_at=t, updated_at=t):
+    if _ours(env, job_id, "canceled", t, env.jobs.transition(
+        job_id, "canceled", ("queued", "running"), finished_at=t, updated_at=t
+    )):
         log.info("job %s canceled", job_id)
         _after_end(env, job_id)
+
+
+def _ours(env: WorkerEnv, job_id: str, to: str, finished_at: float, done: bool) -> bool:
+    """Whether this process ended the job. A transition whose reply was lost in a Redis restart is
+    retried by the client and then finds the job already moved: by us, when it carries our time stamp."""
+    if done:
+        return True
+    job = env.jobs.get(job_id) or {}
+    return job.get("status") == to and job.get("finished_at") == finished_at
 
 
 def _after_end(env: WorkerEnv, job_id: str) -> None:
@@ -266,7 +279,7 @@ def _cached(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> bool:
         updated_at=t,
         progress={"stage": "done", "done": 1, "total": 1, "fraction": 1.0, "updated_at": t},
     )
-    if done:
+    if _ours(env, job_id, "succeeded", t, done):
         _after_end(env, job_id)
     return True
 
@@ -442,18 +455,18 @@ def complete(
     t = time.time()
     seconds = max(t - float(started), 1e-6)
     images = checked.n_images * len(checked.spec.candidates)
-    if env.jobs.transition(
+    done = env.jobs.succeed(  # the metrics count the job in the same atomic step
         job_id,
-        "succeeded",
-        ("running",),
+        seconds,
+        images,
         finished_at=t,
         updated_at=t,
         cache_hit=False,
         duration_seconds=round(seconds, 3),
         images_per_second=round(images / seconds, 3),
         progress={"stage": "done", "done": 1, "total": 1, "fraction": 1.0, "updated_at": t},
-    ):
-        env.jobs.observe_job(seconds, images)
+    )
+    if _ours(env, job_id, "succeeded", t, done):
         log.info("job %s succeeded in %.1f s", job_id, seconds)
         _after_end(env, job_id)
 

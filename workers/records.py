@@ -67,6 +67,30 @@ end
 return 1
 """
 
+# running -> succeeded together with the duration/images counters behind /metrics, in one step: a
+# worker dying between the two, or a call retried after a lost reply, cannot count a job twice or not
+# at all. ARGV: seconds, images, images/s, bucket bounds ("1,2.5,..."), then field/value pairs.
+_SUCCEED = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return -1 end
+if cjson.decode(cur) ~= 'running' then return 0 end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'status', cjson.encode('succeeded'))
+redis.call('HINCRBY', KEYS[2], 'running', -1)
+redis.call('HINCRBY', KEYS[2], 'succeeded', 1)
+local seconds = tonumber(ARGV[1])
+for b in string.gmatch(ARGV[4], '[^,]+') do
+  if seconds <= tonumber(b) then redis.call('HINCRBY', KEYS[3], 'le:' .. b, 1) end
+end
+redis.call('HINCRBY', KEYS[3], 'le:+Inf', 1)
+redis.call('HINCRBYFLOAT', KEYS[3], 'sum', ARGV[1])
+redis.call('HINCRBY', KEYS[3], 'count', 1)
+redis.call('HINCRBY', KEYS[4], 'images', ARGV[2])
+redis.call('HINCRBYFLOAT', KEYS[4], 'seconds', ARGV[1])
+redis.call('HSET', KEYS[4], 'last_images_per_second', ARGV[3])
+return 1
+"""
+
 # Records one shard's in-set progress and writes the job's combined progress, atomically, so that
 # concurrent shards never make the reported progress go backwards.
 _SHARD_PROGRESS = """
@@ -119,6 +143,7 @@ class JobStore:
         self._transition = self.r.register_script(_TRANSITION)
         self._next_seq = self.r.register_script(_NEXT_SEQ)
         self._shard_progress = self.r.register_script(_SHARD_PROGRESS)
+        self._succeed = self.r.register_script(_SUCCEED)
 
     # -- keys ----------------------------------------------------------------------------------
     def key(self, job_id: str) -> str:
@@ -304,21 +329,14 @@ class JobStore:
             return None
 
     # -- metrics -------------------------------------------------------------------------------
-    def observe_job(self, seconds: float, images: int) -> None:
-        pipe = self.r.pipeline()
-        dkey = f"{self.p}stats:duration"
-        for b in DURATION_BUCKETS:
-            if seconds <= b:
-                pipe.hincrby(dkey, f"le:{b}", 1)
-        pipe.hincrby(dkey, "le:+Inf", 1)
-        pipe.hincrbyfloat(dkey, "sum", seconds)
-        pipe.hincrby(dkey, "count", 1)
-        ikey = f"{self.p}stats:images"
-        pipe.hincrby(ikey, "images", images)
-        pipe.hincrbyfloat(ikey, "seconds", seconds)
-        if seconds > 0:
-            pipe.hset(ikey, "last_images_per_second", images / seconds)
-        pipe.execute()
+    def succeed(self, job_id: str, seconds: float, images: int, **fields: Any) -> bool:
+        """running -> succeeded and the job counted in the duration/images metrics, atomically."""
+        rate = images / seconds if seconds > 0 else 0
+        args: list[Any] = [seconds, images, rate, ",".join(map(str, DURATION_BUCKETS))]
+        for k, v in fields.items():
+            args += [k, json.dumps(v)]
+        keys = [self.key(job_id), self.stats_key, f"{self.p}stats:duration", f"{self.p}stats:images"]
+        return int(self._succeed(keys=keys, args=args)) == 1
 
     def stats(self) -> dict[str, Any]:
         pipe = self.r.pipeline()
