@@ -318,6 +318,10 @@ class JobStore:
     def put_report(self, cache_key: str, report_json: bytes) -> None:
         self.r.set(f"{self.p}report:{cache_key}", report_json, ex=self.report_ttl)
 
+    def has_report_copy(self, cache_key: str) -> bool:
+        """Whether Redis holds the report's copy (written only after the result is complete in the store)."""
+        return bool(self.r.exists(f"{self.p}report:{cache_key}"))
+
     def get_report(self, cache_key: str) -> bytes | None:
         """The report JSON: Redis first, then the store (which survives Redis losing its memory)."""
         raw = self.r.get(f"{self.p}report:{cache_key}")

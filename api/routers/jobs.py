@@ -108,7 +108,9 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return _accepted(response, job, settings.retry_after_seconds)
     t = time.time()
-    cached = settings.result_cache and services.store.exists(f"results/{checked.cache_key}/report.json")
+    cached = settings.result_cache and (
+        jobs.has_report_copy(checked.cache_key) or services.store.exists(f"results/{checked.cache_key}/report.json")
+    )
     job: dict[str, Any] = {
         "id": job_id,
         "tenant": tenant,
@@ -137,7 +139,9 @@ def create_job(
     }
     job = jobs.create(job)
     if cached:
-        jobs.snapshot(job_id)
+        # After the answer: the record is in Redis already, and the store write (an HTTP PUT on S3) was the
+        # slowest step of a cache hit.
+        background.add_task(jobs.snapshot, job_id)
         if body.callback_url:
             background.add_task(_callback, services, job_id)
     else:
