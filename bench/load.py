@@ -6,6 +6,8 @@ ETM_AUTH=keys) unless ``--url`` names a running one, then drives it from this se
 each loops over polling one of its jobs (GET /v1/jobs/{id}), listing (GET /v1/jobs) and submitting small
 jobs, with ``--think`` seconds between requests. Most submissions repeat a few bodies whose results
 are cached (answered ``succeeded`` at once); up to ``--fresh`` are new bodies the worker really computes.
+The window opens once every client has made one untimed request (its key's argon2 verification;
+``--cold`` times that too).
 
 Prints requests/s, p50/p99 latency per operation, the status codes, errors and jobs lost:
 
@@ -162,13 +164,33 @@ async def timed(stats: Stats, op: str, request: Any) -> httpx.Response | None:
     return r
 
 
+class Start:
+    """The timed window opens when every client is connected (and warmed), for all at once."""
+
+    def __init__(self, clients: int, seconds: float) -> None:
+        self.waiting, self.seconds, self.event = clients, seconds, asyncio.Event()
+        self.t0 = self.end = 0.0
+
+    async def ready(self) -> float:
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.t0 = time.monotonic()
+            self.end = self.t0 + self.seconds
+            self.event.set()
+        await self.event.wait()
+        return self.end
+
+
 async def client_loop(i: int, target: Target, stats: Stats, args: argparse.Namespace, cached: list[int],
-                      fresh: FreshBudget, end: float) -> None:
+                      fresh: FreshBudget, start: Start) -> None:
     rng = random.Random(args.seed * 1000 + i)
     headers = {"Authorization": f"Bearer {target.keys[i % len(target.keys)]}"}
     mine: list[str] = []
     async with httpx.AsyncClient(base_url=target.url, headers=headers, timeout=args.timeout,
                                  limits=httpx.Limits(max_connections=1)) as c:
+        if args.warm:  # untimed: the first use of each key costs an argon2 verification (a cold-start burst)
+            await c.get("/v1/jobs", params={"limit": 1})
+        end = await start.ready()
         await asyncio.sleep(rng.random() * args.think)  # clients do not start in lockstep
         while time.monotonic() < end:
             u = rng.random()
@@ -228,10 +250,9 @@ async def run(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     cached = list(range(args.cached_bodies))
     await warm_cache(target, cached)
     stats, fresh = Stats(), FreshBudget(args.fresh, first_seed=10_000 + args.seed * 1_000_000)
-    t0 = time.monotonic()
-    end = t0 + args.seconds
-    await asyncio.gather(*(client_loop(i, target, stats, args, cached, fresh, end) for i in range(args.clients)))
-    elapsed = time.monotonic() - t0
+    start = Start(args.clients, args.seconds)
+    await asyncio.gather(*(client_loop(i, target, stats, args, cached, fresh, start) for i in range(args.clients)))
+    elapsed = time.monotonic() - start.t0
     jobs = await drain(target, stats, args.drain)
     n = sum(len(v) for v in stats.latencies.values())
     errors = {op: {code: k for code, k in codes.items() if not (200 <= code < 300 or code == 429)}
@@ -280,6 +301,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cached-bodies", type=int, default=4, help="bodies computed first, then repeated")
     ap.add_argument("--drain", type=float, default=300, help="seconds to wait for accepted jobs to end")
     ap.add_argument("--timeout", type=float, default=30, help="seconds per request")
+    ap.add_argument("--cold", dest="warm", action="store_false",
+                    help="time each client's first request too (its key's argon2 verification)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--url", help="a running service (default: start one)")
     ap.add_argument("--api-key", action="append", default=[], help="with --url (repeat for several)")
