@@ -10,10 +10,12 @@ method works on it.
 
 from __future__ import annotations
 
+import copy
 import json
 import operator
+import threading
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -96,19 +98,42 @@ def _refuse_pickled_payloads(reader: pt2.PT2ArchiveReader, model_name: str, file
                 )
 
 
-class _Capture(torch.fx.Interpreter):
-    """Runs the graph node by node and keeps one intermediate value (the target activation)."""
+class _Tap(torch.nn.Module):
+    """Inserted after the target node: keeps its activation (per thread) for the caller. With ``cut``
+    the rest of the graph reads a detached copy that requires grad, so ``d logit / d A`` is
+    differentiated through the layers after A only (the layers before it need no autograd)."""
 
-    def __init__(self, gm: torch.fx.GraphModule, layer: str | None) -> None:
-        super().__init__(gm)
-        self.layer = layer
-        self.captured: torch.Tensor | None = None
+    def __init__(self, cut: bool) -> None:
+        super().__init__()
+        self.cut = cut
+        self._local = threading.local()
 
-    def run_node(self, n: torch.fx.Node) -> object:
-        out = super().run_node(n)
-        if n.name == self.layer:
-            self.captured = out  # type: ignore[assignment]
-        return out
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cut:
+            x = x.detach().requires_grad_(True)
+        self._local.value = x
+        return x
+
+    def take(self) -> torch.Tensor | None:
+        value = getattr(self._local, "value", None)
+        self._local.value = None
+        return value
+
+
+def _tapped_program(gm: torch.fx.GraphModule, layer: str, cut: bool) -> tuple[torch.fx.GraphModule, _Tap]:
+    """A compiled copy of the program with a ``_Tap`` after ``layer``: one generated forward instead
+    of ``fx.Interpreter``'s node-by-node Python. The weights are shared with ``gm``, not copied, and
+    the rewrite is our own code on an already-checked graph, so the safe-loading rules still hold."""
+    graph = copy.deepcopy(gm.graph)
+    tapped = torch.fx.GraphModule(gm, graph)
+    tap = _Tap(cut)
+    tapped.add_submodule("_etm_tap", tap)
+    node = next(n for n in graph.nodes if n.name == layer)
+    with graph.inserting_after(node):
+        t = graph.call_module("_etm_tap", (node,))
+    node.replace_all_uses_with(t, delete_user_cb=lambda user: user is not t)
+    tapped.recompile()
+    return tapped, tap
 
 
 @dataclass
@@ -118,21 +143,26 @@ class Pt2Model(Model):
     head_chain: list[str] | None = None
     pool_desc: str = ""
     format: str = "pt2"
+    # (layer, cut) -> the tapped program (see _tapped_program), made on first use.
+    _taps: dict[tuple[str, bool], tuple[torch.fx.GraphModule, _Tap]] = field(default_factory=dict, repr=False)
 
     @property
     def supports_autograd(self) -> bool:
         return True
 
-    def _run(self, x: torch.Tensor, layer: str | None) -> Forward:
+    def _run(self, x: torch.Tensor, layer: str | None, cut: bool = False) -> Forward:
         assert self.gm is not None
         if layer is None:
             out = self.gm(x)
             return Forward(_first(out))
-        cap = _Capture(self.gm, layer)
-        out = cap.run(x)
-        if cap.captured is None or cap.captured.ndim != 4:
+        if (layer, cut) not in self._taps:
+            self._taps[(layer, cut)] = _tapped_program(self.gm, layer, cut)
+        program, tap = self._taps[(layer, cut)]
+        out = program(x)
+        act = tap.take()
+        if act is None or act.ndim != 4:
             raise BadInput(f"layer {layer!r} did not produce a 4-D activation")
-        return Forward(_first(out), cap.captured)
+        return Forward(_first(out), act)
 
     def forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
         with torch.no_grad():
@@ -142,9 +172,11 @@ class Pt2Model(Model):
         return f
 
     def autograd_forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
-        """``images`` may require grad; gradients flow through preprocessing to them."""
+        """Without ``layer``: ``images`` may require grad; gradients flow through preprocessing to
+        them. With ``layer``: the activation is a leaf that requires grad and the graph after it is
+        differentiable (the head only); nothing before it is (the images get no gradient)."""
         with torch.enable_grad():
-            f = self._run(self.preprocess(images), layer)
+            f = self._run(self.preprocess(images), layer, cut=layer is not None)
         check_outputs(f.logits, len(images), self.num_outputs, f.activation)
         return f
 

@@ -3,8 +3,8 @@
 ONNX models: Grad-CAM and Grad-CAM++ need only ``d logit / d A`` at the target layer, which for a
 global-average-pool head is ``d logit / d z`` spread over the ``h*w`` cells. For a linear head that
 is the weight row (the one-forward-pass fast path); otherwise autograd runs on the small head alone.
-``.pt2`` models use autograd through the whole network (the reference the fast path is tested
-against). IG and SmoothGrad need input gradients, so only ``.pt2`` models offer them.
+``.pt2`` models use autograd from the target activation through the rest of the network (the
+reference the fast path is tested against). IG and SmoothGrad need input gradients, so only ``.pt2`` models offer them.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def _autograd_activation(
     """Activation A, d class_logit / d A and logits by autograd (pt2), in chunks to bound memory."""
     acts, grads, logits = [], [], []
     for i in range(0, len(images), chunk):
-        # The input must require grad for A to be part of an autograd graph (weights are frozen).
-        f = model.autograd_forward(images[i : i + chunk].detach().requires_grad_(True), layer)
+        # With a layer, autograd_forward makes A a leaf that requires grad and differentiates the
+        # layers after it only, so the input needs no grad.
+        f = model.autograd_forward(images[i : i + chunk].detach(), layer)
         assert f.activation is not None
         targets = targets_for(model, f.logits.detach(), fixed)
         sel = model.class_logit(f.logits, targets).sum()
