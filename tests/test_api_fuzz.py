@@ -198,3 +198,22 @@ def test_without_a_key_every_protected_operation_is_401(case: Any, kit: ServiceK
     assert response.headers["www-authenticate"][0].startswith("Bearer")
     assert "API key" in response.json()["detail"]
     case.validate_response(response)  # 401 documented, problem body as the document says
+
+
+def test_what_the_fuzzer_found_stays_fixed(kit: ServiceKit) -> None:
+    """The fuzzer's finds, as plain requests: each was a 5xx or an answer the document did not allow."""
+    c = kit.client  # carries the key
+    r = c.options("/v1/models")  # Starlette named only the first route's method in Allow
+    assert r.status_code == 405 and set(r.headers["allow"].split(", ")) == {"GET", "POST"}
+    long_id = "\U0001d54b" * 60  # ids whose store file name is too long for the OS were a 500
+    for kind in ("models", "datasets", "jobs", "leaderboards"):
+        assert c.get(f"/v1/{kind}/{long_id}").status_code == 404, kind
+    body = {"candidates": [{"name": "a", "models": [long_id]}], "dataset": long_id}
+    r = c.post("/v1/jobs", json=body)
+    assert r.status_code == 422 and "unknown model" in r.json()["detail"], r.text
+    bad_utf8 = {"content": b"\xff\xfe{", "headers": {"content-type": "application/json"}}
+    r = c.post("/v1/jobs", **bad_utf8)  # FastAPI's undocumented 400
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+    with kit.client_for(None) as anonymous:  # the body was judged before the key was asked for
+        assert anonymous.post("/v1/jobs", **bad_utf8).status_code == 401
+        assert anonymous.get("/v1/models/%0A0").status_code == 401  # no route matches a newline
