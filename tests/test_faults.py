@@ -64,12 +64,18 @@ def body(kit: ServiceKit, family_onnx: list[Path], dataset_dir: Path) -> dict[st
 
 @pytest.fixture(scope="module")
 def reference(kit: ServiceKit, body: dict[str, Any]) -> dict[str, Any]:
-    """One undisturbed run: its report (without timing), CSV and running time."""
-    job = kit.wait(kit.submit(body, key="reference").json()["id"], timeout=120)
-    assert job["status"] == "succeeded", job["error"]
-    report = kit.client.get(f"/v1/jobs/{job['id']}/report").json()
-    csv = kit.client.get(f"/v1/jobs/{job['id']}/report.csv").text
-    return {"report": comparable(report), "csv": csv, "seconds": job["duration_seconds"], "id": job["id"]}
+    """Undisturbed runs: the report (without timing), CSV and running time of a warm pool process (the
+    first run also loads the models; a killed job's redelivery runs in a fresh, cold process, so kill
+    moments drawn within the warm running time fall inside the run)."""
+    runs = []
+    for key in ("reference", "reference-warm"):
+        job = kit.wait(kit.submit(body, key=key).json()["id"], timeout=120)
+        assert job["status"] == "succeeded", job["error"]
+        report = comparable(kit.client.get(f"/v1/jobs/{job['id']}/report").json())
+        runs.append((job, report, kit.client.get(f"/v1/jobs/{job['id']}/report.csv").text))
+    (first, report, csv), (warm, warm_report, warm_csv) = runs
+    assert warm_report == report and warm_csv == csv, "two undisturbed runs of one spec differ"
+    return {"report": report, "csv": csv, "seconds": warm["duration_seconds"], "id": first["id"]}
 
 
 def assert_same_result(kit: ServiceKit, job_id: str, reference: dict[str, Any]) -> None:
@@ -86,19 +92,23 @@ def test_sigkill_of_pool_process_redelivers_and_completes_once(
     before = inspect.counters()
     killed, missed, delays = 0, 0, []
     while killed < KILLS:
-        assert missed <= 5, f"{missed} jobs ended before their kill moment; the kill window is too late"
+        assert missed <= KILLS // 2, f"{missed} jobs ended before their kill moment ({reference['seconds']} s)"
         job_id = kit.submit(body, key=f"kill-{killed}-{missed}").json()["id"]
         delay = kill_pool_process_during(kit, job_id, rng, reference["seconds"])
         job = kit.wait(job_id, timeout=90)
         assert job["status"] == "succeeded", (job["error"], kit.log_tail("worker0"))
-        if delay is None:
+        assert_same_result(kit, job_id, reference)
+        # Delivered twice (the kill, then the redelivery) and computed to the end once; or once, when the
+        # job ended in the milliseconds between the last status check and the kill (a miss, not a hit).
+        deliveries = inspect.deliveries(job_id)
+        assert deliveries in (1, 2), inspect.record(job_id)
+        if delay is None or deliveries == 1:
             missed += 1
             continue
         killed += 1
         delays.append(delay)
-        # Delivered twice (the kill, then the redelivery), computed to the end once, same numbers.
-        assert inspect.deliveries(job_id) == 2, inspect.record(job_id)
-        assert_same_result(kit, job_id, reference)
+    print(f"{killed} kills during a run, {missed} misses; kill moments {min(delays):.2f}-{max(delays):.2f} s into "
+          f"runs of {reference['seconds']} s (warm, undisturbed)")
     after = inspect.counters()
     jobs = killed + missed
     assert after["succeeded"] - before["succeeded"] == jobs, (before, after)

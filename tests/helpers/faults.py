@@ -97,9 +97,9 @@ def kill_pool_process_during(
     kit: ServiceKit, job_id: str, rng: random.Random, seconds: float, worker: str = "worker0"
 ) -> float | None:
     """SIGKILL the pool process running ``job_id`` at a random moment within its first ``seconds`` of
-    running. Returns the delay, or None when the job was no longer running at that moment."""
+    running (5-60%). Returns the delay, or None when the job was no longer running at that moment."""
     wait_running(kit, job_id)
-    delay = rng.uniform(0.05, 0.7) * seconds
+    delay = rng.uniform(0.05, 0.6) * seconds
     time.sleep(delay)
     children = kit.pool_children(worker)
     if kit.client.get(f"/v1/jobs/{job_id}").json()["status"] != "running" or len(children) != 1:
