@@ -45,12 +45,25 @@ def test_second_delivery_is_kept_out_while_the_holder_lives(r: redis.Redis) -> N
 
 
 def test_remote_holder_is_waited_out_until_its_lease_expires(r: redis.Redis) -> None:
+    # A pool process killed on another machine: nobody renews its lease, so it expires and we take over.
     r.set("k2", "another-machine:4242:abc", px=400)
-    assert Lease(r, "k2", 5).acquire() == "another-machine:4242:abc"
-    time.sleep(0.5)
-    lease = Lease(r, "k2", 5)
+    t0 = time.monotonic()
+    lease = Lease(r, "k2", 1.0)
     assert lease.acquire() is None
+    assert 0.3 < time.monotonic() - t0 < 1.5
     lease.release()
+    # A live holder there renews its lease: after 1.5 TTLs of waiting this delivery is the duplicate.
+    remote = Lease(r, "k2", 0.6)
+    remote.token = "another-machine:4242:def"
+    assert remote.acquire() is None  # its heartbeat thread renews it
+    t0 = time.monotonic()
+    assert Lease(r, "k2", 0.6).acquire() == "another-machine:4242:def"
+    assert 0.8 < time.monotonic() - t0 < 2.5
+    # ...unless the work went away meanwhile (the job ended): then it stops waiting at once.
+    t0 = time.monotonic()
+    assert Lease(r, "k2", 60).acquire(gone=lambda: True) == "another-machine:4242:def"
+    assert time.monotonic() - t0 < 0.5
+    remote.release()
 
 
 def test_heartbeat_keeps_the_lease_and_only_the_holder_releases(r: redis.Redis) -> None:

@@ -292,7 +292,8 @@ def _leased(part: Callable[..., str]) -> Callable[[Callable[..., None]], Callabl
         @functools.wraps(fn)
         def run(env: WorkerEnv, job_id: str, *args: Any) -> bool:
             key = f"{env.jobs.key(job_id)}:lease:{part(*args)}"
-            with hold(env.redis, key, env.settings.job_lease_seconds) as owned:
+            gone = functools.partial(env.jobs.cancel_requested, job_id)  # ended or canceled meanwhile
+            with hold(env.redis, key, env.settings.job_lease_seconds, gone) as owned:
                 if owned:
                     fn(env, job_id, *args)
                 return owned

@@ -6,7 +6,9 @@ the broker restored it (visibility timeout, a restored connection). The first de
 by a heartbeat thread); a second delivery that finds the lease held by a live process drops its
 message without doing anything. A redelivery after a worker died takes over at once when the holder
 was a process on this machine that no longer exists (a killed pool process), otherwise when the lease
-expires, which is sooner than the broker's visibility timeout (checked by ``Settings``).
+expires, which is sooner than the broker's visibility timeout (checked by ``Settings``). A holder on
+another machine cannot be checked: the delivery waits up to 1.5 TTLs for its lease to expire (the
+holder died: a pool process killed there, its message taken here) before it calls the holder alive.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
@@ -37,25 +40,26 @@ return 0
 """
 
 
-def _holder_dead(holder: str) -> bool:
-    """True when ``holder`` names a process of this machine that no longer runs (or this process itself,
-    whose earlier task ended without releasing)."""
+def _holder_state(holder: str) -> str:
+    """``dead``: a process of this machine that no longer runs (or this process itself, whose earlier task
+    ended without releasing); ``alive``: a running process of this machine; ``remote``: another machine's,
+    which only the lease's expiry can tell about."""
     try:
         host, pid_text, _ = holder.rsplit(":", 2)
         pid = int(pid_text)
     except ValueError:
-        return False
+        return "remote"
     if host != socket.gethostname():
-        return False
+        return "remote"
     if pid == os.getpid():
-        return True
+        return "dead"
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return True
+        return "dead"
     except PermissionError:
-        return False
-    return False
+        return "alive"
+    return "alive"
 
 
 class Lease:
@@ -65,22 +69,29 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def acquire(self) -> str | None:
-        """Take the lease; None when done, else the live holder's token."""
-        for _ in range(3):  # the holder may release or expire between our calls
+    def acquire(self, gone: Callable[[], bool] = lambda: False) -> str | None:
+        """Take the lease; None when taken, else the live holder's token. A holder on another machine
+        cannot be checked directly: wait until its lease expires (nobody renews a dead holder's lease) or
+        has outlived 1.5 TTLs (it is renewed: alive), or until ``gone()`` says the work is not needed."""
+        deadline = time.monotonic() + 1.5 * self.ttl_ms / 1000
+        while True:
             if self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
                 break
             raw = self.r.get(self.key)
             if raw is None:
-                continue
+                continue  # released or expired between the two calls
             holder = raw.decode()
-            if not _holder_dead(holder):
+            state = _holder_state(holder)
+            if state == "alive":
                 return holder
-            if self.r.eval(_TAKE_OVER, 1, self.key, holder, self.token, self.ttl_ms):
-                log.info("lease %s: took over from %s (that process is gone)", self.key, holder)
-                break
-        else:
-            return "unknown"
+            if state == "dead":
+                if self.r.eval(_TAKE_OVER, 1, self.key, holder, self.token, self.ttl_ms):
+                    log.info("lease %s: took over from %s (that process is gone)", self.key, holder)
+                    break
+                continue
+            if time.monotonic() > deadline or gone():
+                return holder
+            time.sleep(min(1.0, self.ttl_ms / 4000))
         self._thread = threading.Thread(target=self._heartbeat, name="etm-lease", daemon=True)
         self._thread.start()
         return None
@@ -104,10 +115,10 @@ class Lease:
 
 
 @contextmanager
-def hold(client: redis.Redis, key: str, ttl: float) -> Iterator[bool]:
+def hold(client: redis.Redis, key: str, ttl: float, gone: Callable[[], bool] = lambda: False) -> Iterator[bool]:
     """``with hold(...) as owned:`` owned is False when another live delivery holds the lease."""
     lease = Lease(client, key, ttl)
-    holder = lease.acquire()
+    holder = lease.acquire(gone)
     if holder is not None:
         log.warning("%s is held by %s: this delivery is a duplicate; dropping it without work", key, holder)
         yield False
