@@ -114,11 +114,14 @@ class Soak:
         ids = [self.submit(body, k) for k in keys]
         deadline = time.time() + timeout
         while time.time() < deadline:
-            time.sleep(self.rng.uniform(0.2, 1.5))
+            time.sleep(self.rng.uniform(1.0, 3.0))
             states = [self.status(j) for j in ids]
             if all(s in ("succeeded", "failed", "canceled") for s in states):
                 return ids
-            self.inject(self.rng.choices(FAULTS, WEIGHTS)[0], ids)  # jobs are queued or running (or unknown)
+            # About one fault every 3 s while jobs are queued or running: often enough to hit most runs,
+            # rarely enough that no job is killed ETM_MAX_DELIVERIES times (that job would rightly fail).
+            if self.rng.random() < 0.6:
+                self.inject(self.rng.choices(FAULTS, WEIGHTS)[0], ids)
         raise TimeoutError(f"wave not done after {timeout} s: {[self.status(j) for j in ids]}")
 
 
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inspect = Inspector(kit)
         body = job_body(upload_inputs(kit, models, dataset))
+        # Longer jobs than the test's (all images, two more measures), so that faults land inside runs.
+        body |= {"measures": [*body["measures"], "geometry", "degradation"], "max_images": None}
         ref_id = kit.wait(kit.submit(body, key="reference").json()["id"], timeout=120)["id"]
         ref = comparable(kit.client.get(f"/v1/jobs/{ref_id}/report").json())
         ref_csv = kit.client.get(f"/v1/jobs/{ref_id}/report.csv").text
