@@ -120,7 +120,10 @@ class JobRequest(EvaluationSpec):
         None,
         pattern=r"^https?://",
         max_length=2000,
-        description="POSTed the final job (as GET /v1/jobs/{id} returns it) when the job ends.",
+        description="POSTed the final job (as GET /v1/jobs/{id} returns it) when the job ends, signed with "
+        "HMAC-SHA256 (header X-ETM-Signature: t=<unix time>,v1=<hex> over `<t>.<body>`, key ETM_WEBHOOK_SECRET) and "
+        "retried with backoff on network errors, 5xx and 429. Private, loopback and other non-public addresses are "
+        "refused (422) unless ETM_WEBHOOK_ALLOW_PRIVATE or ETM_WEBHOOK_ALLOWED_HOSTS allows them.",
     )
 
 
