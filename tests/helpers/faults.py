@@ -46,16 +46,17 @@ def upload_inputs(kit: ServiceKit, models: list[Path], dataset: Path) -> dict[st
 
 
 def job_body(ids: dict[str, Any]) -> dict[str, Any]:
-    """Small (about a second on one core) but several batches long, with a fixed seed."""
+    """Small (about a second warm on one core: 6 batches, geometry's 12 transforms) but long enough that
+    a kill drawn within its running time lands while it runs, also on an idle machine; a fixed seed."""
     m = ids["models"]
     return {
         "candidates": [{"name": "a", "models": m[:2]}, {"name": "b", "models": m[1:]}],
         "dataset": ids["dataset"],
-        "measures": ["entropy", "stability", "agreement", "accuracy"],
+        "measures": ["entropy", "stability", "geometry", "agreement", "accuracy"],
         "seed": 0,
         "bootstrap_resamples": 100,
         "batch_size": 4,
-        "max_images": 16,
+        "max_images": 24,
         "overlays": 2,
     }
 
