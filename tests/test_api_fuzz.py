@@ -169,7 +169,14 @@ def make_runnable(case: Any) -> list[Any]:
 # upload's bytes must be an ONNX/.pt2 model or a dataset archive (422/415), a job's ids must exist and its
 # method must be available on its models (422). positive_data_acceptance is excluded there only.
 SEMANTIC_REFUSALS = {"POST /v1/models", "POST /v1/datasets", "POST /v1/jobs"}
-SETTINGS = {"deadline": None, "database": None, "suppress_health_check": list(hypothesis.HealthCheck)}
+# The bounded run in `make test` draws the same examples every time (a CI result must not depend on
+# luck); `make fuzz` (ETM_FUZZ_EXAMPLES set) explores new ones on every run.
+SETTINGS = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": list(hypothesis.HealthCheck),
+    "derandomize": "ETM_FUZZ_EXAMPLES" not in os.environ,
+}
 
 
 @KEYED.parametrize()
