@@ -66,12 +66,6 @@ def figure1(batch: int = 16, size: int = 224, reps: int = 10, build=None, name: 
         res = compute_salience(pt2, images, "gradcam")
         ours_native, targets = res.native.cpu().numpy(), res.targets.tolist()
         fns["ours-pt2 (autograd)"] = lambda: compute_salience(pt2, images, "gradcam")
-        from bench.prototypes import pt2_head_only
-
-        head_only = pt2_head_only(pt2)
-        d = float((res.native - head_only(images)[0]).abs().max() / res.native.abs().max().clamp_min(1e-12))
-        rep.check("prototype pt2 head-only grad = service .pt2 autograd", d < 1e-4, f"max rel |diff| = {d:.1e}")
-        fns["prototype pt2 head-only grad"] = lambda: head_only(images)
     except Exception as exc:  # e.g. a torch on the GPU host whose export format our loader rejects
         rep.check("ours .pt2 on CUDA runs", False, f"{type(exc).__name__}: {exc}")
     if _cuda_ort():
@@ -106,7 +100,7 @@ def figure1(batch: int = 16, size: int = 224, reps: int = 10, build=None, name: 
     t = {k: best(v) for k, v in times.items()}
     for k, v in t.items():
         rep.row(f"{k}: images/s", batch / v, "img/s", note=f"{1e3 * v:.2f} ms per batch")
-    ours = [k for k in t if k.startswith(("ours", "prototype"))]
+    ours = [k for k in t if k.startswith("ours")]
     if anchors:
         fastest = min(anchors, key=lambda k: t[k])
         for k in ours:

@@ -151,10 +151,6 @@ def run(batch: int = 16, size: int = 224, reps: int = 3, threads: int = 1, layer
         pt2_path = export_cached(f"{model_name}-{size}", build, "pt2", size, meta)
         pt2_model = load_model(pt2_path, device="cpu")
         fns["ours-pt2-autograd"] = lambda: compute_salience(pt2_model, images, "gradcam")
-        from bench.prototypes import pt2_head_only
-
-        head_only = pt2_head_only(pt2_model)
-        fns["prototype pt2 head-only grad"] = lambda: head_only(images)
         eager_net = Normalized(net, meta["mean"], meta["std"]).eval()
 
         def bare_torch():
@@ -180,10 +176,6 @@ def run(batch: int = 16, size: int = 224, reps: int = 3, threads: int = 1, layer
         r = pearson_rows(ours_native, compute_salience(pt2_model, images, "gradcam").native.numpy())
         rep.check("native maps ONNX fast path vs .pt2 autograd", bool(np.all(r >= PEARSON_MIN)),
                   f"min Pearson r = {float(np.nanmin(r)):.6f}")
-        svc = compute_salience(pt2_model, images, "gradcam").native
-        proto = head_only(images)[0]
-        d = float((svc - proto).abs().max() / svc.abs().max().clamp_min(1e-12))
-        rep.check("prototype pt2 head-only grad = service .pt2 autograd", d < 1e-5, f"max rel |diff| = {d:.1e}")
 
     times = interleaved(fns, reps=reps, warmup=1)
     rep.timings = times
@@ -200,13 +192,9 @@ def run(batch: int = 16, size: int = 224, reps: int = 3, threads: int = 1, layer
         if pt2_model is not None:
             r2 = t[fastest] / t["ours-pt2-autograd"]
             rep.row(f"ours-pt2-autograd vs fastest anchor ({fastest})", r2, "x", "(report)")
-            r3 = t[fastest] / t["prototype pt2 head-only grad"]
-            rep.row(f"bench/prototypes.py pt2 head-only vs fastest anchor ({fastest})", r3, "x", "(report)")
     if pt2_model is not None:
         rep.row("ours-pt2-autograd vs bare torch forward (its floor)", t["bare torch forward"] / t["ours-pt2-autograd"],
                 "x", "(report)")
-        rep.row("bench/prototypes.py pt2 head-only vs bare torch forward",
-                t["bare torch forward"] / t["prototype pt2 head-only grad"], "x", "(report)")
     floor = t["bare-ort-forward"] / t["ours-onnx"]
     rep.row("ours-onnx vs bare ORT forward (floor)", floor, "x", ">= 0.9", floor >= 0.9)
     return rep

@@ -35,7 +35,7 @@ def test_salience_fast_path_agrees_with_anchors():
         assert {"native maps vs pytorch-grad-cam", "native maps vs torchcam", "native maps vs captum"} <= names
 
 
-def test_evaluation_counts_passes_and_blur_prototype_is_exact():
+def test_evaluation_counts_passes():
     from bench import evaluation
 
     rep = evaluation.run(n_images=8, reps=1, quick=True)
