@@ -361,6 +361,27 @@ class _Base:
         # Nothing was sent when the connection could not be opened; otherwise only safe calls retry.
         return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)) or call.safe
 
+    def _retry_wait(
+        self, call: _Call, attempt: int, waited: float, failure: httpx.Response | httpx.TransportError
+    ) -> float:
+        """Seconds to wait before retrying a failed call (shared by the sync and async clients); raises
+        the call's error when it is not worth retrying."""
+        if isinstance(failure, httpx.TransportError):
+            wait = (self._wait_for(call, attempt, waited, None, None, repr(failure))
+                    if self._retryable_transport(call, failure) else None)
+            if wait is None:
+                raise ConnectionFailed(
+                    f"cannot reach {self.base_url} ({type(failure).__name__}: {failure})"
+                ) from failure
+            return wait
+        err = error_from_response(failure)
+        wait = None
+        if failure.status_code in RETRY_STATUSES:
+            wait = self._wait_for(call, attempt, waited, failure.status_code, err.retry_after, err.title)
+        if wait is None:
+            raise err
+        return wait
+
     def _request_kwargs(self, call: _Call, stack: ExitStack, is_async: bool) -> dict[str, Any]:
         kw: dict[str, Any] = call.make(stack, is_async) if call.make else {}
         headers = {**(call.headers or {}), **kw.pop("headers", {})}
@@ -426,19 +447,11 @@ class Client(_Base):
                 try:
                     resp = self._http.request(call.method, call.path, **self._request_kwargs(call, stack, False))
                 except httpx.TransportError as exc:
-                    wait = (self._wait_for(call, attempt, waited, None, None, repr(exc))
-                            if self._retryable_transport(call, exc) else None)
-                    if wait is None:
-                        raise ConnectionFailed(f"cannot reach {self.base_url} ({type(exc).__name__}: {exc})") from exc
+                    wait = self._retry_wait(call, attempt, waited, exc)
                 else:
                     if not resp.is_error:
                         return resp
-                    err = error_from_response(resp)
-                    wait = None
-                    if resp.status_code in RETRY_STATUSES:
-                        wait = self._wait_for(call, attempt, waited, resp.status_code, err.retry_after, err.title)
-                    if wait is None:
-                        raise err
+                    wait = self._retry_wait(call, attempt, waited, resp)
             self._sleep(wait)
             waited += wait
             attempt += 1
@@ -623,19 +636,11 @@ class AsyncClient(_Base):
                     resp = await self._http.request(call.method, call.path,
                                                     **self._request_kwargs(call, stack, True))
                 except httpx.TransportError as exc:
-                    wait = (self._wait_for(call, attempt, waited, None, None, repr(exc))
-                            if self._retryable_transport(call, exc) else None)
-                    if wait is None:
-                        raise ConnectionFailed(f"cannot reach {self.base_url} ({type(exc).__name__}: {exc})") from exc
+                    wait = self._retry_wait(call, attempt, waited, exc)
                 else:
                     if not resp.is_error:
                         return resp
-                    err = error_from_response(resp)
-                    wait = None
-                    if resp.status_code in RETRY_STATUSES:
-                        wait = self._wait_for(call, attempt, waited, resp.status_code, err.retry_after, err.title)
-                    if wait is None:
-                        raise err
+                    wait = self._retry_wait(call, attempt, waited, resp)
             await asyncio.sleep(wait)
             waited += wait
             attempt += 1
