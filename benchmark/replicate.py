@@ -119,29 +119,23 @@ def deletion_analysis(report: dict[str, Any]) -> str:
 FINE_STEPS = [0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 
 
+def degradation_only(n_test: int | None, params: dict[str, Any], resamples: int) -> dict[str, Any]:
+    """The report of one ``degradation`` variant alone (``params``) on the test split, no out-of-set set."""
+    spec = spec_for(n_test, resamples=resamples).model_copy(
+        update={"measures": ["degradation"], "ood_dataset": None, "measure_params": {"degradation": params}}
+    )
+    return evaluate(spec).report
+
+
 def fine_deletion(n_test: int, resamples: int = 200) -> dict[str, Any]:
     """Deletion curves with steps finer than 10% at the start, on the same test images: where the
     MoRF curves of the two families actually differ (an extra run, not the contract's default)."""
-    spec = spec_for(n_test, resamples=resamples).model_copy(
-        update={
-            "measures": ["degradation"],
-            "ood_dataset": None,
-            "measure_params": {"degradation": {"variants": ["degradation.deletion"], "steps": FINE_STEPS}},
-        }
-    )
-    return evaluate(spec).report
+    return degradation_only(n_test, {"variants": ["degradation.deletion"], "steps": FINE_STEPS}, resamples)
 
 
 def blur_whole_split(resamples: int = 1000) -> dict[str, Any]:
     """``degradation.blur`` alone on every test image: is the direction there with more images?"""
-    spec = spec_for(None, resamples=resamples).model_copy(
-        update={
-            "measures": ["degradation"],
-            "ood_dataset": None,
-            "measure_params": {"degradation": {"variants": ["degradation.blur"]}},
-        }
-    )
-    return evaluate(spec).report
+    return degradation_only(None, {"variants": ["degradation.blur"]}, resamples)
 
 
 def blur_lines(report: dict[str, Any]) -> list[str]:
