@@ -236,6 +236,11 @@ def test_bad_jobs_are_422_with_actionable_messages(kit: ServiceKit, ids: dict[st
     r = kit.submit(body(ids, measures=["entropy", "bogus"]))
     assert r.status_code == 422 and "bogus" in r.json()["detail"] and r.json()["errors"]
 
+    # Measure parameters are checked at submission: the problem names the allowed values.
+    r = kit.submit(body(ids, measures=["degradation"], measure_params={"degradation": {"orders": ["morf", "up"]}}))
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert "orders" in r.json()["detail"] and "['morf', 'lerf', 'random']" in r.json()["detail"]
+
     r = kit.client.post("/v1/jobs", content=b"not json", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415 and r.headers["content-type"] == "application/problem+json"
 

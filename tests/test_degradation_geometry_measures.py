@@ -22,7 +22,7 @@ from torch import nn
 
 from service.errors import BadInput
 from service.measures.base import BatchContext
-from service.measures.degradation import RANDOM_STREAM, DegradationMeasure, deleted_counts
+from service.measures.degradation import RANDOM_STREAM, DegradationMeasure, deleted_counts, deletion_ranks
 from service.measures.entropy import spatial_entropy
 from service.measures.geometry import GeometryMeasure
 from service.measures.noise import NoiseMeasure, noise_stream
@@ -212,6 +212,102 @@ def test_deletion_is_batch_independent_and_multi_run() -> None:
     assert m.passes_per_image(2) == {"salience": 0, "forward": 2 * (3 * 9 + 1)}
 
 
+def _deletion_by_gathering(m: DegradationMeasure, ctx: BatchContext) -> dict[str, np.ndarray]:
+    """The deletion columns as the version before ``orders`` built them: all three orders in one flat
+    (order, step, image) list, each chunk's composites gathered from full copies (``base[img]``)."""
+    n, (_, _, h, w) = len(ctx.keys), ctx.images.shape
+    counts = deleted_counts([s / 100 for s in m.params["steps"]], h * w)
+    mid = [i for i, c in enumerate(counts) if 0 < c < h * w]
+    counts_t = torch.tensor([counts[i] for i in mid])
+    base, chunk = m.baseline(ctx.images), int(m.params["chunk_size"])
+    curves = np.full((3, n, ctx.n_runs, len(counts)), np.nan)
+    for r, clean in enumerate(ctx.clean):
+        ranks = deletion_ranks(clean.upsampled, ctx.image_seeds)
+        for i, c in enumerate(counts):
+            if c == 0:
+                curves[:, :, r, i] = clean.scores.double().numpy()
+            elif c == h * w:
+                curves[:, :, r, i] = ctx.scores(r, base, clean.targets).double().numpy()
+        total = 3 * len(mid) * n
+        flat = np.empty(total)
+        for start in range(0, total, chunk):
+            idx = torch.arange(start, min(total, start + chunk))
+            o, s, img = idx // (len(mid) * n), (idx // n) % len(mid), idx % n
+            gone = (ranks[o, img] < counts_t[s].view(-1, 1)).view(-1, 1, h, w)
+            composite = torch.where(gone, base[img], ctx.images[img])
+            flat[start : start + idx.numel()] = ctx.scores(r, composite, clean.targets[img]).double().numpy()
+        curves[:, :, r, mid] = flat.reshape(3, len(mid), n).transpose(0, 2, 1)
+        curves[:2, (clean.upsampled.flatten(1) <= 0).all(1).numpy(), r, :] = np.nan
+    return {f"deletion_{o}": curves[i] for i, o in enumerate(("morf", "lerf", "random"))}
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_deletion_default_is_the_three_order_computation_bit_for_bit(chunk: int) -> None:
+    # Composites written from slices of the batch instead of gathered copies, and the flat layout
+    # kept for the default orders: the same batches reach the model, so the same bits come back.
+    regions = [top_rows(5), torch.zeros(H, W, dtype=torch.bool)]
+    regions[1][:, :6] = True
+    images = region_images(6, regions[0] | regions[1], seed=3)
+    images[5, :, :, :6] = 0.05  # run 1 predicts class 0 on image 5: an empty map there
+    ctx = make_ctx(images, [RegionModel(r) for r in regions], grad_x_input)
+    for baseline in ("blur", "mean"):
+        m = DegradationMeasure({"variants": ["degradation.deletion"], "chunk_size": chunk, "baseline": baseline})
+        assert m.params["orders"] == ["morf", "lerf", "random"]
+        cols, ref = m.per_image(ctx), _deletion_by_gathering(m, ctx)
+        assert set(cols) == {"native_is_input_size", *ref}
+        for key, v in ref.items():
+            assert np.array_equal(cols[key], v, equal_nan=True), key
+    assert np.isnan(cols["deletion_morf"][5, 1]).all() and np.isfinite(cols["deletion_random"]).all()
+
+
+def test_deletion_orders_compute_only_the_curves_asked_for() -> None:
+    region = top_rows(6)
+    images = region_images(5, region)
+    images[2, :, :6] = 0.1  # predicts class 0: an empty map
+    ctx = make_ctx(images, [RegionModel(region)], grad_x_input)
+    # 9 steps strictly inside (0, 100) x 5 images = 45 composites per order. A chunk size that divides
+    # 45 sends the same batches to the model whichever orders are asked for, so the curves are equal
+    # by construction; otherwise only up to the model's batch-size-dependent rounding (none for the
+    # benchmark CNN under ONNX Runtime: bench/degradation.py checks it with a chunk that does not divide).
+    for chunk in (15, 45):
+        base = {"variants": ["degradation.deletion"], "baseline": "mean", "mean_color": [0, 0, 0], "chunk_size": chunk}
+        three = DegradationMeasure(base).per_image(ctx)
+        for orders in (["morf"], ["lerf"], ["random"], ["lerf", "morf"], ["random", "morf"]):
+            m = DegradationMeasure({**base, "orders": orders})
+            assert m.params["orders"] == [o for o in ("morf", "lerf", "random") if o in orders]  # canonical order
+            cols = m.per_image(ctx)
+            assert set(cols) == {"native_is_input_size", *(f"deletion_{o}" for o in orders)}
+            for o in orders:
+                assert np.array_equal(cols[f"deletion_{o}"], three[f"deletion_{o}"], equal_nan=True), (chunk, o)
+    # A chunk that does not divide 45: the same curves up to the model's float32 batch rounding.
+    odd = DegradationMeasure({**base, "chunk_size": 7, "orders": ["lerf"]}).per_image(ctx)
+    np.testing.assert_allclose(odd["deletion_lerf"], three["deletion_lerf"], atol=1e-6)
+
+    full = DegradationMeasure(base).summarize(three, None, 0)[0]
+    morf_only = DegradationMeasure({**base, "orders": ["morf"]})
+    res = morf_only.summarize({k: three[k] for k in ("native_is_input_size", "deletion_morf")}, None, 0)[0]
+    assert res.value is None and res.ci is None and res.per_image is None
+    assert "'morf' and 'lerf'" in res.details["message"] and res.n_empty == 1
+    assert list(res.details["curves"]) == list(res.details["auc"]) == ["morf"]
+    assert res.details["auc"]["morf"] == full.details["auc"]["morf"]
+    assert res.details["curves"]["morf"] == full.details["curves"]["morf"]
+    assert "gap_random_minus_morf" not in res.details and res.parameters["orders"] == ["morf"]
+    # Both salience orders: the same headline as the default, without the random reference.
+    two = DegradationMeasure({**base, "orders": ["morf", "lerf"]})
+    res2 = two.summarize({k: v for k, v in three.items() if k != "deletion_random"}, None, 0)[0]
+    assert (res2.value, res2.ci, res2.n, res2.n_empty) == (full.value, full.ci, full.n, full.n_empty)
+    assert np.array_equal(res2.per_image, full.per_image, equal_nan=True)
+    assert "gap_random_minus_morf" not in res2.details and "message" not in res2.details
+    assert "gap_random_minus_morf" in full.details and full.parameters["orders"] == ["morf", "lerf", "random"]
+    rnd = DegradationMeasure({**base, "orders": ["random", "morf"]})
+    res3 = rnd.summarize({k: v for k, v in three.items() if k != "deletion_lerf"}, None, 0)[0]
+    assert res3.value is None and res3.details["gap_random_minus_morf"] == full.details["gap_random_minus_morf"]
+    # Forward passes follow the orders: K x (orders x 9 inner steps + 1 all-pixels step).
+    assert morf_only.passes_per_image(2) == {"salience": 0, "forward": 2 * (9 + 1)}
+    assert two.passes_per_image(1) == {"salience": 0, "forward": 2 * 9 + 1}
+    assert DegradationMeasure(base).passes_per_image(1) == {"salience": 0, "forward": 3 * 9 + 1}
+
+
 # ----------------------------------------------------------------------------------------------
 # salience-guided blur
 
@@ -257,6 +353,9 @@ def test_degradation_rejects_bad_params() -> None:
                 {"mean_color": [0.5, 0.5]}):
         with pytest.raises(BadInput):
             DegradationMeasure(bad)
+    for orders in ([], ["morf", "sideways"], "morf", [1], None, ["MoRF"]):
+        with pytest.raises(BadInput, match=r"orders must be a non-empty list drawn from \['morf', 'lerf', 'random'\]"):
+            DegradationMeasure({"orders": orders})
 
 
 # ----------------------------------------------------------------------------------------------

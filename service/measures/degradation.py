@@ -9,6 +9,11 @@ order (seeded per image, the same for every run) gives the reference curve. Area
 over k in [0, 1]. Headline: ``AUC(LeRF) - AUC(MoRF)``; higher = deleting what the map calls salient
 hurts the score more than deleting what it calls irrelevant = a more faithful map.
 
+``orders`` selects the curves (any non-empty subset of ``morf``, ``lerf``, ``random``; all three by
+default): each costs one forward pass per step strictly between 0 and 100 %. Without both MoRF and
+LeRF the headline has no value (None, with ``details.message``); the curves and areas computed are
+still reported, so a MoRF-only run costs what a single-curve library's does.
+
 Baselines: ``blur`` (default) is the image blurred with sigma ``baseline_sigma`` (10, scipy
 boundary), which removes detail without adding out-of-distribution colours; ``mean`` fills with the
 constant colour ``mean_color`` (default mid-grey 0.5, 0.5, 0.5 in RGB [0, 1]; pass the dataset's
@@ -29,6 +34,7 @@ random-order curve is kept for them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -55,21 +61,35 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy()
 
 
-def deletion_ranks(maps: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
-    """Deletion rank of each pixel per order: long [3, N, H*W] for (MoRF, LeRF, random).
+def deletion_ranks(maps: torch.Tensor, seeds: torch.Tensor, orders: Sequence[str] = ORDERS) -> torch.Tensor:
+    """Deletion rank of each pixel per order: long [len(orders), N, H*W] (default MoRF, LeRF, random).
 
     A pixel of rank r is replaced once more than r pixels are. Stable sorts break ties by pixel index.
     """
     flat = maps.flatten(1)
-    orders = torch.stack(
-        [
-            torch.argsort(flat, dim=1, descending=True, stable=True),
-            torch.argsort(flat, dim=1, stable=True),
-            keyed_permutation(seeds.to(flat.device), RANDOM_STREAM, flat.shape[1]),
-        ]
-    )
-    ar = torch.arange(flat.shape[1], device=flat.device).expand_as(orders)
-    return torch.empty_like(orders).scatter_(2, orders, ar)
+    make = {
+        "morf": lambda: torch.argsort(flat, dim=1, descending=True, stable=True),
+        "lerf": lambda: torch.argsort(flat, dim=1, stable=True),
+        "random": lambda: keyed_permutation(seeds.to(flat.device), RANDOM_STREAM, flat.shape[1]),
+    }
+    perms = torch.stack([make[o]() for o in orders])
+    ar = torch.arange(flat.shape[1], device=flat.device).expand_as(perms)
+    return torch.empty_like(perms).scatter_(2, perms, ar)
+
+
+def check_orders(orders: Any) -> list[str]:
+    """The requested deletion orders in canonical order (MoRF, LeRF, random), duplicates dropped.
+
+    Raises:
+        BadInput: not a non-empty list of the allowed names.
+    """
+    if (
+        not isinstance(orders, (list, tuple))
+        or not orders
+        or any(not isinstance(o, str) or o not in ORDERS for o in orders)
+    ):
+        raise BadInput(f"deletion orders must be a non-empty list drawn from {list(ORDERS)}, got {orders!r}")
+    return [o for o in ORDERS if o in orders]
 
 
 def deleted_counts(fractions: list[float], n_pixels: int) -> list[int]:
@@ -81,7 +101,8 @@ class DegradationMeasure(Measure):
     """Deletion curves (default) and the paper's salience-guided blur.
 
     Params: ``variants`` (which of the two to compute; both by default), ``steps`` (deletion
-    percentages, default 0..100 by 10), ``baseline`` (``blur`` or ``mean``), ``baseline_sigma`` (10),
+    percentages, default 0..100 by 10), ``orders`` (deletion curves: a non-empty subset of ``morf``,
+    ``lerf``, ``random``; all three by default), ``baseline`` (``blur`` or ``mean``), ``baseline_sigma`` (10),
     ``mean_color`` (RGB in [0, 1], for ``mean``), ``chunk_size`` (images per deletion forward pass),
     ``smooth_sigma`` (5, the paper's map smoothing), ``reference_size`` (224), ``bootstrap_resamples``.
 
@@ -91,7 +112,7 @@ class DegradationMeasure(Measure):
     224-px one. At 224 px nothing changes; ``reference_size: null`` uses the sigmas as plain pixels.
 
     Columns: deletion: ``deletion_morf``, ``deletion_lerf``, ``deletion_random`` [N, K, S] (score
-    per step); blur: ``blur_before``, ``blur_after_background``, ``blur_after_object``,
+    per step; only the requested orders); blur: ``blur_before``, ``blur_after_background``, ``blur_after_object``,
     ``blur_ssim_background``, ``blur_ssim_object`` [N, K]; ``native_is_input_size`` [N]. NaN =
     excluded (empty clean map; for the SSIM also an empty degraded map).
     """
@@ -121,11 +142,13 @@ class DegradationMeasure(Measure):
         if float(p["baseline_sigma"]) <= 0 or int(p["chunk_size"]) < 1:
             raise BadInput("baseline_sigma must be > 0 and chunk_size >= 1")
         p["steps"] = steps
+        p["orders"] = check_orders(p["orders"])
 
     def default_params(self) -> dict[str, Any]:
         return {
             "variants": [DELETION, BLUR],
             "steps": list(range(0, 101, 10)),
+            "orders": list(ORDERS),
             "baseline": "blur",
             "baseline_sigma": 10.0,
             "mean_color": [0.5, 0.5, 0.5],
@@ -142,7 +165,7 @@ class DegradationMeasure(Measure):
         steps = self.params["steps"]
         forward = 0
         if self._on(DELETION):
-            forward = len(ORDERS) * sum(1 for s in steps if 0 < s < 100) + (1 if 100 in steps else 0)
+            forward = len(self.params["orders"]) * sum(1 for s in steps if 0 < s < 100) + (1 if 100 in steps else 0)
         return {"salience": 2 * n_runs if self._on(BLUR) else 0, "forward": n_runs * forward}
 
     # -- per image -------------------------------------------------------------------------------
@@ -170,34 +193,49 @@ class DegradationMeasure(Measure):
     def _deletion(self, ctx: BatchContext) -> Columns:
         n, k = len(ctx.keys), ctx.n_runs
         _, _, h, w = ctx.images.shape
+        orders: list[str] = self.params["orders"]
         fractions = [s / 100 for s in self.params["steps"]]
         counts = deleted_counts(fractions, h * w)
         mid = [i for i, m in enumerate(counts) if 0 < m < h * w]  # steps that need a composite
-        counts_t = torch.tensor([counts[i] for i in mid], device=ctx.device)
         base = self.baseline(ctx.images)
         chunk = int(self.params["chunk_size"])
-        curves = np.full((len(ORDERS), n, k, len(fractions)), np.nan)
+        curves = np.full((len(orders), n, k, len(fractions)), np.nan)
         for r, clean in enumerate(ctx.clean):
             targets = clean.targets.to(ctx.device)
-            ranks = deletion_ranks(clean.upsampled.to(ctx.device), ctx.image_seeds)  # [3, N, P]
-            for i, m in enumerate(counts):  # the shared ends of all three curves
+            ranks = deletion_ranks(clean.upsampled.to(ctx.device), ctx.image_seeds, orders)  # [O, N, P]
+            for i, m in enumerate(counts):  # the shared ends of all curves
                 if m == 0:
                     curves[:, :, r, i] = _np(clean.scores)
                 elif m == h * w:
                     curves[:, :, r, i] = _np(ctx.scores(r, base, targets))
-            # All (order, step, image) composites in flat order, forward passes in chunks.
-            total = len(ORDERS) * len(mid) * n
+            # All (order, step, image) composites in flat order, forward passes in chunks. With all
+            # three orders this is the layout (and so the batches, and the bits) of the version that
+            # always computed them. A chunk is a few runs of consecutive images of one (order, step):
+            # each run is written from slices of the batch, without gathering copies of the images.
+            total = len(orders) * len(mid) * n
             flat = np.empty(total)
             for start in range(0, total, chunk):
-                idx = torch.arange(start, min(total, start + chunk), device=ctx.device)
-                o, s, img = idx // (len(mid) * n), (idx // n) % len(mid), idx % n
-                gone = (ranks[o, img] < counts_t[s].view(-1, 1)).view(-1, 1, h, w)
-                composite = torch.where(gone, base[img], ctx.images[img])
-                flat[start : start + idx.numel()] = _np(ctx.scores(r, composite, targets[img]))
-            curves[:, :, r, mid] = flat.reshape(len(ORDERS), len(mid), n).transpose(0, 2, 1)
+                stop = min(total, start + chunk)
+                composite = torch.empty(
+                    (stop - start, *ctx.images.shape[1:]), dtype=ctx.images.dtype, device=ctx.device
+                )
+                pos = start
+                while pos < stop:
+                    block, i0 = divmod(pos, n)
+                    i1 = min(n, i0 + stop - pos)
+                    o, s = divmod(block, len(mid))
+                    gone = (ranks[o, i0:i1] < counts[mid[s]]).view(-1, 1, h, w)
+                    out = composite[pos - start : pos - start + i1 - i0]
+                    torch.where(gone, base[i0:i1], ctx.images[i0:i1], out=out)
+                    pos += i1 - i0
+                img = torch.arange(start, stop, device=ctx.device) % n
+                flat[start:stop] = _np(ctx.scores(r, composite, targets[img]))
+            curves[:, :, r, mid] = flat.reshape(len(orders), len(mid), n).transpose(0, 2, 1)
             empty = is_empty(clean.upsampled).cpu().numpy()
-            curves[:2, empty, r, :] = np.nan  # no salience order without salience
-        return {f"deletion_{o}": curves[i] for i, o in enumerate(ORDERS)}
+            for i, o in enumerate(orders):
+                if o != "random":
+                    curves[i, empty, r, :] = np.nan  # no salience order without salience
+        return {f"deletion_{o}": curves[i] for i, o in enumerate(orders)}
 
     def _blur(self, ctx: BatchContext) -> Columns:
         n, k = len(ctx.keys), ctx.n_runs
@@ -234,41 +272,47 @@ class DegradationMeasure(Measure):
         return out
 
     def _summarize_deletion(self, cols: Columns, seed: int, reps: int) -> MeasureResult:
-        steps = np.asarray(self.params["steps"], dtype=np.float64)
+        p = self.params
+        orders: list[str] = p["orders"]
+        steps = np.asarray(p["steps"], dtype=np.float64)
         x = steps / 100
         curves, aucs, auc_values = {}, {}, {}
-        for o in ORDERS:
+        for o in orders:
             v = np.asarray(cols[f"deletion_{o}"], dtype=np.float64)
             curves[o] = [{"k": float(s), **summarize_runs(v[:, :, i], seed, reps)} for i, s in enumerate(steps)]
             auc_values[o] = trapezoid_auc(v, x)  # [N, K]
             aucs[o] = summarize_runs(auc_values[o], seed, reps)
-        gap = summarize_runs(auc_values["lerf"] - auc_values["morf"], seed, reps)
-        vs_random = summarize_runs(auc_values["random"] - auc_values["morf"], seed, reps)
-        p = self.params
-        return self.result(
-            DELETION,
-            gap,
-            {
-                "steps": steps.tolist(),
-                "baseline": p["baseline"],
-                **(
-                    {"baseline_sigma": float(p["baseline_sigma"]), "reference_size": p["reference_size"]}
-                    if p["baseline"] == "blur"
-                    else {"mean_color": [float(c) for c in p["mean_color"]]}
-                ),
-                "map": "upsampled",
-                "ties": "pixel index",
-                "bootstrap_resamples": reps,
-            },
-            per_image=row_nanmean(auc_values["lerf"] - auc_values["morf"]),
-            details={
-                "headline": "AUC(LeRF) - AUC(MoRF), trapezoid over k in [0, 1]",
-                "curves": curves,
-                "auc": aucs,
-                "gap_random_minus_morf": vs_random,
-                "score": "probability of the clean image's target class",
-            },
-        )
+        parameters = {
+            "steps": steps.tolist(),
+            "orders": list(orders),
+            "baseline": p["baseline"],
+            **(
+                {"baseline_sigma": float(p["baseline_sigma"]), "reference_size": p["reference_size"]}
+                if p["baseline"] == "blur"
+                else {"mean_color": [float(c) for c in p["mean_color"]]}
+            ),
+            "map": "upsampled",
+            "ties": "pixel index",
+            "bootstrap_resamples": reps,
+        }
+        details: dict[str, Any] = {
+            "headline": "AUC(LeRF) - AUC(MoRF), trapezoid over k in [0, 1]",
+            "curves": curves,
+            "auc": aucs,
+        }
+        if "random" in auc_values and "morf" in auc_values:
+            details["gap_random_minus_morf"] = summarize_runs(auc_values["random"] - auc_values["morf"], seed, reps)
+        details["score"] = "probability of the clean image's target class"
+        if "morf" not in auc_values or "lerf" not in auc_values:
+            # A parameter choice, not a failure: the curves asked for are reported, the headline is not.
+            details["message"] = (
+                f"the headline AUC(LeRF) - AUC(MoRF) needs both 'morf' and 'lerf' in orders; computed {orders}"
+            )
+            salient = [aucs[o] for o in ("morf", "lerf") if o in aucs]
+            return self.unavailable(DELETION, parameters, details, salient[0]["n_empty"] if salient else 0)
+        gap_values = auc_values["lerf"] - auc_values["morf"]
+        gap = summarize_runs(gap_values, seed, reps)
+        return self.result(DELETION, gap, parameters, per_image=row_nanmean(gap_values), details=details)
 
     def _summarize_blur(self, cols: Columns, seed: int, reps: int, notes: list[str]) -> MeasureResult:
         before = np.asarray(cols["blur_before"], dtype=np.float64)
