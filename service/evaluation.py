@@ -9,6 +9,9 @@ Sharding: ``run_inset(spec, shard=(i, n))`` processes a contiguous, batch-aligne
 in-set images, so every image sees exactly the batch it sees in an unsharded run and the numbers
 are bitwise identical. ``finish`` concatenates the shards' columns in order, runs the out-of-set
 pass (which needs the whole in-set mean map) and summarises. ``evaluate`` = ``finish(run_inset())``.
+Datasets are opened through their validation index (``service.datasets.open_dataset``) once one
+exists: a shard then reads, validates and decodes only the images of its own range, and ``finish``
+reads no in-set image at all (it merges columns; the out-of-set pass reads the out-of-set images).
 
 Runtime faults: a forward pass that gives NaN/Inf or the wrong shape raises ``ModelRuntimeError`` naming
 the candidate, the model and the images. A batch that does not fit in memory (PyTorch or ONNX Runtime
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.datasets import Dataset, content_sha256, iter_batches, load_dataset
+from service.datasets import Dataset, content_sha256, iter_batches, open_dataset
 from service.datasets.batches import Batch
 from service.errors import BadInput, Canceled, ModelRuntimeError
 from service.measures import MEASURES
@@ -53,7 +56,9 @@ class Resolver:
     """How spec names become files: identity for the CLI, id lookups for the service.
 
     Loaded models and datasets are cached by path (the service's paths are content-addressed), so the
-    in-set pass, ``finish`` and the artifacts validate and hash a dataset's files once, not three times.
+    in-set pass, ``finish`` and the artifacts share one opened dataset. Datasets are opened with
+    ``open_dataset``: after the first full validation of a folder, opening it reads no image, and each
+    pass validates only the images it reads (``iter_batches`` verifies them), each once per process.
     """
 
     model_path: Callable[[str], Path] = Path
@@ -72,7 +77,7 @@ class Resolver:
     def dataset(self, ref: str, split: str | None) -> Dataset:
         key = (str(self.dataset_path(ref)), split)
         if key not in self.dataset_cache:
-            self.dataset_cache[key] = load_dataset(Path(key[0]), split=split)
+            self.dataset_cache[key] = open_dataset(Path(key[0]), split=split)
         return self.dataset_cache[key]
 
 

@@ -82,7 +82,9 @@ def iter_batches(
 
     Raises:
         ValueError: A bad argument (index out of range, batch_size or size not positive).
-        DatasetError: A file fails to decode (it passed validation at load, so it changed since).
+        DatasetError: Before the first batch, when an item rebuilt from a validation index fails
+            ``Dataset.verify`` (only the items of ``indices`` are checked); later, when a file fails
+            to decode (it passed validation, so it changed since).
     """
     idx = [int(i) for i in indices]
     n = len(dataset.items)
@@ -98,6 +100,8 @@ def iter_batches(
     n_workers = min(8, os.cpu_count() or 1) if workers is None else workers
     if n_workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    # Up front, so that a changed file fails the pass before any model work, and only this pass's files are read.
+    dataset.verify(idx)
     chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
     return _generate(dataset, chunks, (int(size[0]), int(size[1])), prefetch, n_workers)
 
@@ -188,8 +192,9 @@ def decode_batch(dataset: Dataset, indices: Sequence[int], size: tuple[int, int]
         The batch.
 
     Raises:
-        DatasetError: A file fails to decode.
+        DatasetError: A file fails ``Dataset.verify`` or to decode.
     """
+    dataset.verify(indices)
     return _PendingBatch(None, dataset, indices, size).result()
 
 

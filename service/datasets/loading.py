@@ -17,28 +17,44 @@ followed. ``root/masks/`` is reserved for human-annotation masks, matched to ima
 Every image is validated once at load (see ``images.check_image``); a file that fails is
 skipped and listed with its reason, never raised. Only whole-dataset problems raise
 ``DatasetError``.
+
+Validation index (``open_dataset``): a full validation reads every image's bytes, which a worker
+that evaluates one shard of a split does not need. ``open_dataset`` writes what a full validation
+found (items, their hashes, the skipped files) to ``<root>/.etm/index-*.json``, stamped with the
+listing and every listed file's size and modification time. A later ``open_dataset`` whose listing
+and stamp are unchanged rebuilds the same ``Dataset`` from it without opening any image; its items
+are then *unverified* and are validated and hashed again, against the index, only when a batch is
+about to read them (``Dataset.verify``, called by ``iter_batches``). A file that changed without
+changing its size and time therefore fails the pass that reads it, with the same error whichever
+shard reads it, instead of being skipped. The folder is hidden: the layouts never list it and
+archive extraction never brings one in, so an index is only ever written by this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import json
 import os
 import re
+import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.datasets.images import check_image, is_obviously_not_image
+from service.datasets.images import check_image, is_obviously_not_image, max_image_pixels
 from service.errors import DatasetError
 
 SPLIT_NAMES = ("train", "val", "validation", "test")
 MASKS_DIR = "masks"
 MANIFEST = "manifest.csv"
 HASH_VERSION = "etm-dataset-v1"
+INDEX_DIR = ".etm"
+INDEX_VERSION = "etm-dataset-index-v1"
 
 _ACCEPTED = "PNG, JPEG or WebP"
 _MAX_LISTED = 10  # how many offending names an error message spells out
@@ -91,9 +107,49 @@ class Dataset:
     split_counts: dict[str, dict[str, int]] | None
     has_masks_folder: bool
     sha256: str
+    # Keys of items rebuilt from a validation index whose files were not read since (see the module
+    # docstring). A set shared with every ``dataclasses.replace`` copy (e.g. a subset of the items),
+    # so an item is verified once however the dataset is sliced.
+    unverified: set[str] = field(default_factory=set, compare=False, repr=False)
+    index_path: Path | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def verify(self, indices: Iterable[int]) -> None:
+        """Validate and hash the unverified items at ``indices`` (and their masks) against the index.
+
+        Items from a full validation are verified already; this only reads files of a dataset that
+        ``open_dataset`` rebuilt from its index, and each of them once.
+
+        Raises:
+            DatasetError: A file is no longer a usable image, or its bytes differ from those indexed;
+                the message names every such file among ``indices``.
+        """
+        if not self.unverified:
+            return
+        todo = list({it.key: it for i in indices if (it := self.items[i]).key in self.unverified}.values())
+        if not todo:
+            return
+        files = [(it.key, "image", it.path, it.sha256) for it in todo] + [
+            (it.key, "mask", it.mask_path, it.mask_sha256) for it in todo if it.mask_path is not None
+        ]
+        found = _parallel_map(check_image, [f[2] for f in files])
+        problems = []
+        for (key, what, path, expected), (sha, reason) in zip(files, found, strict=True):
+            name = key if what == "image" else f"the mask of {key} ({path.relative_to(self.root).as_posix()})"
+            if sha is None:
+                problems.append(f"{name}: {reason}")
+            elif sha != expected:
+                problems.append(f"{name}: content changed (SHA-256 {sha[:12]}..., validated as {expected[:12]}...)")
+        if problems:
+            where = f" (index {self.index_path})" if self.index_path is not None else ""
+            raise DatasetError(
+                f"{len(problems)} file(s) of dataset {self.root} changed after the dataset was validated{where}: "
+                f"{_name_some(problems)}. Restore them, or delete "
+                f"{self.root / INDEX_DIR} so that the dataset is validated again (unusable files are then skipped)"
+            )
+        self.unverified.difference_update(it.key for it in todo)
 
     @property
     def n_with_mask(self) -> int:
@@ -167,16 +223,48 @@ def load_dataset(root: str | Path, split: str | None = None) -> Dataset:
             no ``test`` split, or given for a dataset without splits; masks exist and image file
             stems are ambiguous; no usable image is left.
     """
+    root_path = _root(root)
+    return _validate(root_path, _list(root_path, split))
+
+
+def open_dataset(root: str | Path, split: str | None = None) -> Dataset:
+    """``load_dataset``, reusing the validation index of an earlier call when nothing listed changed.
+
+    Without a usable index (none yet, a file added, removed, resized or touched, another
+    ``ETM_MAX_IMAGE_PIXELS``), this is ``load_dataset`` followed by writing the index (best effort:
+    a read-only folder just gets no index). With one, no image is opened here: the items are
+    unverified until ``Dataset.verify`` (see the module docstring). Either way the result describes,
+    hashes and orders exactly as ``load_dataset`` would have when the index was written.
+
+    Args and Raises: as ``load_dataset``.
+    """
+    root_path = _root(root)
+    listing = _list(root_path, split)
+    stamp = _stamp(root_path, listing)  # before validating: a file changed meanwhile makes the index stale
+    path = root_path / INDEX_DIR / f"index-{hashlib.sha256(repr(listing.split).encode()).hexdigest()[:16]}.json"
+    indexed = _read_index(path, root_path, stamp)
+    if indexed is not None:
+        return indexed
+    ds = _validate(root_path, listing)
+    _write_index(path, ds, stamp)
+    return ds
+
+
+def _root(root: str | Path) -> Path:
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
         raise DatasetError(f"dataset folder {str(root)!r} does not exist or is not a folder")
-    root_path = root_path.resolve()
+    return root_path.resolve()
 
+
+def _list(root_path: Path, split: str | None) -> _Listing:
     if (root_path / MANIFEST).is_file():
-        listing = _list_manifest(root_path, split)
-    else:
-        listing = _list_folders(root_path, split)
+        return _list_manifest(root_path, split)
+    return _list_folders(root_path, split)
 
+
+def _validate(root_path: Path, listing: _Listing) -> Dataset:
+    """Open, validate and hash every listed file: the ``Dataset`` of ``load_dataset``."""
     skipped = list(listing.skipped)
     to_check: list[_Candidate] = []
     for cand in listing.candidates:
@@ -246,6 +334,101 @@ def content_sha256(items: Sequence[Item]) -> str:
     for line in lines:
         h.update(line.encode("utf-8"))
     return h.hexdigest()
+
+
+# -- the validation index ------------------------------------------------------------------------
+
+
+def _stamp(root: Path, listing: _Listing) -> str:
+    """What a validation's outcome depends on, short of the files' bytes: the listing, each listed
+    file's size and modification time, the masks folder likewise, and the pixel limit."""
+    h = hashlib.sha256(f"{INDEX_VERSION}\n{max_image_pixels()}\n".encode())
+    head = [listing.layout, listing.split, listing.splits, listing.split_counts]
+    h.update(json.dumps(head, sort_keys=True).encode() + b"\n")
+
+    def add(key: str, path: Path, extra: str = "") -> None:
+        try:
+            st = path.stat()
+            h.update(f"{key}\t{extra}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError as e:  # validation will say what is wrong; the stamp only has to differ
+            h.update(f"{key}\t{extra}\t{type(e).__name__}\n".encode())
+
+    for c in listing.candidates:
+        add(c.key, c.path, c.label)
+    for s in listing.skipped:
+        h.update(f"skipped\t{s.path}\t{s.reason}\n".encode())
+    masks_dir = root / MASKS_DIR
+    if masks_dir.is_dir():
+        h.update(b"masks\n")
+        for p in _walk_files(masks_dir):
+            add(p.relative_to(root).as_posix(), p)
+    return h.hexdigest()
+
+
+def _write_index(path: Path, ds: Dataset, stamp: str) -> None:
+    doc = {
+        "version": INDEX_VERSION,
+        "stamp": stamp,
+        "layout": ds.layout,
+        "split": ds.split,
+        "splits": ds.splits,
+        "split_counts": ds.split_counts,
+        "has_masks_folder": ds.has_masks_folder,
+        "sha256": ds.sha256,
+        "items": [
+            [
+                it.key,
+                it.label,
+                it.sha256,
+                None if it.mask_path is None else it.mask_path.relative_to(ds.root).as_posix(),
+                it.mask_sha256,
+            ]
+            for it in ds.items
+        ],
+        "skipped": [[s.path, s.reason] for s in ds.skipped],
+    }
+    with contextlib.suppress(OSError):  # a read-only dataset folder is validated in full every time
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, separators=(",", ":"))
+            os.replace(tmp, path)  # atomic: shards opening the dataset at once read a whole index
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _read_index(path: Path, root: Path, stamp: str) -> Dataset | None:
+    """The dataset an index describes, its items unverified; None when there is no usable index."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("version") != INDEX_VERSION or doc.get("stamp") != stamp:
+            return None
+        items = [
+            Item(key, label, root / key, None if mask is None else root / mask, sha, mask_sha)
+            for key, label, sha, mask, mask_sha in doc["items"]
+        ]
+        if not items or content_sha256(items) != doc["sha256"]:
+            return None
+        counts = dict(sorted(Counter(it.label for it in items).items()))
+        return Dataset(
+            root=root,
+            layout=doc["layout"],
+            split=doc["split"],
+            splits=list(doc["splits"]),
+            classes=list(counts),
+            items=items,
+            skipped=[Skipped(p, r) for p, r in doc["skipped"]],
+            counts=counts,
+            split_counts=doc["split_counts"],
+            has_masks_folder=bool(doc["has_masks_folder"]),
+            sha256=doc["sha256"],
+            unverified={it.key for it in items},
+            index_path=path,
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # absent, torn or foreign: validate
+        return None
 
 
 # -- layouts -------------------------------------------------------------------------------------
