@@ -7,6 +7,9 @@ Speed targets are reported (``met`` yes/no), not enforced: the machine is shared
     .venv/bin/python -m bench.run                 # everything, sized to finish in ~15 min on 2 cores
     .venv/bin/python -m bench.run --only 1 4      # some figures
     .venv/bin/python -m bench.run --quick         # toy sizes (what tests/test_bench_smoke.py runs)
+
+Figure 6 starts its own service on loopback (redis-server, the API, one worker), as
+``python -m bench.service_overhead`` does; here it runs 2 rounds instead of 3 to keep the whole run short.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
 
 
-def print_reports(reports: list[Report], out=sys.stdout) -> int:
+def print_reports(reports: list[Report], out=None) -> int:
     """Print the table and the checks; return the exit code (1 when any check failed)."""
+    out = out or sys.stdout  # looked up per call: a default bound at import outlives a replaced (captured) stdout
     failed = 0
     for rep in reports:
         print(f"\n== Figure {rep.figure}: {rep.title}", file=out)
@@ -51,7 +55,7 @@ def print_reports(reports: list[Report], out=sys.stdout) -> int:
 
 
 def _figures(quick: bool, n_eval: int | None, scale_ns: list[int] | None) -> dict[str, Callable[[], Report]]:
-    from bench import degradation, evaluation, maps, salience, scaling
+    from bench import degradation, evaluation, maps, salience, scaling, service_overhead
 
     if quick:
         return {
@@ -61,6 +65,7 @@ def _figures(quick: bool, n_eval: int | None, scale_ns: list[int] | None) -> dic
             "3": lambda: degradation.run(n_images=4, road_images=2, reps=1, quick=True),
             "4": lambda: maps.run(n_maps=2_000, n_anchor=200, reps=1),
             "5": lambda: scaling.run(ns=scale_ns or [64, 128], shard_n=128, quick=True),
+            "6": lambda: service_overhead.figure(clients=4, rounds=1, phase_seconds=1.0, think=0.2),
         }
     return {
         "1": lambda: salience.run(),
@@ -68,12 +73,13 @@ def _figures(quick: bool, n_eval: int | None, scale_ns: list[int] | None) -> dic
         "3": lambda: degradation.run(),
         "4": lambda: maps.run(),
         "5": lambda: scaling.run(ns=scale_ns, shard_n=500),
+        "6": lambda: service_overhead.figure(clients=50, rounds=2, phase_seconds=5.0),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--only", nargs="*", default=None, help="figures to run (1..5); default all")
+    ap.add_argument("--only", nargs="*", default=None, help="figures to run (1..6); default all")
     ap.add_argument("--quick", action="store_true", help="toy sizes: checks only, figures meaningless")
     ap.add_argument("--n-eval", type=int, default=None, help="images for figure 2 (default 256)")
     ap.add_argument("--scale-ns", type=int, nargs="*", default=None, help="N values for figure 5")

@@ -69,3 +69,31 @@ def test_a_failed_check_makes_the_run_fail(capsys):
     rep.check("disagrees", False, "on purpose")
     assert print_reports([rep]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_service_overhead_figure_checks_its_answers():
+    """Figure 6 of ``bench.run`` on a tiny service: rows in the table, and the cache hits checked for
+    202/succeeded/cache_hit and the computed report's exact bytes."""
+    from bench import service_overhead
+
+    rep = service_overhead.figure(clients=2, rounds=1, phase_seconds=0.5, think=0.1)
+    _assert_checks(rep)
+    assert rep.figure == "6"
+    assert any(r.name.startswith("cache hit") and r.target == "< 50" for r in rep.rows)
+    hits = next(c for c in rep.checks if c.name.startswith("cache hits"))
+    assert hits.ok and not hits.detail.startswith("0 right")
+
+
+def test_a_wrong_cache_hit_fails_figure_6(capsys):
+    from bench.run import print_reports
+    from bench.service_overhead import PHASES, to_report
+
+    rows = {p: {"n": 10, "p50_ms": 5.0, "p99_ms": 9.0} for p in PHASES}
+    res = {"clients": 2, "think_s": 0.1, "rounds": 1, "phase_seconds": 0.5, "rows": rows, "met": True,
+           "target_e2e_p99_ms": 50.0, "ratios": dict.fromkeys(
+               ("status_p50_vs_anchor", "status_p99_vs_anchor", "e2e_p50_vs_anchor", "e2e_p99_vs_anchor"), 1.0),
+           "answers": {"ok": dict.fromkeys(PHASES, 10), "wrong": {**dict.fromkeys(PHASES, 0), PHASES[2]: 1},
+                       "examples": [f"{PHASES[2]}: report of cache hit j-1 differs from the computed one"],
+                       "report_bytes": 100}}
+    assert print_reports([to_report(res)]) == 1
+    assert "differs from the computed one" in capsys.readouterr().out
