@@ -44,6 +44,7 @@ def test_more_shards_than_batches_still_merge(family_onnx: list[Path], dataset_d
 # -- a shard reads only its own images ------------------------------------------------------------
 
 _OPENED: list[Path] | None = None  # files opened while a test listens (set by _reads)
+_HOOKED = False
 
 
 def _audit(event: str, args: tuple) -> None:
@@ -51,13 +52,13 @@ def _audit(event: str, args: tuple) -> None:
         _OPENED.append(Path(args[0]))
 
 
-sys.addaudithook(_audit)  # Python's own hook for every open(): PIL's, hashlib's, numpy's
-
-
 @contextlib.contextmanager
 def _reads(root: Path) -> Iterator[set[str]]:
     """The files under ``root`` (outside its ``.etm`` index folder) opened inside the block, relative to it."""
-    global _OPENED
+    global _OPENED, _HOOKED
+    if not _HOOKED:  # Python's own hook for every open() (PIL's, hashlib's...); it cannot be removed again
+        sys.addaudithook(_audit)
+        _HOOKED = True
     seen: set[str] = set()
     _OPENED = []
     try:
