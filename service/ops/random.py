@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -34,11 +35,22 @@ def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
     return (x >> k) & ((1 << (64 - k)) - 1)
 
 
+def _mix64_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """``mix64`` in place on ``x``, with ``tmp`` (same shape) as scratch: the same operations in the
+    same order as ``mix64``, without the six temporaries (their page faults cost 3x the arithmetic)."""
+    for shift, mult in ((30, _signed(_M1)), (27, _signed(_M2)), (31, None)):
+        torch.bitwise_right_shift(x, shift, out=tmp)
+        tmp &= (1 << (64 - shift)) - 1  # logical shift: drop the sign-extended bits
+        x ^= tmp
+        if mult is not None:
+            x *= mult
+    return x
+
+
 def mix64(x: torch.Tensor) -> torch.Tensor:
     """The SplitMix64 finalizer on int64 tensors (bitwise identical to the uint64 version)."""
-    x = (x ^ _srl(x, 30)) * _signed(_M1)
-    x = (x ^ _srl(x, 27)) * _signed(_M2)
-    return x ^ _srl(x, 31)
+    x = x.to(torch.int64, copy=True)
+    return _mix64_(x, torch.empty_like(x))
 
 
 def mix64_int(x: int) -> int:
@@ -68,12 +80,9 @@ def keyed_bits(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torc
     """
     if seeds.ndim != 1:
         raise ValueError(f"seeds must be 1-D [N], got shape {tuple(seeds.shape)}")
-    seeds = seeds.to(torch.int64)
-    skey = _signed(mix64_int(stream ^ 0x5851F42D4C957F2D))
-    keys = mix64(mix64(seeds) ^ skey)  # [N]
-    count = math.prod(shape)
-    ctr = (torch.arange(count, dtype=torch.int64, device=seeds.device) + 1) * _signed(_GAMMA)
-    return mix64(keys.view(-1, 1) + ctr.view(1, -1)).view(seeds.shape[0], *shape)
+    out = torch.empty((seeds.shape[0], math.prod(shape)), dtype=torch.int64, device=seeds.device)
+    _keyed_blocks(seeds, stream, out, lambda block, bits: block.copy_(bits))
+    return out.view(seeds.shape[0], *shape)
 
 
 def keyed_uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -81,8 +90,55 @@ def keyed_uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> t
 
     The top 24 bits become the float, so every value is exact in float32 (device-independent).
     """
-    bits = _srl(keyed_bits(seeds, stream, shape), 40)
-    return bits.to(torch.float32) * (1.0 / (1 << 24))
+    if seeds.ndim != 1:
+        raise ValueError(f"seeds must be 1-D [N], got shape {tuple(seeds.shape)}")
+
+    def top24(block: torch.Tensor, bits: torch.Tensor) -> None:
+        bits >>= 40
+        bits &= (1 << 24) - 1  # = _srl(bits, 40)
+        block.copy_(bits)  # exact: integers below 2**24
+        block.mul_(1.0 / (1 << 24))
+
+    out = torch.empty((seeds.shape[0], math.prod(shape)), dtype=torch.float32, device=seeds.device)
+    _keyed_blocks(seeds, stream, out, top24)
+    return out.view(seeds.shape[0], *shape)
+
+
+# int64 elements hashed at once on the CPU: the block and its scratch (256 KiB each) stay in the
+# L2 cache through the ~12 passes of the hash (4x faster than whole-batch tensors at 64 px).
+_BLOCK = 1 << 15
+
+
+def _keyed_blocks(
+    seeds: torch.Tensor, stream: int, out: torch.Tensor, finish: Callable[[torch.Tensor, torch.Tensor], None]
+) -> None:
+    """Hash every element of ``out`` [N, count] (row n keyed by ``seeds[n]``, column i by its index)
+    block by block, handing each block's bits to ``finish(out_block, bits)`` (which may modify bits).
+
+    Element (n, i) is ``mix64(key_n + (i + 1) * gamma)``, computed with the same int64 operations as
+    a whole-batch ``mix64`` would, so the blocking cannot change a bit.
+    """
+    seeds = seeds.to(torch.int64)
+    skey = _signed(mix64_int(stream ^ 0x5851F42D4C957F2D))
+    keys = mix64(mix64(seeds) ^ skey)  # [N]
+    n, count = out.shape
+    if n == 0 or count == 0:
+        return
+    ctr = (torch.arange(count, dtype=torch.int64, device=seeds.device) + 1) * _signed(_GAMMA)
+    # On a GPU one block is the whole tensor: it has no small cache to stay in, and launches cost.
+    block = n * count if seeds.device.type != "cpu" else _BLOCK
+    rows = max(1, block // count)  # whole rows per block when rows are short
+    cols = min(count, block)  # else column ranges of one row
+    buf = torch.empty(2 * rows * cols, dtype=torch.int64, device=seeds.device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        for c0 in range(0, count, cols):
+            c1 = min(count, c0 + cols)
+            shape = (r1 - r0, c1 - c0)
+            size = shape[0] * shape[1]
+            bits, tmp = buf[:size].view(shape), buf[size : 2 * size].view(shape)
+            torch.add(keys[r0:r1].view(-1, 1), ctr[c0:c1].view(1, -1), out=bits)  # wraps like uint64
+            finish(out[r0:r1, c0:c1], _mix64_(bits, tmp))
 
 
 def keyed_permutation(seeds: torch.Tensor, stream: int, n: int) -> torch.Tensor:

@@ -1,0 +1,242 @@
+"""The faster noise, geometry and blur code gives the very bits of the straightforward versions.
+
+Each reference below is the implementation the service had before the speed-up (kept here, not in
+the service), and every comparison is exact (``torch.equal``, NaN-aware ``np.array_equal``): these
+changes are pure speed-ups, and the reports' determinism contract is bitwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from service.measures.base import BatchContext
+from service.measures.geometry import GeometryMeasure
+from service.measures.noise import noise_stream
+from service.models.loader import load_model
+from service.ops.blur import blur_levels, gaussian_blur, level_sigma, variable_blur
+from service.ops.geometry import _COMPASS, PAPER_TRANSFORMS, _shift, get_transform, resolve_transforms, shift_pixels
+from service.ops.maps import minmax01, to_uint8
+from service.ops.noise import salt_and_pepper
+from service.ops.random import (
+    _GAMMA,
+    _M1,
+    _M2,
+    _signed,
+    keyed_bits,
+    keyed_permutation,
+    keyed_uniform,
+    mix64,
+    mix64_int,
+    stream_id,
+)
+from service.ops.ssim import pearson, ssim
+from service.salience.registry import compute_salience
+from tests.helpers.tiny import tiny_family
+
+# ----------------------------------------------------------------------------------------------
+# keyed random numbers: whole-tensor reference
+
+
+def _ref_srl(x: torch.Tensor, k: int) -> torch.Tensor:
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _ref_mix64(x: torch.Tensor) -> torch.Tensor:
+    x = (x ^ _ref_srl(x, 30)) * _signed(_M1)
+    x = (x ^ _ref_srl(x, 27)) * _signed(_M2)
+    return x ^ _ref_srl(x, 31)
+
+
+def _ref_keyed_bits(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    seeds = seeds.to(torch.int64)
+    skey = _signed(mix64_int(stream ^ 0x5851F42D4C957F2D))
+    keys = _ref_mix64(_ref_mix64(seeds) ^ skey)
+    count = math.prod(shape)
+    ctr = (torch.arange(count, dtype=torch.int64) + 1) * _signed(_GAMMA)
+    return _ref_mix64(keys.view(-1, 1) + ctr.view(1, -1)).view(seeds.shape[0], *shape)
+
+
+def _ref_keyed_uniform(seeds: torch.Tensor, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    return _ref_srl(_ref_keyed_bits(seeds, stream, shape), 40).to(torch.float32) * (1.0 / (1 << 24))
+
+
+SEEDS = torch.tensor([0, 1, -5, 2**62 + 17, -(2**63), 2**63 - 1, 12345], dtype=torch.int64)
+
+
+def test_mix64_equals_the_whole_tensor_version() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-(2**63), 2**63 - 1, (5000,), dtype=torch.int64, generator=g)
+    before = x.clone()
+    assert torch.equal(mix64(x), _ref_mix64(x))
+    assert torch.equal(x, before)  # the input is not modified
+
+
+# Per-image sizes below, at and above one hash block (2**15), and not multiples of it: rows grouped
+# into blocks, single rows, rows split into column ranges with a ragged end.
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (3, 64, 64), (1 << 15,), ((1 << 15) + 3,), (3, 224, 224), (0,)])
+def test_keyed_bits_and_uniform_equal_the_whole_tensor_version(shape: tuple[int, ...]) -> None:
+    for stream in (0, 7, 2**62 + 3):
+        got = keyed_bits(SEEDS, stream, shape)
+        assert got.shape == (len(SEEDS), *shape)
+        assert torch.equal(got, _ref_keyed_bits(SEEDS, stream, shape))
+        u = keyed_uniform(SEEDS, stream, shape)
+        assert u.dtype == torch.float32
+        assert torch.equal(u, _ref_keyed_uniform(SEEDS, stream, shape))
+
+
+def test_keyed_random_with_no_images_and_permutation() -> None:
+    none = torch.zeros(0, dtype=torch.int64)
+    assert keyed_bits(none, 1, (4,)).shape == (0, 4) and keyed_uniform(none, 1, (4, 2)).shape == (0, 4, 2)
+    ref = torch.argsort(_ref_keyed_bits(SEEDS, 9, (1000,)), dim=1, stable=True)
+    assert torch.equal(keyed_permutation(SEEDS, 9, 1000), ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# shifts: the gather reference
+
+
+def _ref_shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    rows = (torch.arange(h) - dy).clamp(0, h - 1)
+    cols = (torch.arange(w) - dx).clamp(0, w - 1)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (4, 224, 224), (1, 3, 5, 9), (2, 1, 1)])
+def test_shifts_equal_the_gather(shape: tuple[int, ...]) -> None:
+    g = torch.Generator().manual_seed(1)
+    h, w = shape[-2:]
+    for x in (torch.rand(shape, generator=g), torch.rand(shape, generator=g, dtype=torch.float64),
+              torch.rand(shape, generator=g) > 0.5):
+        for name in PAPER_TRANSFORMS:
+            if not name.startswith("shift_"):
+                continue
+            got, valid = get_transform(name, h, w)(x)
+            uy, ux = _COMPASS[name[6:]]
+            py, px = shift_pixels(h, w)
+            assert got.is_contiguous() and torch.equal(got, _ref_shift(x, uy * py, ux * px)), name
+        # Shifts by up to the whole side and beyond, and a non-contiguous input.
+        for dy, dx in ((1, -2), (-1, 3), (h - 1, 0), (0, -(w - 1)), (h, w), (-h - 3, 2), (2, w + 1)):
+            fn, _ = _shift(dy, dx)
+            assert torch.equal(fn(x), _ref_shift(x, dy, dx)), (dy, dx)
+            t = x.transpose(-2, -1)
+            fn, _ = _shift(dx, dy)
+            assert torch.equal(fn(t), _ref_shift(t, dx, dy)), (dx, dy)
+
+
+# ----------------------------------------------------------------------------------------------
+# salt and pepper on the whole-tensor random numbers
+
+
+def test_salt_and_pepper_equals_the_whole_tensor_version() -> None:
+    images = torch.rand(5, 3, 40, 36, generator=torch.Generator().manual_seed(2))
+    seeds = torch.arange(5, dtype=torch.int64) * 31 + 7
+    for amount in (0.01, 0.5, 1.0):
+        stream = noise_stream(amount)
+        flipped = _ref_keyed_uniform(seeds, stream_id("s&p.flip", stream), (3, 40, 36)) < amount
+        salted = _ref_keyed_uniform(seeds, stream_id("s&p.salt", stream), (3, 40, 36)) < 0.5
+        ref = torch.where(flipped & salted, torch.ones_like(images), images)
+        ref = torch.where(flipped & ~salted, torch.zeros_like(images), ref)
+        assert torch.equal(salt_and_pepper(images, amount, seeds, stream), ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# the geometry measure: the per-image loop as it was (every transform's valid mask passed on)
+
+
+def _ref_geometry_columns(m: GeometryMeasure, ctx: BatchContext) -> dict[str, np.ndarray]:
+    n, k = len(ctx.keys), ctx.n_runs
+    h, w = ctx.images.shape[-2:]
+    transforms, _ = resolve_transforms(m.requested(), h, w)
+    cols = {c: np.full((n, k, len(transforms)), np.nan) for c in ("ssim", "pearson", "flip")}
+    for t, tf in enumerate(transforms):
+        moved, valid = tf(ctx.images)
+        for r, clean in enumerate(ctx.clean):
+            res = ctx.salience_fn(r, moved)
+            expected, _ = tf(clean.upsampled)
+            a, b = minmax01(res.upsampled, valid), minmax01(expected, valid)
+            excluded = (~((res.upsampled > 0) & valid).flatten(1).any(dim=1)).numpy() | (
+                ~((expected > 0) & valid).flatten(1).any(dim=1)).numpy()
+            s = ssim(a, b, 1.0, mask=valid).numpy()
+            p = pearson(a, b, mask=valid).numpy()
+            s[excluded] = np.nan
+            p[excluded] = np.nan
+            cols["ssim"][:, r, t], cols["pearson"][:, r, t] = s, p
+            cols["flip"][:, r, t] = (res.predicted != clean.predicted).numpy()
+    return cols
+
+
+def test_geometry_measure_equals_the_masked_loop(tmp_path) -> None:
+    """Two exported TinyNet runs, Grad-CAM maps (bilinear upsampled, some empty over a region),
+    the paper's transforms and two extra ones, at 32 px (2-px shifts)."""
+    models = [load_model(p, threads=1) for p in tiny_family(tmp_path, k=2)]
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(7, 3, 32, 32, generator=g)
+    images[0] = 0.0  # a flat image: a flat or empty map
+    images[1, :, :16] = 1.0
+    seeds = torch.arange(7, dtype=torch.int64)
+
+    def salience_fn(run: int, x: torch.Tensor):
+        return compute_salience(models[run], x, "gradcam")
+
+    ctx = BatchContext(
+        keys=[f"i{i}" for i in range(7)], images=images, labels=torch.full((7,), -1), masks=None,
+        has_mask=torch.zeros(7, dtype=torch.bool), image_seeds=seeds, clean=[salience_fn(r, images) for r in (0, 1)],
+        salience_fn=salience_fn, logits_fn=lambda run, x: models[run].logits(x),
+        probabilities_fn=lambda run, logits: models[run].probabilities(logits),
+    )
+    m = GeometryMeasure({"extra_transforms": ["rot_15", "scale_1.1"]})
+    got, ref = m.per_image(ctx), _ref_geometry_columns(m, ctx)
+    for c in ("ssim", "pearson", "flip"):
+        assert got[c].shape == ref[c].shape and np.array_equal(got[c], ref[c], equal_nan=True), c
+    assert np.isfinite(ref["ssim"]).sum() > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's variable blur: one unique() and a boolean any() per level, out-of-place where
+
+
+def _ref_variable_blur(images: torch.Tensor, levels: torch.Tensor, truncate: float = 4.0,
+                       scale: float = 1.0) -> torch.Tensor:
+    out = images
+    n = images.shape[0]
+    for q in torch.unique(levels).tolist():
+        sigma = float(level_sigma(torch.tensor(q))) * scale
+        if int(truncate * sigma + 0.5) == 0:
+            continue
+        at = levels == q
+        rows = at.flatten(1).any(1).nonzero().squeeze(1)
+        if rows.numel() == n:
+            out = torch.where(at.unsqueeze(1), gaussian_blur(images, sigma, truncate), out)
+        else:
+            if out is images:
+                out = images.clone()
+            out[rows] = torch.where(at[rows].unsqueeze(1), gaussian_blur(images[rows], sigma, truncate), out[rows])
+    return out.clone() if out is images else out
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_variable_blur_equals_the_per_level_loop(size: int) -> None:
+    g = torch.Generator().manual_seed(4)
+    n = 6 if size == 64 else 3
+    images = torch.rand(n, 3, size, size, generator=g)
+    native = torch.rand(n, 1, 7, 7, generator=g)
+    native[0] = 0.0  # constant: level 0 everywhere, so not every image holds every level
+    native[1, :, 3:] = 0.0
+    up = torch.nn.functional.interpolate(native, size=(size, size), mode="bilinear").squeeze(1)
+    maps8 = to_uint8(up)
+    scale = size / 224
+    for mode in ("background", "object"):
+        levels = blur_levels(maps8, mode, 5.0 * scale)
+        held = [set(row.unique().tolist()) for row in levels]
+        assert any(h != set().union(*held) for h in held)  # some images lack some levels
+        assert torch.equal(variable_blur(images, levels, scale=scale), _ref_variable_blur(images, levels, scale=scale))
+    same = torch.full((n, size, size), 100)
+    assert torch.equal(variable_blur(images, same), images) and variable_blur(images, same) is not images
+    for bad in (torch.full((n, size, size), 101), torch.full((n, size, size), -1), torch.zeros(n, size, size)):
+        with pytest.raises(ValueError, match="levels must be integers"):
+            variable_blur(images, bad)
