@@ -115,9 +115,9 @@ def faces_at(size: int, n_images: int, n_ood: int, root: Path | None = None) -> 
     from PIL import Image
 
     from benchmark import faces
-    from benchmark.generate import SPLIT_IDS
+    from benchmark.generate import FORMAT_VERSION, SPLIT_IDS
 
-    root = root or BENCH_DIR / f"faces{size}-{n_images}-{n_ood}"
+    root = root or BENCH_DIR / f"faces{size}-{n_images}-{n_ood}-v{FORMAT_VERSION}"  # a new renderer, new files
     inset, ood = root / "inset", root / "ood"
     if not (root / "done").exists():
         r = faces.render_faces([0, SPLIT_IDS["test"]], n_images, size, faces.SEEN_GENERATORS, 0.5, 0.5)
