@@ -10,8 +10,9 @@ re-implementations of the measures (not the service's; that is the point of an i
 * accuracy on unseen generators -- cyborg higher;
 * score drop under salience-guided blur (the paper's ``object`` vs ``background`` modes) --
   cyborg loses more when its salient region is blurred than when its background is;
-* shortcut reliance: accuracy on test images where the cue contradicts the label, and the share
-  of CAM mass on the cue -- xent worse.
+* shortcut reliance, on a *probe* copy of the test split rendered with the training shortcut in
+  half of each class (the test split itself carries no cue): accuracy where the cue contradicts the
+  label, and the share of CAM mass on the cue -- xent worse.
 
 Usage::
 
@@ -25,6 +26,7 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +131,7 @@ def _mean(x: np.ndarray) -> float:
     return float(np.nanmean(x))
 
 
-def family_report(models: list[FaceNet], test: Split, unseen: Split, cue: torch.Tensor,
+def family_report(models: list[FaceNet], test: Split, unseen: Split, probe: Probe,
                   n_blur: int = 500) -> dict[str, float]:
     size = test.images.shape[-1]
     masks = test.masks.float() / 255
@@ -141,7 +143,10 @@ def family_report(models: list[FaceNet], test: Split, unseen: Split, cue: torch.
         pred = p.argmax(1)
         up = upsample(m, size)
         correct = (pred == test.labels).float()
-        aligned = test.shortcut == (test.labels == 1)
+        mp, pp = cams(model, probe.images)
+        correct_p = (pp.argmax(1) == test.labels).float()  # the probe's faces and labels are the test split's
+        aligned = probe.shortcut == (test.labels == 1)
+        up_p = upsample(mp, size)
         _, pu = cams(model, unseen.images)
         # Blur on the first n_blur test images (the blur is the slow part of this check).
         scores = p.gather(1, pred.view(-1, 1)).squeeze(1)[:n_blur]
@@ -155,13 +160,13 @@ def family_report(models: list[FaceNet], test: Split, unseen: Split, cue: torch.
         correct_u = (pu.argmax(1) == unseen.labels).float()
         vals = {
             "acc_test": float(correct.mean()),
-            "acc_cue_aligned": float(correct[aligned].mean()),
-            "acc_cue_conflicting": float(correct[~aligned].mean()),
+            "acc_cue_aligned": float(correct_p[aligned].mean()),
+            "acc_cue_conflicting": float(correct_p[~aligned].mean()),
             "acc_unseen": float((pu.argmax(1) == unseen.labels).float().mean()),
             "entropy": _mean(spatial_entropy(m)),
             "human_pearson": _mean(pearson(up, masks)),
             "human_mass_inside": _mean(mass_share(up, (masks > 0.5).float())),
-            "cue_mass": _mean(mass_share(up[test.shortcut], (cue[test.shortcut] > 0.1).float())),
+            "cue_mass": _mean(mass_share(up_p[probe.shortcut], (probe.cue[probe.shortcut] > 0.1).float())),
             "blur_drop_background": drops["background"],
             "blur_drop_object": drops["object"],
             "blur_drop_background_scaled": drops["background_scaled"],
@@ -180,12 +185,34 @@ def family_report(models: list[FaceNet], test: Split, unseen: Split, cue: torch.
     return out
 
 
-def test_cue_masks(data_dir: Path) -> torch.Tensor:
-    """Re-render the test split (deterministic) to get where the shortcut was drawn."""
+@dataclass(frozen=True)
+class Probe:
+    """The test split re-rendered with the training shortcut in half of each class."""
+
+    images: torch.Tensor  # [N, 3, S, S] uint8
+    cue: torch.Tensor  # [N, S, S] float in [0, 1]: where the cue was drawn
+    shortcut: torch.Tensor  # [N] bool
+
+
+def _render_test(data_dir: Path, p_cue: float) -> faces.Rendered:
     cfg = json.loads((data_dir / "benchmark.json").read_text(encoding="utf-8"))["config"]
-    r = faces.render_faces([cfg["seed"], SPLIT_IDS["test"]], cfg["n_test"], cfg["size"], faces.SEEN_GENERATORS,
-                           cfg["shortcut_eval"], cfg["shortcut_eval"])
-    return torch.from_numpy(r.cue.astype(np.float32) / 255), torch.from_numpy(r.images)
+    return faces.render_faces([cfg["seed"], SPLIT_IDS["test"]], cfg["n_test"], cfg["size"], faces.SEEN_GENERATORS,
+                              p_cue, p_cue)
+
+
+def probe_split(data_dir: Path, test: Split) -> Probe:
+    """Re-render the test split (deterministic): check it equals the files, then render the probe.
+
+    The cue flags only switch drawing on or off, so the probe has the same faces, labels and
+    generators as the test split, in the same (stem) order.
+    """
+    cfg = json.loads((data_dir / "benchmark.json").read_text(encoding="utf-8"))["config"]
+    if not torch.equal(torch.from_numpy(_render_test(data_dir, cfg["shortcut_eval"]).images).permute(0, 3, 1, 2),
+                       test.images):
+        raise SystemExit("re-rendered test split differs from the files on disk: regenerate the data")
+    r = _render_test(data_dir, 0.5)
+    return Probe(torch.from_numpy(r.images).permute(0, 3, 1, 2).contiguous(),
+                 torch.from_numpy(r.cue.astype(np.float32) / 255), torch.from_numpy(r.shortcut))
 
 
 EXPECTED = {  # metric -> which family should be higher
@@ -207,13 +234,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(2)
     test = load_faces_split(args.data / "faces", "test")
     unseen = load_folder(args.data / "unseen_generators")
-    cue, rerendered = test_cue_masks(args.data)
     # the test split is stored in canonical (stem) order, which is the render order
-    if not torch.equal(rerendered.permute(0, 3, 1, 2), test.images):
-        raise SystemExit("re-rendered test split differs from the files on disk: regenerate the data")
+    probe = probe_split(args.data, test)
     reports = {}
     for recipe in paths.RECIPES:
-        rep = family_report(load_family(args.models, recipe, args.runs), test, unseen, cue)
+        rep = family_report(load_family(args.models, recipe, args.runs), test, unseen, probe)
         rep["blur_gap"] = rep["blur_drop_object"] - rep["blur_drop_background"]
         rep["blur_gap_scaled"] = rep["blur_drop_object_scaled"] - rep["blur_drop_background_scaled"]
         reports[recipe] = rep

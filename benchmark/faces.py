@@ -17,9 +17,10 @@ Design (what the benchmark is meant to induce, after Crum et al. 2023 and Boyd e
   at to decide: the fingerprint regions of its generator for a synthetic face, all inspected
   regions (eyes, mouth, hairline) for a real one.
 * The training split carries a spurious shortcut: soft "bokeh" highlights in the background,
-  present in 90% of synthetic and 10% of real training faces. Elsewhere they appear in half of
-  the images of either class, so a model that learnt the cue loses accuracy there and its
-  salience lands on the background.
+  present in 90% of synthetic and 10% of real training faces, and in no other split (the
+  generator's ``p_cue_*`` arguments; ``benchmark.generate`` sets them). A model that learnt the cue
+  loses accuracy where it is missing; rendering a split with the cue in half of each class (a
+  probe, ``benchmark.check_directions``) shows how much it relies on it.
 
 Only arithmetic and square roots touch pixel arrays (no exp/sin), and the few per-image angles go
 through libm's correctly rounded cos/sin, so the float results, and thus the 8-bit images, do not
