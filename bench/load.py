@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -114,6 +115,7 @@ def local_service(n_keys: int, env: dict[str, str] | None = None) -> Iterator[Ta
         yield Target(kit.base_url, presented, models, r.json()["id"])
     finally:
         codes = kit.stop()
+        shutil.rmtree(root, ignore_errors=True)  # the service's store, models and dataset of this run
         if any(c not in (0, -15) for c in codes.values()):
             print(f"service processes exited with {codes}", file=sys.stderr)
 
