@@ -481,3 +481,31 @@ def test_pixel_lengths_scale_with_the_input_size() -> None:
     torch.testing.assert_close(m.baseline(images), gaussian_blur(images, 10.0 * 64 / 224))
     assert DegradationMeasure().scale(torch.rand(1, 3, 224, 224)) == 1.0
     assert DegradationMeasure({"reference_size": None}).scale(images) == 1.0
+
+
+def test_deletion_chunks_are_bounded_in_pixels() -> None:
+    """``chunk_pixels`` caps a deletion forward pass at that many pixels (large inputs run slower per
+    image in huge batches); the chunk is then the one ``chunk_size`` would give, with the same numbers."""
+    region = top_rows(6)
+    images = region_images(5, region)
+    ctx = make_ctx(images, [RegionModel(region)], grad_x_input)
+    sizes: list[int] = []
+    logits = ctx.logits_fn
+
+    def counting(run: int, x: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(x))
+        return logits(run, x)
+
+    ctx.logits_fn = counting
+    params = {"variants": ["degradation.deletion"], "baseline": "mean", "mean_color": [0, 0, 0]}
+    by_pixels = DegradationMeasure({**params, "chunk_pixels": 3 * P + 5}).per_image(ctx)
+    deletion_sizes = [s for s in sizes if s != len(images)]  # the clean and all-deleted passes are whole batches
+    assert deletion_sizes and max(deletion_sizes) == 3
+    by_count = DegradationMeasure({**params, "chunk_size": 3}).per_image(ctx)
+    for key, v in by_pixels.items():
+        np.testing.assert_array_equal(v, by_count[key])
+    # The default leaves 64-px inputs at 256 composites per pass.
+    d = DegradationMeasure({}).params
+    assert d["chunk_pixels"] // (64 * 64) == d["chunk_size"] == 256
+    with pytest.raises(BadInput, match="chunk_pixels"):
+        DegradationMeasure({"chunk_pixels": 0})
