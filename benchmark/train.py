@@ -246,10 +246,13 @@ def export_run(model: FaceNet, stem: Path, size: int, check_images: torch.Tensor
 # --------------------------------------------------------------------------------------------
 def data_fingerprint(data_dir: Path) -> dict[str, object]:
     """Generation config plus one sha256 over every generated file (path and content), so that a
-    family can be matched to the exact bytes it was trained and measured on."""
+    family can be matched to the exact bytes it was trained and measured on. Hidden paths are not
+    generated: the service leaves its dataset validation index in ``.etm/`` once it opens a split."""
     info = json.loads((data_dir / "benchmark.json").read_text(encoding="utf-8"))
     tree = hashlib.sha256()
-    for p in sorted(q for q in data_dir.rglob("*") if q.is_file()):
+    generated = (q for q in data_dir.rglob("*")
+                 if q.is_file() and not any(part.startswith(".") for part in q.relative_to(data_dir).parts))
+    for p in sorted(generated):
         tree.update(f"{p.relative_to(data_dir).as_posix()}\0{_sha256(p)}\n".encode())
     return {"config": info["config"], "tree_sha256": tree.hexdigest(),
             "faces_manifest_sha256": _sha256(data_dir / "faces" / "manifest.csv")}

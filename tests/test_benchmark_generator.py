@@ -155,3 +155,22 @@ def test_fingerprints_stay_in_the_inspected_regions() -> None:
     outside = fake.masks == 0
     assert diff[~outside].mean() > 3
     assert diff[outside].max() <= 1  # rounding only
+
+
+def test_data_fingerprint_ignores_the_services_validation_index(small: Path) -> None:
+    """Opening a split in the service writes ``.etm/`` inside it; that must not change which data a
+    trained family is recorded against (MANIFEST.json's ``data.tree_sha256``)."""
+    from benchmark.train import data_fingerprint
+
+    before = data_fingerprint(small)
+    index = small / "faces" / ".etm" / "index-test.json"
+    index.parent.mkdir()
+    try:
+        index.write_text("{}")
+        assert data_fingerprint(small) == before
+        (small / "faces" / "extra.png").write_bytes(b"x")  # a generated-looking file does count
+        assert data_fingerprint(small) != before
+    finally:
+        index.unlink()
+        index.parent.rmdir()
+        (small / "faces" / "extra.png").unlink(missing_ok=True)
