@@ -14,10 +14,10 @@ measure family (by wrapping methods from the outside; nothing in ``service/`` is
 Two row sets, each named after its model: the 64-px benchmark CNN (N images, batch 64; its forwards
 are ~0.25 ms per image, so the measures' own work dominates: the stricter test) and torchvision
 ResNet-50 at 224 px, the paper's setting (random weights, seed 0, 2 classes, the export figure 1
-uses; 8 benchmark faces and 8 non-faces rendered at 224 px by ``benchmark.faces``; batch 8: the
-largest pass, one deletion chunk of 3 orders x 9 steps x 8 images = 216 composites, puts the peak RSS
-at ~4.5 GB; ~2.5 min of CPU on 1 thread). The row ``evaluation / bare passes`` is the worst of the
-models' ratios. ``--quick`` skips the ResNet-50 rows (export ~20 s, rows ~2.5 min).
+uses; 8 benchmark faces and 8 non-faces rendered at 224 px by ``benchmark.faces``; batch 8, with
+deletion chunks bounded to 20 composites at 224 px by ``chunk_pixels``; ~2 min of CPU on 1 thread).
+The row ``evaluation / bare passes`` is the worst of the models' ratios. ``--quick`` skips the
+ResNet-50 rows (export ~20 s, rows ~2 min).
 """
 
 from __future__ import annotations
@@ -115,12 +115,14 @@ def faces_at(size: int, n_images: int, n_ood: int, root: Path | None = None) -> 
     from PIL import Image
 
     from benchmark import faces
-    from benchmark.generate import FORMAT_VERSION, SPLIT_IDS
+    from benchmark.generate import FORMAT_VERSION, SPLIT_IDS, GenerationConfig
 
-    root = root or BENCH_DIR / f"faces{size}-{n_images}-{n_ood}-v{FORMAT_VERSION}"  # a new renderer, new files
+    cue = GenerationConfig().shortcut_eval  # the generated test split's (no training shortcut)
+    # a new renderer or cue share, new files
+    root = root or BENCH_DIR / f"faces{size}-{n_images}-{n_ood}-v{FORMAT_VERSION}-cue{cue:g}"
     inset, ood = root / "inset", root / "ood"
     if not (root / "done").exists():
-        r = faces.render_faces([0, SPLIT_IDS["test"]], n_images, size, faces.SEEN_GENERATORS, 0.5, 0.5)
+        r = faces.render_faces([0, SPLIT_IDS["test"]], n_images, size, faces.SEEN_GENERATORS, cue, cue)
         for i, (img, mask, label) in enumerate(zip(r.images, r.masks, r.labels, strict=True)):
             cls = faces.CLASS_NAMES[int(label)]
             (inset / cls).mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,7 @@ def faces_at(size: int, n_images: int, n_ood: int, root: Path | None = None) -> 
             Image.fromarray(img).save(inset / cls / f"test_{i:06d}.png")
             Image.fromarray(mask).save(inset / "masks" / f"test_{i:06d}.png")
         (ood / "real").mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(faces.render_nonfaces([0, SPLIT_IDS["nonfaces"]], n_ood, size, 0.5).images):
+        for i, img in enumerate(faces.render_nonfaces([0, SPLIT_IDS["nonfaces"]], n_ood, size, cue).images):
             Image.fromarray(img).save(ood / "real" / f"nonface_{i:06d}.png")
         (root / "done").touch()  # written last: an interrupted run renders again
     return inset, ood
@@ -327,7 +329,7 @@ def run(n_images: int = 256, reps: int = 1, batch_size: int = 64, threads: int =
         inputs: dict[str, Any] | None = None, resnet_n: int = 8, resnet_ood: int = 8, resnet_batch: int = 8) -> Report:
     """Figure 2 on the small model (``inputs``, default ``default_inputs(quick)``; N = ``n_images``) and,
     unless ``quick`` or ``resnet_n`` is 0, on ResNet-50 at 224 px (``resnet_n`` + ``resnet_ood`` images,
-    batch ``resnet_batch``: its deletion pass holds 27 x batch composites at once)."""
+    batch ``resnet_batch``)."""
     thread_note = set_threads(threads)
     inputs = inputs or default_inputs(quick)
     sets = [inputs]

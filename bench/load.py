@@ -120,6 +120,18 @@ def local_service(n_keys: int, env: dict[str, str] | None = None) -> Iterator[Ta
             print(f"service processes exited with {codes}", file=sys.stderr)
 
 
+async def wait_succeeded(c: httpx.AsyncClient, job_id: str, deadline: float) -> dict[str, Any]:
+    """Poll a job until it ends (``deadline`` on ``time.monotonic``): its record; RuntimeError unless it
+    succeeded."""
+    while True:
+        job = (await c.get(f"/v1/jobs/{job_id}")).json()
+        if job["status"] == "succeeded":
+            return job
+        if job["status"] in TERMINAL or time.monotonic() > deadline:
+            raise RuntimeError(f"warm-up job {job_id} ended {job['status']}: {job.get('error')}")
+        await asyncio.sleep(0.2)
+
+
 async def warm_cache(target: Target, seeds: list[int], timeout: float = 180) -> None:
     """Run one job per body so that every later submission of these bodies is a cache hit."""
     headers = {"Authorization": f"Bearer {target.keys[0]}"}
@@ -131,13 +143,7 @@ async def warm_cache(target: Target, seeds: list[int], timeout: float = 180) -> 
             ids.append(r.json()["id"])
         deadline = time.monotonic() + timeout
         for job_id in ids:
-            while True:
-                job = (await c.get(f"/v1/jobs/{job_id}")).json()
-                if job["status"] == "succeeded":
-                    break
-                if job["status"] in TERMINAL or time.monotonic() > deadline:
-                    raise RuntimeError(f"warm-up job {job_id} ended {job['status']}: {job.get('error')}")
-                await asyncio.sleep(0.2)
+            await wait_succeeded(c, job_id, deadline)
 
 
 # -- the clients ---------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from bench.common import BENCH_DIR, Report, machine, write_json
-from bench.load import TERMINAL, Target, job_body, local_service, percentile_ms
+from bench.load import Target, job_body, local_service, percentile_ms, wait_succeeded
 
 TARGET_E2E_P99_MS = 50.0
 PHASES = ("anchor GET /healthz", "status GET /v1/jobs/{id}", "cache hit POST /v1/jobs + GET report")
@@ -105,14 +105,10 @@ async def computed_report(c: httpx.AsyncClient, target: Target, timeout: float =
     every later submission of that body is a cache hit and must serve exactly these."""
     r = await c.post("/v1/jobs", json=job_body(target, 0))
     r.raise_for_status()
-    job_id, deadline = r.json()["id"], time.monotonic() + timeout
-    while (job := (await c.get(f"/v1/jobs/{job_id}")).json())["status"] not in TERMINAL:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"warm-up job {job_id} still {job['status']} after {timeout:.0f} s")
-        await asyncio.sleep(0.2)
-    if job["status"] != "succeeded" or job.get("cache_hit"):
-        raise RuntimeError(f"warm-up job {job_id}: {job['status']} cache_hit={job.get('cache_hit')} "
-                           f"({job.get('error')}); expected a computed result on a fresh service")
+    job_id = r.json()["id"]
+    job = await wait_succeeded(c, job_id, time.monotonic() + timeout)
+    if job.get("cache_hit"):
+        raise RuntimeError(f"warm-up job {job_id} was a cache hit; expected a computed result on a fresh service")
     r = await c.get(f"/v1/jobs/{job_id}/report")
     r.raise_for_status()
     return r.content
