@@ -3,8 +3,9 @@ cross-entropy `xent` family in the directions Crum et al. report, with non-overl
 
 Runs the real evaluation on the committed model families (5 runs each, ONNX) over an evenly spaced
 subset of the generated test split, and the held-out generators as the out-of-set set; the deletion
-gap, a smaller effect, on the whole test split. The direction this benchmark does not show with
-separate CIs (the blur drop) is analysed in docs/REPLICATION.md rather than asserted.
+gap, a smaller effect, on the whole test split. Blurring the salient region costs each family more
+than blurring its background (the paper's statement of the blur measure); that cyborg's difference is
+the larger does not show with separate CIs and is analysed in docs/REPLICATION.md rather than asserted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ def test_cyborg_differs_from_xent_as_the_paper_reports(rows: dict[str, dict], me
 @pytest.mark.parametrize("measure", SEEN_WHOLE_SPLIT)
 def test_on_the_whole_test_split_cyborg_differs_from_xent(whole_split_rows: dict[str, dict], measure: str) -> None:
     _assert_separated(whole_split_rows[measure], measure)
+
+
+@pytest.mark.parametrize("family", paths.RECIPES)
+def test_blurring_the_salient_region_costs_more_than_the_background(rows: dict[str, dict], family: str) -> None:
+    blur = rows["degradation.blur"][family]
+    assert blur["ci"][0] > 0, (
+        f"{family}: score(background blurred) - score(salient region blurred) = {blur['value']:.3f} {blur['ci']}, "
+        "expected a 95% CI above 0"
+    )
 
 
 def _assert_separated(r: dict, measure: str) -> None:
