@@ -101,10 +101,23 @@ def _blur_rows(result: EvaluationResult) -> list[dict[str, Any]]:
     return out
 
 
-def _blur_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-    v = np.array([(r["clean"], r["background"], r["object"]) for r in rows], dtype=np.float64).reshape(-1, 3)
+def _score_summary(v: np.ndarray) -> dict[str, float]:
+    """Means of [N, 3] scores (clean, background blurred, salient region blurred) and the headline."""
     return {"n": len(v), "clean": float(v[:, 0].mean()), "background": float(v[:, 1].mean()),
             "object": float(v[:, 2].mean()), "headline": float((v[:, 1] - v[:, 2]).mean())}
+
+
+def _blur_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    v = np.array([(r["clean"], r["background"], r["object"]) for r in rows], dtype=np.float64)
+    return _score_summary(v.reshape(-1, 3))
+
+
+def _table(data: dict[str, dict[str, dict[str, float]]], cols: list[str]) -> list[str]:
+    """Markdown rows ``| family | class | cols... |`` (``share x headline`` is computed)."""
+    def cell(v: dict[str, float], c: str) -> str:
+        return f"{v['share'] * v['headline']:.3f}" if c == "share x headline" else f"{v[c]:.3f}"
+    return [f"| {fam} | {cls} | " + " | ".join(cell(v, c) for c in cols) + " |"
+            for fam, classes in data.items() for cls, v in classes.items()]
 
 
 def blur_by_prediction(result: EvaluationResult) -> dict[str, dict[str, dict[str, float]]]:
@@ -162,11 +175,7 @@ def blur_with_human_masks() -> dict[str, dict[str, dict[str, float]]]:
             scores += [net(normalise(degraded[m])).softmax(1).gather(1, target)[:, 0] for m in ("background", "object")]
             for i, label in enumerate(split.labels.tolist()):
                 per[CLASS_NAMES[label]].append(tuple(float(t[i]) for t in scores))
-        out[fam] = {}
-        for cls, vals in per.items():
-            v = np.array(vals)
-            out[fam][cls] = {"n": len(v), "clean": float(v[:, 0].mean()), "background": float(v[:, 1].mean()),
-                             "object": float(v[:, 2].mean()), "headline": float((v[:, 1] - v[:, 2]).mean())}
+        out[fam] = {cls: _score_summary(np.array(vals, dtype=np.float64)) for cls, vals in per.items()}
     return out
 
 
@@ -191,10 +200,7 @@ def blur_analysis(whole: EvaluationResult, control: dict[str, dict[str, dict[str
         "| share x headline |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for fam, classes in by.items():
-        for cls, v in classes.items():
-            lines.append(f"| {fam} | {cls} | {v['share']:.3f} | {v['clean']:.3f} | {v['background']:.3f} | "
-                         f"{v['object']:.3f} | {v['headline']:.3f} | {v['share'] * v['headline']:.3f} |")
+    lines += _table(by, ["share", "clean", "background", "object", "headline", "share x headline"])
     syn = {f: by[f]["synthetic"] for f in by}
     sx, sc = shared["xent"], shared["cyborg"]
     lines += [
@@ -225,10 +231,7 @@ def blur_analysis(whole: EvaluationResult, control: dict[str, dict[str, dict[str
             "| family | true class | clean score | background blurred | mask region blurred | headline |",
             "|---|---|---|---|---|---|",
         ]
-        for fam, classes in control.items():
-            for cls, v in classes.items():
-                lines.append(f"| {fam} | {cls} | {v['clean']:.3f} | {v['background']:.3f} | {v['object']:.3f} | "
-                             f"{v['headline']:.3f} |")
+        lines += _table(control, ["clean", "background", "object", "headline"])
         own = {f: blur[f]["value"] for f in control}
 
         def moves(f: str) -> str:
