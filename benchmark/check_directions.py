@@ -194,8 +194,8 @@ class Probe:
     shortcut: torch.Tensor  # [N] bool
 
 
-def _render_test(data_dir: Path, p_cue: float) -> faces.Rendered:
-    cfg = json.loads((data_dir / "benchmark.json").read_text(encoding="utf-8"))["config"]
+def _render_test(cfg: dict, p_cue: float) -> faces.Rendered:
+    """The test split of generation config ``cfg`` rendered with the cue in ``p_cue`` of each class."""
     return faces.render_faces([cfg["seed"], SPLIT_IDS["test"]], cfg["n_test"], cfg["size"], faces.SEEN_GENERATORS,
                               p_cue, p_cue)
 
@@ -207,10 +207,10 @@ def probe_split(data_dir: Path, test: Split) -> Probe:
     generators as the test split, in the same (stem) order.
     """
     cfg = json.loads((data_dir / "benchmark.json").read_text(encoding="utf-8"))["config"]
-    if not torch.equal(torch.from_numpy(_render_test(data_dir, cfg["shortcut_eval"]).images).permute(0, 3, 1, 2),
+    if not torch.equal(torch.from_numpy(_render_test(cfg, cfg["shortcut_eval"]).images).permute(0, 3, 1, 2),
                        test.images):
         raise SystemExit("re-rendered test split differs from the files on disk: regenerate the data")
-    r = _render_test(data_dir, 0.5)
+    r = _render_test(cfg, 0.5)
     return Probe(torch.from_numpy(r.images).permute(0, 3, 1, 2).contiguous(),
                  torch.from_numpy(r.cue.astype(np.float32) / 255), torch.from_numpy(r.shortcut))
 

@@ -120,10 +120,9 @@ def _table(data: dict[str, dict[str, dict[str, float]]], cols: list[str]) -> lis
             for fam, classes in data.items() for cls, v in classes.items()]
 
 
-def blur_by_prediction(result: EvaluationResult) -> dict[str, dict[str, dict[str, float]]]:
-    """Family -> predicted class -> share of (image, run) pairs, mean scores (clean, after each blur)
-    and headline. The score is the predicted class's, as in the measure."""
-    rows = _blur_rows(result)
+def blur_by_prediction(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Family -> predicted class -> share of (image, run) pairs (``_blur_rows``), mean scores (clean,
+    after each blur) and headline. The score is the predicted class's, as in the measure."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for fam in paths.RECIPES:
         mine = [r for r in rows if r["family"] == fam]
@@ -134,10 +133,9 @@ def blur_by_prediction(result: EvaluationResult) -> dict[str, dict[str, dict[str
     return out
 
 
-def blur_on_shared_decisions(result: EvaluationResult) -> dict[str, Any]:
+def blur_on_shared_decisions(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The blur headline of each family on the images that every run of both families predicts
-    synthetic: the same decisions, so only the maps and the models' reactions differ."""
-    rows = _blur_rows(result)
+    synthetic (``_blur_rows``): the same decisions, so only the maps and the models' reactions differ."""
     calls: dict[str, set[str]] = {}
     for r in rows:
         calls.setdefault(r["key"], set()).add(r["predicted"])
@@ -167,22 +165,23 @@ def blur_with_human_masks() -> dict[str, dict[str, dict[str, float]]]:
     degraded = {m: salience_guided_blur(x, masks, m, smooth, s) for m in ("background", "object")}
     out: dict[str, dict[str, dict[str, float]]] = {}
     for fam in paths.RECIPES:
-        per: dict[str, list[tuple[float, float, float]]] = {c: [] for c in CLASS_NAMES}
+        runs = []  # per run: [N, 3] scores (clean, background blurred, mask region blurred)
         for net in load_family(paths.MODELS_DIR, fam, len(paths.family_files(fam))):
             clean = net(normalise(x)).softmax(1)
             target = clean.argmax(1, keepdim=True)
-            scores = [clean.gather(1, target)[:, 0]]
-            scores += [net(normalise(degraded[m])).softmax(1).gather(1, target)[:, 0] for m in ("background", "object")]
-            for i, label in enumerate(split.labels.tolist()):
-                per[CLASS_NAMES[label]].append(tuple(float(t[i]) for t in scores))
-        out[fam] = {cls: _score_summary(np.array(vals, dtype=np.float64)) for cls, vals in per.items()}
+            scores = [clean] + [net(normalise(degraded[m])).softmax(1) for m in ("background", "object")]
+            runs.append(torch.stack([p.gather(1, target)[:, 0] for p in scores], 1))
+        v = torch.cat(runs).to(torch.float64).numpy()
+        labels = split.labels.repeat(len(runs)).numpy()
+        out[fam] = {cls: _score_summary(v[labels == i]) for i, cls in enumerate(CLASS_NAMES)}
     return out
 
 
 def blur_analysis(whole: EvaluationResult, control: dict[str, dict[str, dict[str, float]]] | None = None) -> list[str]:
     """Why the blur headline does not separate the families, with this run's numbers."""
-    by = blur_by_prediction(whole)
-    shared = blur_on_shared_decisions(whole)
+    rows = _blur_rows(whole)
+    by = blur_by_prediction(rows)
+    shared = blur_on_shared_decisions(rows)
     blur = next(r for r in verdicts(whole.report) if r["measure"] == "degradation.blur")
     pair = whole.report["comparison"]["measures"]["degradation.blur"]["paired_differences"][0]
     n = whole.report["dataset"]["n_images"]
