@@ -8,8 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -74,75 +77,112 @@ def _target(t: str) -> str | int:
     return int(t) if t.lstrip("-").isdigit() else t
 
 
-def cmd_salience(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+def _sandboxed(
+    request_kind: str,
+    spec: Any,
+    progress: Callable[[str, int, int], None],
+    threads: int,
+    ort_threads: int,
+    **kwargs: Any,
+) -> Any:
+    """Run an evaluation step in the model sandbox (models are programs, also on a laptop: docs/SECURITY.md)."""
+    from service.sandbox import calls as sandbox_calls
+    from service.sandbox import limits_for
+    from service.settings import get_settings
 
-    from service.datasets import iter_batches, load_dataset
-    from service.evaluation import image_seeds
-    from service.models.loader import load_model
-    from service.salience.registry import compute_salience
-
-    model = load_model(args.model, threads=args.ort_threads)
-    ds = load_dataset(args.images, split=args.split)
-    maps, ups, targets, scores = [], [], [], []
-    update, close = _progress_bar()
-    done = 0
-    for batch in iter_batches(ds, range(len(ds)), args.batch_size, tuple(model.metadata.input_size)):
-        res = compute_salience(
-            model,
-            batch.images,
-            args.method,
-            _target(args.target),
-            args.layer,
-            seeds=image_seeds(args.seed, batch.keys),
-        )
-        maps.append(res.native.cpu())
-        ups.append(res.upsampled.cpu())
-        targets.append(res.targets.cpu())
-        scores.append(res.scores.cpu())
-        done += len(batch.keys)
-        update("salience", done, len(ds))
-    close()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out,
-        files=np.array([it.key for it in ds.items]),
-        maps=torch.cat(maps).numpy(),
-        upsampled=torch.cat(ups).numpy(),
-        targets=torch.cat(targets).numpy(),
-        scores=torch.cat(scores).numpy(),
+    settings = get_settings()
+    refs = [m for c in spec.candidates for m in c.models]
+    datasets = [spec.dataset] + ([spec.ood_dataset] if spec.ood_dataset is not None else [])
+    for ref in refs:
+        if not Path(ref).is_file():
+            raise FileNotFoundError(f"model file {ref} does not exist")
+    for ref in datasets:
+        if not Path(ref).is_dir():
+            raise BadInput(f"dataset folder {ref!r} does not exist or is not a folder")
+    inputs = sandbox_calls.Inputs({r: Path(r) for r in refs}, {d: Path(d) for d in datasets})
+    limits = replace(limits_for(settings, "job"), threads=max(1, threads))
+    return sandbox_calls.evaluate(
+        spec, inputs, settings, limits, mode=request_kind, progress=progress, ort_threads=ort_threads, **kwargs
     )
-    print(f"wrote {len(ds)} maps to {out}", file=sys.stderr)
+
+
+def cmd_salience(args: argparse.Namespace) -> int:
+    from service.sandbox import limits_for, run
+    from service.sandbox.calls import model_files
+    from service.sandbox.files import copy_out
+    from service.settings import get_settings
+
+    model, images = Path(args.model), Path(args.images)
+    if not model.is_file():
+        raise FileNotFoundError(f"model file {model} does not exist")
+    if not images.is_dir():
+        raise BadInput(f"dataset folder {str(images)!r} does not exist or is not a folder")
+    settings = get_settings()
+    limits = replace(limits_for(settings, "job"), threads=max(1, args.torch_threads))
+    request = {
+        "op": "salience",
+        "model": str(model.resolve()),
+        "images": str(images.resolve()),
+        "split": args.split,
+        "method": args.method,
+        "target": _target(args.target),
+        "layer": args.layer,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "threads": limits.threads,
+        "ort_threads": args.ort_threads,
+    }
+    update, close = _progress_bar()
+    with tempfile.TemporaryDirectory(prefix="etm-salience-") as tmp:
+        try:
+            outcome = run(
+                request, [*model_files(model), images], limits, scratch=Path(tmp), on_progress=update,
+                isolation=settings.sandbox,
+            )
+        finally:
+            close()
+        out = copy_out(outcome.scratch / "out", "maps.npz", Path(args.out))
+    print(f"wrote {outcome.result.get('n_images')} maps to {out}", file=sys.stderr)
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from service.evaluation import Resolver, evaluate, run_inset
+    from service.sandbox.files import copy_out
 
     spec = _spec_from_args(args)
     update, close = _progress_bar()
     out = Path(args.out)
-    try:
+    with tempfile.TemporaryDirectory(prefix="etm-score-") as tmp:
+        try:
+            threads = (args.torch_threads, args.ort_threads)
+            if args.shard:
+                i, n = (int(x) for x in args.shard.split("/"))
+                outcome = _sandboxed("inset", spec, update, *threads, shard=(i, n), scratch=Path(tmp))
+            else:
+                outcome = _sandboxed("whole", spec, update, *threads, scratch=Path(tmp))
+        finally:
+            close()
+        produced = outcome.scratch / "out"
         if args.shard:
-            i, n = (int(x) for x in args.shard.split("/"))
-            part = run_inset(spec, Resolver(threads=args.ort_threads), shard=(i, n), progress=update)
-            out.mkdir(parents=True, exist_ok=True)
-            part.save(out / "partial.npz")
+            copy_out(produced, "partial.npz", out / "partial.npz")
             (out / "spec.json").write_text(json.dumps(spec.canonical(), indent=2))
-            print(f"wrote shard {i}/{n} ({part.n_images} images) to {out}", file=sys.stderr)
+            print(f"wrote shard {i}/{n} ({outcome.result.get('n_images')} images) to {out}", file=sys.stderr)
             return 0
-        result = evaluate(spec, Resolver(threads=args.ort_threads), progress=update)
-    finally:
-        close()
-    result.write(out)
+        _write_result(produced, out)
     print(f"wrote {out / 'report.json'} and {out / 'per_image.csv'}", file=sys.stderr)
     return 0
 
 
+def _write_result(produced: Path, out: Path) -> None:
+    """report.json and per_image.csv from the sandbox's folder; the report appears last, when complete."""
+    from service.sandbox.files import copy_out
+
+    json.loads(copy_out(produced, "report.json", out / "report.json.tmp").read_text())
+    copy_out(produced, "per_image.csv", out / "per_image.csv")
+    (out / "report.json.tmp").replace(out / "report.json")
+
+
 def cmd_merge(args: argparse.Namespace) -> int:
-    from service.evaluation import Partial, finish
     from service.spec import EvaluationSpec
 
     dirs = [Path(d) for d in args.shards]
@@ -151,11 +191,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
         raise BadInput("the shards were computed with different configurations")
     spec = EvaluationSpec.model_validate(specs[0])
     update, close = _progress_bar()
-    try:
-        result = finish(spec, [Partial.load(d / "partial.npz") for d in dirs], progress=update)
-    finally:
-        close()
-    result.write(Path(args.out))
+    with tempfile.TemporaryDirectory(prefix="etm-merge-") as tmp:
+        try:
+            outcome = _sandboxed(
+                "finish", spec, update, 1, 0, partials=[d / "partial.npz" for d in dirs], scratch=Path(tmp)
+            )
+        finally:
+            close()
+        _write_result(outcome.scratch / "out", Path(args.out))
     print(f"wrote {Path(args.out) / 'report.json'}", file=sys.stderr)
     return 0
 
@@ -208,12 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        import torch
+    from service.errors import ModelRuntimeError
+    from service.sandbox import SandboxCrashed, SandboxTimeout, SandboxUnavailable
 
-        if getattr(args, "torch_threads", 0) > 0:
-            torch.set_num_threads(args.torch_threads)
+    try:
         return int(args.func(args))
+    except (SandboxTimeout, SandboxCrashed, SandboxUnavailable, ModelRuntimeError) as exc:
+        print(f"etm: error: {exc}", file=sys.stderr)
+        return 2
     except (BadInput, FileNotFoundError, ValidationError, json.JSONDecodeError) as exc:
         msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
         print(f"etm: error: {msg}", file=sys.stderr)

@@ -140,6 +140,31 @@ class Settings(BaseSettings):
         "delivery of the same message finds it held and does nothing. Must be below the visibility timeout.",
     )
 
+    # -- the model sandbox (docs/SECURITY.md) ------------------------------------------------------
+    sandbox: Literal["bwrap", "process"] = Field(
+        "bwrap",
+        description="How model loads and runs are confined: `bwrap` (bubblewrap: no network, read-only view of "
+        "the job's inputs only, empty environment, limits) or `process` (a separate process with the limits but "
+        "no namespaces: only for hosts without user namespaces and trusted models).",
+    )
+    sandbox_memory_bytes: int = Field(
+        8 * 2**30,
+        ge=0,
+        description="Address-space limit of a sandboxed model process on CPU workers (0: none; GPU workers use "
+        "none, CUDA reserves large virtual ranges: bound them with the container's memory limit).",
+    )
+    sandbox_inspect_seconds: float = Field(
+        60.0, gt=0, description="Wall-clock budget of the sandboxed inspection of an uploaded model (checks + probe)."
+    )
+    inspect_queue: str = Field(
+        "inspect",
+        description="Queue of the upload inspections the API sends to workers; `python -m workers` consumes it "
+        "beside its job queue unless -Q says otherwise.",
+    )
+    inspect_wait_seconds: float = Field(
+        120.0, gt=0, description="How long an upload waits for a worker's inspection before answering 503."
+    )
+
     # -- webhooks (a job's callback_url) -------------------------------------------------------
     callback_timeout: float = Field(10.0, gt=0, description="Seconds per attempt to POST a job to its callback_url.")
     callback_attempts: int = Field(

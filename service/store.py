@@ -37,6 +37,7 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -546,6 +547,20 @@ def _blob_of(kind: str, record: dict[str, Any]) -> str | None:
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
+Describe = Callable[[Path, str, Any], dict[str, Any]]
+
+
+def describe_locally(path: Path, sha: str, metadata: Any) -> dict[str, Any]:
+    """A model's description (format, metadata, capabilities), inspected in this host's sandbox."""
+    from service.sandbox import limits_for
+    from service.sandbox.calls import inspect_model
+    from service.settings import get_settings
+
+    settings = get_settings()
+    meta = metadata.model_dump(mode="json") if metadata is not None else None
+    return inspect_model(path, meta, settings, limits_for(settings, "inspect"))
+
+
 def check_tenant(tenant: str) -> str:
     """A tenant name safe in store paths and Redis keys, or ValueError saying what is allowed."""
     if not TENANT_RE.match(tenant):
@@ -707,18 +722,19 @@ class Registry:
         ident: str | None = None,
         builtin: bool = False,
         extra: dict[str, Any] | None = None,
+        describe: Describe | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Validate a model file and register it; ``(record, created)``.
 
         The same bytes are one model: a second upload returns the existing record (``created``
-        False) unless it asks for different metadata, which is a Conflict.
+        False) unless it asks for different metadata, which is a Conflict. The file is never loaded
+        in this process: ``describe(path, sha, metadata)`` inspects it in a sandbox (the API sends it to
+        a worker, local callers run ``service.sandbox`` themselves; the default).
 
         Raises:
             ModelRefused: the loader's reason (unsafe, malformed, bad metadata).
             Conflict: the bytes are registered with other metadata.
         """
-        from service.models.loader import load_model
-
         sha = sha256_file(path)
         existing = self._by_sha("models", sha)
         if existing is not None and not (builtin and existing["id"] != ident):
@@ -733,8 +749,7 @@ class Registry:
                         f"({canonical_json(existing['metadata'])}); delete it first or upload without metadata"
                     )
             return existing, False
-        model = load_model(path, metadata=metadata, device="cpu", threads=1)
-        desc = model.describe()
+        desc = (describe or describe_locally)(path, sha, metadata)
         record = {
             "id": ident or model_id_for(sha),
             "sha256": sha,
@@ -752,6 +767,11 @@ class Registry:
         self._put("models", record)
         self.store.put_blob(path, sha)  # again: another tenant's delete may have removed it meanwhile
         return record, True
+
+    def discard_blob(self, sha: str) -> None:
+        """Remove a staged upload's blob when no model record (of any tenant) uses it."""
+        if not self._blob_in_use("models", sha, sha):
+            self.store.delete(self.store.blob_key(sha))
 
     def ingest_dataset(
         self, archive: Path, filename: str, limits: ArchiveLimits, work_dir: Path, keep_in: Path | None = None

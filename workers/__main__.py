@@ -1,6 +1,6 @@
 """``python -m workers [celery worker options]``: a worker with the service's defaults.
 
-Defaults: ``-Q $ETM_JOB_QUEUE --concurrency $ETM_WORKER_CONCURRENCY --loglevel $ETM_LOG_LEVEL``,
+Defaults: ``-Q $ETM_JOB_QUEUE,$ETM_INSPECT_QUEUE --concurrency $ETM_WORKER_CONCURRENCY --loglevel $ETM_LOG_LEVEL``,
 prefork pool, no gossip/mingle (faster start; workers share nothing but Redis). Options given on
 the command line are appended and win (e.g. ``python -m workers -Q gpu``).
 """
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     defaults = ["worker", "--without-gossip", "--without-mingle", "--pool", "prefork"]
     if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in args):
-        defaults += ["-Q", settings.job_queue]
+        defaults += ["-Q", f"{settings.job_queue},{settings.inspect_queue}"]
     if not any(a in ("-c", "--concurrency") or a.startswith("--concurrency=") for a in args):
         defaults += ["--concurrency", str(settings.worker_concurrency)]
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):

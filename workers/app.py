@@ -22,6 +22,7 @@ from service.settings import Settings
 TASK_RUN_JOB = "etm.run_job"
 TASK_RUN_SHARD = "etm.run_shard"
 TASK_FINISH_JOB = "etm.finish_job"
+TASK_INSPECT_MODEL = "etm.inspect_model"
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -10,13 +10,14 @@ shard whose partial result is in the store is not recomputed, and a result alrea
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import math
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ import redis
 from pydantic import ValidationError
 
 from service.errors import BadInput, Canceled, ModelRuntimeError
+from service.sandbox import Outcome, SandboxCrashed, SandboxTimeout, SandboxUnavailable, limits_for
+from service.sandbox import calls as sandbox_calls
+from service.sandbox.calls import Inputs
+from service.sandbox.files import UnsafeOutput, read_bytes
 from service.settings import Settings
 from service.spec import EvaluationSpec
 from service.store import ArtifactStore, CheckedSpec, NotFound, Registry
@@ -31,9 +36,6 @@ from workers.lease import hold
 from workers.records import TERMINAL, JobStore, problem
 
 log = logging.getLogger("etm.worker")
-
-MODEL_CACHE_MAX = 64  # loaded models kept per worker process (a family of 5 runs x a few candidates)
-
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A Redis client that rides out a Redis restart: commands failing to connect are retried with backoff
@@ -61,7 +63,6 @@ class WorkerEnv:
     store: ArtifactStore
     registry: Registry
     jobs: JobStore
-    model_cache: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerEnv:
@@ -70,13 +71,38 @@ class WorkerEnv:
         jobs = JobStore(client, store, settings.key_prefix, settings.job_ttl_seconds, settings.report_ttl_seconds)
         return cls(settings, client, store, Registry(store), jobs)
 
-    def resolver(self, tenant: str | None = None) -> Any:
-        """Resolves ids as the job's tenant sees them (its uploads and the built-ins)."""
-        if len(self.model_cache) > MODEL_CACHE_MAX:
-            self.model_cache.clear()
-        return self.registry.for_tenant(tenant).resolver(
-            self.settings.cache_dir, self.settings.benchmark_data_dir, self.settings.torch_threads, self.model_cache
+    def inputs(self, checked: CheckedSpec) -> Inputs:
+        """The job's models and datasets as local files, resolved as its tenant sees them (its uploads and
+        the built-ins); the only host paths its sandbox will see."""
+        reg = self.registry.for_tenant(checked.tenant)
+        spec, s = checked.spec, self.settings
+        models = {m: reg.model_path(m, s.cache_dir) for c in spec.candidates for m in c.models}
+        refs = [spec.dataset] + ([spec.ood_dataset] if spec.ood_dataset is not None else [])
+        datasets = {d: reg.dataset_path(d, s.cache_dir, s.benchmark_data_dir) for d in refs}
+        return Inputs(models, datasets)
+
+    def sandboxed(
+        self, checked: CheckedSpec, job_id: str, progress: Progress, scratch: Path, **kwargs: Any
+    ) -> Outcome:
+        """One evaluation step of the job in the model sandbox (killed on cancel and at the time limit)."""
+        gpu = _has_gpu()
+        return sandbox_calls.evaluate(
+            checked.spec,
+            self.inputs(checked),
+            self.settings,
+            limits_for(self.settings, "job", gpu=gpu),
+            progress=progress,
+            should_cancel=cancel_check(self.jobs, job_id),
+            scratch=scratch,
+            gpu=gpu,
+            **kwargs,
         )
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class JobEnded(Exception):
@@ -200,6 +226,14 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
             507,
             f"the worker ran out of memory outside the per-batch retry ({type(exc).__name__}: {str(exc)[:300]}); "
             "use a worker with more memory or a smaller job (max_images, fewer candidates)",
+        )
+    if isinstance(exc, SandboxTimeout):
+        return problem("model-time-limit", exc.title, 504, str(exc))
+    if isinstance(exc, (SandboxCrashed, UnsafeOutput)):
+        return problem("model-crashed", SandboxCrashed.title, 422, str(exc))
+    if isinstance(exc, SandboxUnavailable):
+        return problem(
+            "sandbox-unavailable", "Model sandbox unavailable", 503, f"{exc}; operators: see docs/SECURITY.md"
         )
     if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
         soft, hard = get_settings().task_soft_time_limit, get_settings().task_time_limit
@@ -337,14 +371,10 @@ def run_job(env: WorkerEnv, job_id: str, dispatch_shards: Callable[[str, int], N
 
 
 def _compute_whole(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> None:
-    from service.evaluation import evaluate
-
-    resolver = env.resolver(checked.tenant)
-    progress = _progress(env, job_id, checked)
-    should_cancel = cancel_check(env.jobs, job_id)
     t0 = time.time()
-    result = evaluate(checked.spec, resolver, progress, should_cancel)
-    complete(env, job_id, checked, result, resolver, progress, should_cancel, t0)
+    with tempfile.TemporaryDirectory(prefix="etm-job-") as tmp:
+        out = env.sandboxed(checked, job_id, _progress(env, job_id, checked), Path(tmp), artifacts=True)
+        complete(env, job_id, checked, out, t0)
 
 
 def _progress(env: WorkerEnv, job_id: str, checked: CheckedSpec, shard: int = 0) -> Progress:
@@ -357,7 +387,7 @@ def _progress(env: WorkerEnv, job_id: str, checked: CheckedSpec, shard: int = 0)
 @_leased(lambda index, count: f"shard{index}")
 def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
     """The in-set pass over shard ``index`` of ``count``; its Partial goes to the store."""
-    from service.evaluation import run_inset
+    from service.evaluation import Partial
 
     key = f"partials/{job_id}/{index}-of-{count}.npz"
     loaded = _load(env, job_id, f"shard{index}")
@@ -366,18 +396,12 @@ def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
     _, checked = loaded
 
     def work() -> None:
-        resolver = env.resolver(checked.tenant)
-        part = run_inset(
-            checked.spec,
-            resolver,
-            (index, count),
-            _progress(env, job_id, checked, shard=index),
-            cancel_check(env.jobs, job_id),
-        )
         with tempfile.TemporaryDirectory(prefix="etm-part-") as tmp:
-            path = Path(tmp) / "partial.npz"
-            part.save(path)
-            env.store.put_file(key, path)
+            progress = _progress(env, job_id, checked, shard=index)
+            out = env.sandboxed(checked, job_id, progress, Path(tmp) / "sandbox", mode="inset", shard=(index, count))
+            data = read_bytes(out.scratch / "out", "partial.npz")
+            Partial.load(io.BytesIO(data))  # what the child wrote must be a plain-array partial before it is stored
+            env.store.write_bytes(key, data)
 
     _guarded(env, job_id, work)
 
@@ -385,27 +409,25 @@ def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
 @_leased(lambda count: "finish")
 def finish_job(env: WorkerEnv, job_id: str, count: int) -> None:
     """Merge the shards' partials, run the out-of-set pass, summarise, store the result."""
-    from service.evaluation import Partial, finish
-
     loaded = _load(env, job_id, "finish")
     if loaded is None:
         return
     job, checked = loaded
 
     def work() -> None:
-        parts = []
         with tempfile.TemporaryDirectory(prefix="etm-merge-") as tmp:
+            parts = []
             for i in range(count):
                 key = f"partials/{job_id}/{i}-of-{count}.npz"
                 try:
-                    parts.append(Partial.load(env.store.get_file(key, Path(tmp) / f"{i}.npz")))
+                    parts.append(env.store.get_file(key, Path(tmp) / "partials" / f"{i}.npz"))
                 except NotFound as exc:
                     raise RuntimeError(f"the result of shard {i} of {count} is missing from the store") from exc
-        resolver = env.resolver(checked.tenant)
-        progress = _progress(env, job_id, checked)
-        should_cancel = cancel_check(env.jobs, job_id)
-        result = finish(checked.spec, parts, resolver, progress, should_cancel)
-        complete(env, job_id, checked, result, resolver, progress, should_cancel, job.get("started_at") or time.time())
+            progress = _progress(env, job_id, checked)
+            out = env.sandboxed(
+                checked, job_id, progress, Path(tmp) / "sandbox", mode="finish", partials=parts, artifacts=True
+            )
+            complete(env, job_id, checked, out, job.get("started_at") or time.time())
         env.store.delete_prefix(f"partials/{job_id}")
 
     _guarded(env, job_id, work)
@@ -428,29 +450,24 @@ def _guarded(env: WorkerEnv, job_id: str, work: Callable[[], None]) -> None:
         fail(env, job_id, problem_for(exc))
 
 
-def complete(
-    env: WorkerEnv,
-    job_id: str,
-    checked: CheckedSpec,
-    result: Any,
-    resolver: Any,
-    progress: Progress,
-    should_cancel: Callable[[], bool],
-    started: float,
-) -> None:
-    """Store the report, the CSV and the artifacts under the cache key; mark the job succeeded."""
-    from service.artifacts import compute_artifacts
+def complete(env: WorkerEnv, job_id: str, checked: CheckedSpec, outcome: Outcome, started: float) -> None:
+    """Publish what the sandbox wrote (report, CSV, artifacts) under the cache key; mark the job succeeded.
 
+    The files are read without following links and the report must parse as JSON before anything is
+    stored; the report is written last, so a result in the store is always complete.
+    """
     key = checked.cache_key
     prefix = f"results/{key}"
-    env.store.write_bytes(f"{prefix}/per_image.csv", result.per_image_csv().encode())
-    artifacts = compute_artifacts(checked.spec, result.report, resolver, progress, should_cancel)
+    out = outcome.scratch / "out"
+    report = read_bytes(out, "report.json")
+    json.loads(report)
+    artifacts = sandbox_calls.read_artifacts(out, outcome.result.get("artifacts") or [])
+    env.store.write_bytes(f"{prefix}/per_image.csv", read_bytes(out, "per_image.csv"))
     listing = []
     for name, data in sorted(artifacts.items()):
         env.store.write_bytes(f"{prefix}/artifacts/{name}", data)
         listing.append({"name": name, "bytes": len(data), "media_type": media_type(name)})
     env.store.write_json(f"{prefix}/artifacts.json", listing)
-    report = json.dumps(result.report).encode()
     env.store.write_bytes(f"{prefix}/report.json", report)  # written last: it marks a complete result
     env.jobs.put_report(key, report)
     t = time.time()

@@ -4,6 +4,8 @@
   ``etm.run_shard`` tasks (any worker may take each) whose body is ``etm.finish_job``.
 - ``etm.run_shard(job_id, index, count)``: the in-set pass over one batch-aligned shard.
 - ``etm.finish_job(results, job_id, count)``: merge, out-of-set pass, summary, artifacts.
+- ``etm.inspect_model(sha, filename, metadata)``: the sandboxed checks and probe of an upload, for the API
+  (queue ``ETM_INSPECT_QUEUE``); its result is plain JSON.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from celery import Task, chord, shared_task
 from celery.exceptions import Ignore
 
 from service.settings import get_settings
-from workers.app import TASK_FINISH_JOB, TASK_RUN_JOB, TASK_RUN_SHARD
+from workers.app import TASK_FINISH_JOB, TASK_INSPECT_MODEL, TASK_RUN_JOB, TASK_RUN_SHARD
 from workers.jobs import WorkerEnv, fail, finish_job, problem_for, run_job, run_shard
 
 log = logging.getLogger("etm.worker")
@@ -69,3 +71,11 @@ def run_shard_task(self: Task, job_id: str, index: int, count: int) -> int:
 @shared_task(name=TASK_FINISH_JOB, bind=True, base=JobTask, ignore_result=True)
 def finish_job_task(self: Task, results: Any = None, *, job_id: str, count: int) -> None:
     finish_job(env(), job_id, count)
+
+
+@shared_task(name=TASK_INSPECT_MODEL, acks_late=False)
+def inspect_model_task(sha: str, filename: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    # Not acks_late: an upload waits for the answer; a redelivery after a worker crash would answer no one.
+    from workers.inspection import inspect_upload
+
+    return inspect_upload(env(), sha, filename, metadata)

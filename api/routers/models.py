@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import RegistryDep, SettingsDep
+from api.deps import RegistryDep, ServicesDep, SettingsDep
+from api.inspection import worker_describe
 from api.problems import ProblemError, problem_responses
 from api.schemas import ModelList, ModelOut
 from api.security.auth import authenticate
@@ -51,8 +52,10 @@ _UPLOAD_BODY = {
     status_code=201,
     response_model=ModelOut,
     summary="Upload a model",
-    description="Streams the file to disk (limit ETM_MAX_MODEL_BYTES), validates it with the safe loader and "
-    "registers it by content: the same bytes again answer 200 with the existing model.",
+    description="Streams the file to disk (limit ETM_MAX_MODEL_BYTES), has a worker inspect it in its sandbox "
+    "(format checks, capability table, a probe run; the API never loads a model) and registers it by content: "
+    "the same bytes again answer 200 with the existing model. 503 when no worker answers within "
+    "ETM_INSPECT_WAIT_SECONDS.",
     openapi_extra=_UPLOAD_BODY,
     responses={
         200: {"model": ModelOut, "description": "These bytes were registered already"},
@@ -60,7 +63,9 @@ _UPLOAD_BODY = {
     },
     dependencies=[Depends(limit("uploads"))],
 )
-async def upload_model(request: Request, response: Response, settings: SettingsDep, registry: RegistryDep) -> ModelOut:
+async def upload_model(
+    request: Request, response: Response, settings: SettingsDep, registry: RegistryDep, services: ServicesDep
+) -> ModelOut:
     try:
         upload = await receive_upload(request, "file", settings.max_model_bytes, settings.upload_dir, "model.onnx")
     except MalformedUpload as exc:
@@ -74,7 +79,11 @@ async def upload_model(request: Request, response: Response, settings: SettingsD
                 raise ProblemError(422, f"bad metadata: {exc}", slug="bad-metadata") from exc
         assert upload.path is not None
         record, created = await run_in_threadpool(
-            registry.ingest_model, upload.path, upload.filename or upload.path.name, meta
+            registry.ingest_model,
+            upload.path,
+            upload.filename or upload.path.name,
+            meta,
+            describe=worker_describe(services, registry),
         )
     response.status_code = 201 if created else 200
     if created:

@@ -22,7 +22,6 @@ from service.models.metadata import ModelMetadata
 from service.models.onnx_head import find_head
 from service.models.onnx_model import OnnxModel
 from service.models.onnx_support import check_opsets
-from service.models.pt2_model import Pt2Model, analyse_graph, load_exported_program
 
 
 def file_sha256(path: Path) -> str:
@@ -201,7 +200,10 @@ def _metadata(meta: ModelMetadata | None, proto: onnx.ModelProto, dims: list, na
     return meta
 
 
-def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.device) -> Pt2Model:
+def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.device) -> Model:
+    # Imported here: torch.export's deserializer pulls in torch._dynamo (seconds), which ONNX runs never need.
+    from service.models.pt2_model import Pt2Model, analyse_graph, load_exported_program
+
     try:
         ep = load_exported_program(path)
     except ModelRefused:

@@ -1,0 +1,37 @@
+"""The trust boundary around uploaded models: every model load and run happens in a confined child.
+
+A model file is a program (``torch.export``'s deserializer evaluates strings, ONNX graphs loop and
+touch files), so validation (``service.models``) is only the first layer; this package is the one
+that holds. ``run`` starts ``service.sandbox.child`` under bubblewrap (``service.sandbox.bwrap``) with
+CPU, memory and wall-clock limits, relays progress, kills it on cancel, and returns the files it
+wrote. ``limits_for`` reads the budgets from the settings. docs/SECURITY.md has the threat model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from service.sandbox.bwrap import SandboxUnavailable
+from service.sandbox.runner import Limits, Outcome, SandboxCrashed, SandboxTimeout, run
+from service.settings import Settings
+
+__all__ = [
+    "Limits",
+    "Outcome",
+    "SandboxCrashed",
+    "SandboxTimeout",
+    "SandboxUnavailable",
+    "limits_for",
+    "run",
+]
+
+
+def limits_for(settings: Settings, kind: Literal["inspect", "job"], gpu: bool = False) -> Limits:
+    """Budgets of a sandboxed run: uploads get ``sandbox_inspect_seconds``, jobs the task soft time limit."""
+    wall = float(settings.sandbox_inspect_seconds if kind == "inspect" else settings.task_soft_time_limit)
+    return Limits(
+        wall_seconds=wall,
+        cpu_seconds=int(wall * 2 * max(1, settings.torch_threads)) + 30,  # threads beside the intra-op ones
+        memory_bytes=0 if gpu else settings.sandbox_memory_bytes,
+        threads=settings.torch_threads,
+    )
