@@ -101,6 +101,18 @@ def _child_env(limits: Limits) -> dict[str, str]:
     }
 
 
+def child_command(
+    argv: list[str], readable: list[Path], scratch: Path, limits: Limits, gpu: bool, isolation: str
+) -> tuple[list[str], dict[str, str], Path | None]:
+    """``(command, environment for Popen, cwd)`` of a confined child running ``argv``."""
+    env = _child_env(limits)
+    if isolation == "bwrap":
+        mounts = Mounts(scratch, tuple(Path(p).resolve() for p in readable))
+        return command(mounts, argv, env, gpu), {}, None
+    # "process": a separate process with the limits, no namespaces (docs/SECURITY.md: trusted models only)
+    return argv, {**env, "HOME": str(scratch), "ETM_SANDBOX_SCRATCH": str(scratch)}, scratch
+
+
 def run(
     request: dict[str, Any],
     readable: list[Path],
@@ -110,8 +122,11 @@ def run(
     should_cancel: Callable[[], bool] | None = None,
     gpu: bool = False,
     isolation: str = "bwrap",
+    argv: list[str] | None = None,
 ) -> Outcome:
     """Run ``request`` (see ``service.sandbox.child``) confined; ``readable`` are the only host paths it sees.
+
+    ``argv`` replaces the child's command (tests run probes with it under the same confinement).
 
     Raises:
         the domain's error the child reported (ModelRefused, BadInput, ModelRuntimeError, ...);
@@ -122,13 +137,8 @@ def run(
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "request.json").write_text(json.dumps(request))
     root = str(Path(__import__("service").__file__).resolve().parent.parent)
-    argv = [sys.executable, "-I", "-B", "-c", _BOOT.format(root=root)]
-    env = _child_env(limits)
-    if isolation == "bwrap":
-        mounts = Mounts(scratch, tuple(Path(p).resolve() for p in readable))
-        cmd, popen_env, cwd = command(mounts, argv, env, gpu), {}, None
-    else:  # "process": a separate process with the limits, no namespaces (docs/SECURITY.md: trusted models only)
-        cmd, popen_env, cwd = argv, {**env, "HOME": str(scratch), "ETM_SANDBOX_SCRATCH": str(scratch)}, scratch
+    argv = argv or [sys.executable, "-I", "-B", "-c", _BOOT.format(root=root)]
+    cmd, popen_env, cwd = child_command(argv, readable, scratch, limits, gpu, isolation)
     stderr_path = scratch / "stderr.log"
     with open(stderr_path, "wb") as err:
         try:
@@ -229,9 +239,11 @@ def _crash(code: int | None, stderr_path: Path, limits: Limits) -> Exception:
             f"bubblewrap cannot create its namespaces on this host ({tail.strip().splitlines()[-1][:200]}); "
             "allow unprivileged user namespaces (docs/SECURITY.md says how)"
         )
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and "MemoryError" not in tail:
+    # bwrap reports a child killed by a signal as 128 + the signal; without bwrap, Popen gives -signal.
+    sig = -code if code is not None and code < 0 else (code - 128 if code is not None and code > 128 else None)
+    if sig in (signal.SIGXCPU, signal.SIGKILL) and "MemoryError" not in tail:
         return SandboxTimeout(
-            f"the model process was killed (signal {-code}) after using its CPU budget ({limits.cpu_seconds} s) "
+            f"the model process was killed (signal {sig}) after using its CPU budget ({limits.cpu_seconds} s) "
             "or by the kernel; a model that loops ends here"
         )
     if "MemoryError" in tail or "std::bad_alloc" in tail or "Cannot allocate memory" in tail:
