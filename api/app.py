@@ -35,14 +35,15 @@ key's tenant (another tenant's id answers 404). Uploads and job submissions are 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    # Import the domain in the background so that the first upload or job does not wait for torch.
+    # Import what job admission checks (measure and method parameters) in the background, so that the first
+    # job does not wait for torch. Never the model loaders: the API does not load models (docs/SECURITY.md).
     threading.Thread(target=_warm_up, name="etm-warm-up", daemon=True).start()
     yield
 
 
 def _warm_up() -> None:
     try:
-        import service.models.loader  # noqa: F401
+        from service.measures import MEASURES  # noqa: F401
         from service.salience.registry import method_names
 
         method_names()

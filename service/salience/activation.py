@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from service.models.base import Model
-from service.models.onnx_model import OnnxModel
 from service.salience.registry import register, targets_for
 
 
@@ -19,7 +18,7 @@ def cam(
     ONNX: the head's weights are read from the graph. pt2: autograd gives d logit / d A = w_c / (h*w)
     exactly for a linear head, so CAM = h*w x Grad-CAM there.
     """
-    if isinstance(model, OnnxModel):
+    if model.format == "onnx":  # by name: importing OnnxModel would load ONNX Runtime in the API
         f = model.forward(images, layer)
         head = model.head(layer)
         assert f.activation is not None and head is not None

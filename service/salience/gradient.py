@@ -9,11 +9,15 @@ reference the fast path is tested against). IG and SmoothGrad need input gradien
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from service.models.base import Model
-from service.models.onnx_model import OnnxModel
 from service.salience.registry import register, targets_for
+
+if TYPE_CHECKING:
+    from service.models.onnx_model import OnnxModel
 
 
 def _head_gradient(
@@ -56,7 +60,7 @@ def _autograd_activation(
 def _activation_and_grad(
     model: Model, images: torch.Tensor, fixed: int | None, layer: str, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if isinstance(model, OnnxModel):
+    if model.format == "onnx":  # by name: importing OnnxModel would load ONNX Runtime in the API
         f = model.forward(images, layer)
         assert f.activation is not None
         targets = targets_for(model, f.logits, fixed)
