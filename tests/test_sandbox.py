@@ -38,6 +38,12 @@ def unix():
     s.connect(req["unix"])
 attempt("tcp", tcp)
 attempt("unix", unix)
+attempt("inet_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+attempt("inet6_socket", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
+attempt("netlink_socket", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW))
+import ctypes
+r["ptrace_errno"] = (ctypes.CDLL(None, use_errno=True).ptrace(16, 1, 0, 0), ctypes.get_errno())  # PTRACE_ATTACH
+r["unshare_errno"] = (ctypes.CDLL(None, use_errno=True).unshare(0x10000000), ctypes.get_errno())  # CLONE_NEWUSER
 attempt("read_secret", lambda: open(req["secret"]).read())
 attempt("read_store", lambda: os.listdir(req["store"]))
 attempt("read_model", lambda: open(req["model"], "rb").read())
@@ -95,7 +101,10 @@ def test_code_inside_cannot_reach_network_files_or_parent_environment(tmp_path: 
     finally:
         server.close()
         unix.close()
-    assert out["tcp"] == "ConnectionRefusedError"  # its own loopback: the host's listener is not there
+    # No network socket can even be created (seccomp), so the host's listener is out of reach; a Unix socket
+    # finds no host path to connect to.
+    assert out["tcp"] == out["inet_socket"] == out["inet6_socket"] == out["netlink_socket"] == "OSError"
+    assert out["ptrace_errno"] == [-1, 1] and out["unshare_errno"] == [-1, 1]  # EPERM
     assert out["unix"] == "FileNotFoundError"
     assert out["read_secret"] == "FileNotFoundError"
     assert out["read_store"] == "FileNotFoundError"

@@ -11,7 +11,8 @@ What the command gives the child:
   store, the cache of other models, the repository's ``var/`` and every secret file are simply absent;
 - one writable scratch folder (``/scratch``) and a private ``/tmp`` tmpfs;
 - an empty environment (``--clearenv``) plus the few variables set here: no Redis URL, no API key;
-- all capabilities dropped, a new session (no terminal injection), and death with its parent.
+- all capabilities dropped, a new session (no terminal injection), and death with its parent;
+- a seccomp filter (``service.sandbox.seccomp``): no network sockets, no ptrace, BPF, keyrings, mounts.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def gpu_args() -> list[str]:
     return args
 
 
-def command(mounts: Mounts, argv: list[str], env: dict[str, str], gpu: bool) -> list[str]:
-    """The full bwrap command running ``argv`` confined (see the module docstring)."""
+def command(mounts: Mounts, argv: list[str], env: dict[str, str], gpu: bool, seccomp_fd: int | None) -> list[str]:
+    """The full bwrap command running ``argv`` confined (see the module docstring); ``seccomp_fd``: an open
+    file holding the BPF filter of ``service.sandbox.seccomp`` (inherited by bwrap)."""
     cmd = [
         bwrap_binary(),
         "--unshare-all",
@@ -123,4 +125,6 @@ def command(mounts: Mounts, argv: list[str], env: dict[str, str], gpu: bool) -> 
     cmd += ["--bind", str(mounts.scratch), SCRATCH, "--chdir", SCRATCH]
     for k, v in sorted(env.items()):
         cmd += ["--setenv", k, v]
+    if seccomp_fd is not None:
+        cmd += ["--seccomp", str(seccomp_fd)]
     return [*cmd, "--", *argv]

@@ -102,13 +102,19 @@ def _child_env(limits: Limits) -> dict[str, str]:
 
 
 def child_command(
-    argv: list[str], readable: list[Path], scratch: Path, limits: Limits, gpu: bool, isolation: str
+    argv: list[str],
+    readable: list[Path],
+    scratch: Path,
+    limits: Limits,
+    gpu: bool,
+    isolation: str,
+    seccomp_fd: int | None = None,
 ) -> tuple[list[str], dict[str, str], Path | None]:
     """``(command, environment for Popen, cwd)`` of a confined child running ``argv``."""
     env = _child_env(limits)
     if isolation == "bwrap":
         mounts = Mounts(scratch, tuple(Path(p).resolve() for p in readable))
-        return command(mounts, argv, env, gpu), {}, None
+        return command(mounts, argv, env, gpu, seccomp_fd), {}, None
     # "process": a separate process with the limits, no namespaces (docs/SECURITY.md: trusted models only)
     return argv, {**env, "HOME": str(scratch), "ETM_SANDBOX_SCRATCH": str(scratch)}, scratch
 
@@ -138,9 +144,13 @@ def run(
     (scratch / "request.json").write_text(json.dumps(request))
     root = str(Path(__import__("service").__file__).resolve().parent.parent)
     argv = argv or [sys.executable, "-I", "-B", "-c", _BOOT.format(root=root)]
-    cmd, popen_env, cwd = child_command(argv, readable, scratch, limits, gpu, isolation)
     stderr_path = scratch / "stderr.log"
-    with open(stderr_path, "wb") as err:
+    with open(stderr_path, "wb") as err, contextlib.ExitStack() as stack:
+        fds: tuple[int, ...] = ()
+        if isolation == "bwrap":
+            bpf = stack.enter_context(_seccomp_file())
+            fds = (bpf.fileno(),)
+        cmd, popen_env, cwd = child_command(argv, readable, scratch, limits, gpu, isolation, fds[0] if fds else None)
         try:
             proc = subprocess.Popen(
                 cmd,
@@ -150,6 +160,7 @@ def run(
                 start_new_session=True,
                 preexec_fn=_preexec(limits),  # noqa: PLW1509 - only setrlimit, before exec
                 close_fds=True,
+                pass_fds=fds,
                 env=popen_env,
                 cwd=cwd,
             )
@@ -162,6 +173,18 @@ def run(
     if result is None:
         raise _crash(proc.returncode, stderr_path, limits)
     return Outcome(result, scratch)
+
+
+def _seccomp_file() -> Any:
+    try:
+        from service.sandbox.seccomp import filter_file
+
+        return filter_file()
+    except (ImportError, OSError, RuntimeError) as exc:  # pyseccomp present but no libseccomp.so.2
+        raise SandboxUnavailable(
+            f"the sandbox's seccomp filter cannot be built ({exc}); install libseccomp2 (Debian/Ubuntu) or "
+            "libseccomp (Fedora)"
+        ) from exc
 
 
 def _relay(
