@@ -44,6 +44,7 @@ def worker_describe(services: Any, registry: Registry) -> Describe:
                     headers={"Retry-After": "10"},
                 ) from exc
             if not isinstance(answer, dict):
+                log.error("model %s: the inspection task failed on the worker: %r", sha[:12], answer)
                 detail = "the model inspection failed on the worker; retry shortly (the worker's log says why)"
                 raise ProblemError(503, detail, slug="inspection-unavailable")
             if "refused" in answer:

@@ -73,7 +73,11 @@ def finish_job_task(self: Task, results: Any = None, *, job_id: str, count: int)
     finish_job(env(), job_id, count)
 
 
-@shared_task(name=TASK_INSPECT_MODEL, acks_late=False)
+# Its own time limits, not the jobs' (ETM_TASK_*): the sandbox's budget plus room for fetching the blob.
+_INSPECT_SOFT = get_settings().sandbox_inspect_seconds + 60
+
+
+@shared_task(name=TASK_INSPECT_MODEL, acks_late=False, soft_time_limit=_INSPECT_SOFT, time_limit=_INSPECT_SOFT + 30)
 def inspect_model_task(sha: str, filename: str, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
     # Not acks_late: an upload waits for the answer; a redelivery after a worker crash would answer no one.
     from workers.inspection import inspect_upload

@@ -27,11 +27,17 @@ __all__ = [
 
 
 def limits_for(settings: Settings, kind: Literal["inspect", "job"], gpu: bool = False) -> Limits:
-    """Budgets of a sandboxed run: uploads get ``sandbox_inspect_seconds``, jobs the task soft time limit."""
-    wall = float(settings.sandbox_inspect_seconds if kind == "inspect" else settings.task_soft_time_limit)
+    """Budgets of a sandboxed run: uploads get ``sandbox_inspect_seconds``, jobs the task soft time limit (plus
+    a few seconds, so that in a worker Celery's own soft limit ends the task first, with its message; the
+    sandbox's deadline is the backstop there and the limit of local ``etm`` runs)."""
+    wall = float(settings.sandbox_inspect_seconds if kind == "inspect" else settings.task_soft_time_limit + 5)
     return Limits(
         wall_seconds=wall,
         cpu_seconds=int(wall * 2 * max(1, settings.torch_threads)) + 30,  # threads beside the intra-op ones
         memory_bytes=0 if gpu else settings.sandbox_memory_bytes,
         threads=settings.torch_threads,
+        settings_env=(
+            ("ETM_MAX_IMAGE_PIXELS", str(settings.max_image_pixels)),
+            ("ETM_ORT_ARENA_MAX_BYTES", str(settings.ort_arena_max_bytes)),
+        ),
     )

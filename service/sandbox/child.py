@@ -144,6 +144,10 @@ _OPS = {"inspect": _inspect, "evaluate": _evaluate, "salience": _salience}
 
 def main() -> None:
     """Run the request; report the result or the error on stdout, exit 0 either way (1: a bug here)."""
+    import logging
+
+    # Warnings and above of the domain (e.g. a batch halved after running out of memory) reach the worker's log.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         req = json.loads((HOME / "request.json").read_text())
         op = _OPS[req["op"]]

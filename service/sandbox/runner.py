@@ -14,6 +14,7 @@ caller only reads the scratch folder after a ``result`` line.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -36,6 +37,7 @@ from service.sandbox.bwrap import SCRATCH, Mounts, SandboxUnavailable, command
 from service.sandbox.files import MAX_FILE_BYTES
 
 log = logging.getLogger("etm.sandbox")
+child_log = logging.getLogger("etm.sandbox.child")  # what the model process wrote to its stderr
 
 # Hardware facts the child needs (OpenBLAS kernel choice on some CPUs, the GPU a worker was given); nothing else.
 _PASSED_THROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES")
@@ -64,6 +66,8 @@ class Limits:
     cpu_seconds: int
     memory_bytes: int
     threads: int = 1
+    # The few settings the domain reads inside the child (its environment is otherwise empty).
+    settings_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -98,6 +102,7 @@ def _child_env(limits: Limits) -> dict[str, str]:
         "MKL_NUM_THREADS": n,
         "OPENBLAS_NUM_THREADS": n,
         **{k: v for k, v in os.environ.items() if k in _PASSED_THROUGH},
+        **dict(limits.settings_env),
     }
 
 
@@ -144,8 +149,8 @@ def run(
     (scratch / "request.json").write_text(json.dumps(request))
     root = str(Path(__import__("service").__file__).resolve().parent.parent)
     argv = argv or [sys.executable, "-I", "-B", "-c", _BOOT.format(root=root)]
-    stderr_path = scratch / "stderr.log"
-    with open(stderr_path, "wb") as err, contextlib.ExitStack() as stack:
+    stderr = _StderrRelay()
+    with contextlib.ExitStack() as stack:
         fds: tuple[int, ...] = ()
         if isolation == "bwrap":
             bpf = stack.enter_context(_seccomp_file())
@@ -156,7 +161,7 @@ def run(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=err,
+                stderr=subprocess.PIPE,
                 start_new_session=True,
                 preexec_fn=_preexec(limits),  # noqa: PLW1509 - only setrlimit, before exec
                 close_fds=True,
@@ -167,11 +172,11 @@ def run(
         except OSError as exc:
             raise SandboxUnavailable(f"could not start bubblewrap: {exc}") from exc
         try:
-            result = _relay(proc, limits, on_progress, should_cancel)
+            result = _relay(proc, limits, on_progress, should_cancel, stderr)
         finally:
             _kill(proc)
     if result is None:
-        raise _crash(proc.returncode, stderr_path, limits)
+        raise _crash(proc.returncode, stderr.tail(), limits)
     return Outcome(result, scratch)
 
 
@@ -187,17 +192,47 @@ def _seccomp_file() -> Any:
         ) from exc
 
 
+class _StderrRelay:
+    """The child's stderr (its log and tracebacks) into this process's log, prefixed and bounded: a model
+    that floods it is cut off after ``MAX_LOGGED`` bytes; the last few KiB are kept to explain a crash."""
+
+    MAX_LOGGED = 256 * 1024
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.logged = 0
+        self.last = collections.deque(maxlen=64)
+
+    def feed(self, chunk: bytes) -> None:
+        self.buf += chunk
+        while b"\n" in self.buf or len(self.buf) > 4096:
+            line, _, self.buf = self.buf.partition(b"\n") if b"\n" in self.buf else (self.buf, b"", b"")
+            text = line[:2000].decode("utf-8", "replace")
+            self.last.append(text)
+            if self.logged < self.MAX_LOGGED:
+                self.logged += len(line)
+                child_log.info("%s", text)
+                if self.logged >= self.MAX_LOGGED:
+                    child_log.warning("the model process writes too much; the rest of its output is not logged")
+
+    def tail(self) -> str:
+        return "\n".join([*self.last, self.buf[:2000].decode("utf-8", "replace")])
+
+
 def _relay(
     proc: subprocess.Popen,
     limits: Limits,
     on_progress: Callable[[str, int, int], None] | None,
     should_cancel: Callable[[], bool] | None,
+    stderr: _StderrRelay,
 ) -> dict[str, Any] | None:
     """Read the child's lines until it exits; enforce the deadline and cancellation."""
-    assert proc.stdout is not None
+    assert proc.stdout is not None and proc.stderr is not None
     deadline = time.monotonic() + limits.wall_seconds
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    open_streams = 2
     buf = b""
     result: dict[str, Any] | None = None
     next_cancel_check = 0.0
@@ -220,10 +255,18 @@ def _relay(
             if proc.poll() is not None:
                 break
             continue
-        chunk = os.read(proc.stdout.fileno(), 65536)
-        if not chunk:
+        chunk = b""
+        for key, _ in events:
+            data = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
+            if not data:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+            elif key.fileobj is proc.stderr:
+                stderr.feed(data)
+            else:
+                chunk += data
+        if open_streams == 0:
             proc.wait()
-            break
         buf += chunk
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
@@ -240,6 +283,8 @@ def _relay(
         if len(buf) > MAX_LINE:
             _kill(proc)
             raise SandboxCrashed("the model process wrote an over-long message and was stopped")
+        if open_streams == 0:
+            break
     sel.close()
     return result
 
@@ -250,12 +295,13 @@ def _kill(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-    if proc.stdout is not None:
-        proc.stdout.close()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
 
 
-def _crash(code: int | None, stderr_path: Path, limits: Limits) -> Exception:
-    tail = stderr_path.read_bytes()[-2000:].decode("utf-8", "replace") if stderr_path.exists() else ""
+def _crash(code: int | None, tail: str, limits: Limits) -> Exception:
+    tail = tail[-4000:]
     log.warning("sandboxed child exited with %s without a result; stderr tail:\n%s", code, tail)
     if "bwrap:" in tail and ("namespace" in tail or "Operation not permitted" in tail or "No permissions" in tail):
         return SandboxUnavailable(
