@@ -845,6 +845,47 @@ def describe_locally(path: Path, sha: str, metadata: Any) -> dict[str, Any]:
     return inspect_model(path, meta, settings, limits_for(settings, "inspect"))
 
 
+def _utf8_record(obj: Any) -> Any:
+    """``obj`` (JSON data) with every string made valid UTF-8 (``utf8_safe``)."""
+    if isinstance(obj, str):
+        return utf8_safe(obj)
+    if isinstance(obj, dict):
+        return {_utf8_record(k): _utf8_record(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_utf8_record(v) for v in obj]
+    return obj
+
+
+def _non_utf8_at(obj: Any, where: str) -> str | None:
+    """The place (``a.b[2]``) of the first string in JSON data ``obj`` that is not valid UTF-8, or None."""
+    if isinstance(obj, str):
+        return None if is_utf8(obj) else where or "the top level"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            here = f"{where}.{utf8_safe(str(k))}" if where else utf8_safe(str(k))
+            if isinstance(k, str) and not is_utf8(k):
+                return here  # the key itself
+            if (found := _non_utf8_at(v, here)) is not None:
+                return found
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            if (found := _non_utf8_at(v, f"{where}[{i}]")) is not None:
+                return found
+    return None
+
+
+def check_utf8(obj: Any, what: str) -> None:
+    """BadInput when JSON data ``obj`` holds a string that is not valid UTF-8 (a lone surrogate, as a JSON
+    ``\\udcff`` escape or a tar name gives): stored, no response could ever show it (every listing would
+    answer 500)."""
+    where = _non_utf8_at(obj, "")
+    if where is not None:
+        raise BadInput(
+            f"{what} has text that is not valid UTF-8 at {where} (a lone surrogate such as "
+            "\\udcff); send names and parameters as UTF-8 text"
+        )
+
+
 def check_tenant(tenant: str) -> str:
     """A tenant name safe in store paths and Redis keys, or ValueError saying what is allowed."""
     if not TENANT_RE.match(tenant):
@@ -904,11 +945,21 @@ class Registry:
     def _record_key(self, kind: str, ident: str) -> str:
         return f"{self._base(ident)}/{kind}/{quote(ident, safe='')}.json"
 
+    def _read(self, key: str) -> Any:
+        """A stored record. One stored before names were checked may hold a lone surrogate (a JSON
+        ``\\udcxx`` escape) that no response can encode: such text is read as U+FFFD, so that one bad
+        record cannot make every listing of its tenant fail."""
+        raw = self.store.read_bytes(key)
+        rec = json.loads(raw)
+        if b"\\ud" in raw.lower():  # cheap test first: valid pairs (emoji) are escaped alike
+            rec = _utf8_record(rec)
+        return rec
+
     def _get(self, kind: str, ident: str) -> dict[str, Any] | None:
         if len(quote(ident, safe="")) > MAX_ID_CHARS:  # no id is that long; the OS would refuse the name (a 500)
             return None
         try:
-            return self.store.read_json(self._record_key(kind, ident))
+            return self._read(self._record_key(kind, ident))
         except (NotFound, ValueError):
             return None
 
@@ -917,7 +968,7 @@ class Registry:
         for name in self.store.list(f"{base}/{kind}"):
             if name.endswith(".json"):
                 try:
-                    out.append(self.store.read_json(f"{base}/{kind}/{name}"))
+                    out.append(self._read(f"{base}/{kind}/{name}"))
                 except (NotFound, ValueError):
                     continue  # deleted meanwhile
         return out
@@ -935,11 +986,13 @@ class Registry:
         except NotFound:
             return None
         try:
-            return self.store.read_json(f"{base}/{kind}/{quote(ident, safe='')}.json")
+            return self._read(f"{base}/{kind}/{quote(ident, safe='')}.json")
         except (NotFound, ValueError):
             return None
 
     def _put(self, kind: str, record: dict[str, Any]) -> None:
+        """Store a record (BadInput, storing nothing, when it holds text that is not valid UTF-8)."""
+        check_utf8(record, f"the {kind[:-1]}")
         base = self._base(record["id"])
         self.store.write_json(self._record_key(kind, record["id"]), record)
         self.store.write_bytes(f"{base}/{kind}-by-sha/{record['sha256']}", record["id"].encode())
@@ -1033,6 +1086,8 @@ class Registry:
                         f"({canonical_json(existing['metadata'])}); delete it first or upload without metadata"
                     )
             return existing, False
+        if metadata is not None:  # before a worker is asked: text no response could show is refused at once
+            check_utf8(metadata.model_dump(mode="json"), "the model's metadata")
         desc = (describe or describe_locally)(path, sha, metadata)
         record = {
             "id": ident or model_id_for(sha),
@@ -1047,6 +1102,11 @@ class Registry:
             "created_at": iso(now()),
             **(extra or {}),
         }
+        try:
+            check_utf8(record, "the model")
+        except BadInput:
+            self.discard_blob(sha)  # the describer may have staged it: a refused upload keeps nothing
+            raise
         self.store.put_blob(path, sha)
         self._put("models", record)
         self.store.put_blob(path, sha)  # again: another tenant's delete may have removed it meanwhile
@@ -1138,10 +1198,12 @@ class Registry:
             UnknownReference: model or dataset ids that are not registered (all named).
             MethodUnavailable: the method is unavailable for a model (the capability table's reason).
             BadInput: a split that does not exist, mixed input sizes, bad measure or method parameters,
-                an unknown target class.
+                an unknown target class, text that is not valid UTF-8.
         """
         from service.measures import MEASURES
         from service.salience.registry import method_defaults, method_names
+
+        check_utf8(spec.canonical(), "the job")  # a job record no response can encode would break GET /v1/jobs
 
         ids = list(dict.fromkeys(m for c in spec.candidates for m in c.models))
         models = {i: self.get_model(i) for i in ids}

@@ -288,6 +288,16 @@ def _peak_growth(kit: ServiceKit, send: Any) -> tuple[Any, int]:
     return r, _rss_mib(pid)["VmHWM"] - before
 
 
+@pytest.fixture(scope="module")
+def ids(kit: ServiceKit, family_onnx: list[Path], dataset_dir: Path) -> dict[str, str]:
+    model = family_onnx[0]
+    r = kit.upload_model(model, metadata=model.with_name(model.name + ".json").read_text())
+    assert r.status_code == 201, r.text
+    d = kit.upload_dataset(dataset_dir, "tiny.zip")
+    assert d.status_code == 201, d.text
+    return {"model": r.json()["id"], "dataset": d.json()["id"]}
+
+
 def test_zip_central_directory_bomb_is_refused_in_bounded_memory(kit: ServiceKit) -> None:
     """300,000 entries (20 MB of central directory): zipfile's open alone cost the API ~190 MiB before. The
     entries are macOS metadata, which extraction skips unread, so that only the index costs memory."""
@@ -372,6 +382,21 @@ def test_member_names_that_are_not_utf8_never_reach_a_record(kit: ServiceKit) ->
     assert _stored(kit) == before
 
 
+def test_a_record_stored_with_a_lone_surrogate_no_longer_breaks_the_listing(kit: ServiceKit) -> None:
+    """Records stored before names were checked: the listing reads their text as U+FFFD."""
+    r = _upload(kit, "old.zip", zip_of({**images(2), "real/old.png": png(42)}))
+    assert r.status_code == 201, r.text[:2000]
+    rec = r.json()
+    path = next((kit.workdir / "store").glob(f"registry/**/datasets/{rec['id']}.json"))
+    rec["archive"]["skipped"] = [{"path": "caf\udce9.txt", "reason": "not an image (.txt)"}]
+    path.write_text(json.dumps(rec))  # as the old code stored it: "\udce9" escaped in the JSON
+    listing = kit.client.get("/v1/datasets")
+    assert listing.status_code == 200, listing.text[:500]
+    got = next(d for d in listing.json()["items"] if d["id"] == rec["id"])
+    assert got["archive"]["skipped"] == [{"path": "caf\ufffd.txt", "reason": "not an image (.txt)"}]
+    assert kit.client.get(f"/v1/datasets/{rec['id']}").status_code == 200
+
+
 def test_overlong_member_names_are_skipped_not_a_500(kit: ServiceKit) -> None:
     deep = "real/" + "/".join(["d" * 200] * 21) + "/x.png"
     r = _upload(kit, "long.zip", zip_of({**images(seed=1000), "real/" + "a" * 300 + ".png": png(9), deep: png(10)}))
@@ -383,3 +408,29 @@ def test_overlong_member_names_are_skipped_not_a_500(kit: ServiceKit) -> None:
     both = zip_of({**images(), "real/r0.png/x.png": png(11)})
     _problem(_upload(kit, "both.zip", both), 422, "archive member 'real/r0.png/x.png' is inside a folder that is also")
     assert _stored(kit) == before
+
+
+def test_text_that_is_not_utf8_is_refused_before_anything_is_stored(
+    kit: ServiceKit, ids: dict[str, str], family_onnx: list[Path]
+) -> None:
+    """A JSON ``\\udcxx`` escape is a lone surrogate once parsed: a job or model record holding one was stored,
+    and then no response could encode it (the job's POST answered 500 after queueing it)."""
+    jobs_before = kit.client.get("/v1/jobs").json()["items"]
+    base = {"candidates": [{"name": "a", "models": [ids["model"]]}], "dataset": ids["dataset"],
+            "measures": ["entropy"], "bootstrap_resamples": 100, "max_images": 2, "overlays": 0}
+    for extra, where in (
+        ({"layer": "x\udce9"}, "layer"),
+        ({"method_params": {"chunk": "\udce9"}}, "method_params.chunk"),
+    ):
+        r = kit.client.post("/v1/jobs", content=json.dumps({**base, **extra}),
+                            headers={"content-type": "application/json"})
+        _problem(r, 422, f"the job has text that is not valid UTF-8 at {where} (a lone surrogate such as \\udcff)")
+    assert kit.client.get("/v1/jobs").json()["items"] == jobs_before
+
+    model = family_onnx[1]
+    meta = json.loads(model.with_name(model.name + ".json").read_text())
+    meta["class_names"] = ["real\udce9", "synthetic"]
+    blobs = _stored(kit)[1]
+    _problem(kit.upload_model(model, metadata=json.dumps(meta)), 422,
+             "the model's metadata has text that is not valid UTF-8 at class_names[0]")
+    assert _stored(kit)[1] == blobs and kit.client.get("/v1/models").status_code == 200
