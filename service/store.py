@@ -1201,7 +1201,7 @@ class Registry:
                 an unknown target class, text that is not valid UTF-8.
         """
         from service.measures import MEASURES
-        from service.salience.registry import method_defaults, method_names
+        from service.salience.registry import check_method_params
 
         check_utf8(spec.canonical(), "the job")  # a job record no response can encode would break GET /v1/jobs
 
@@ -1243,14 +1243,7 @@ class Registry:
                 if (isinstance(t, int) or t.lstrip("-").isdigit()) and not 0 <= int(t) < len(names):
                     raise BadInput(f"target class index {t} is out of range for {len(names)} classes")
 
-        if spec.method not in method_names():
-            raise BadInput(f"unknown salience method {spec.method!r}; choose from {method_names()}")
-        unknown = set(spec.method_params) - set(method_defaults(spec.method))
-        if unknown:
-            raise BadInput(
-                f"unknown method_params {sorted(unknown)} for {spec.method}; known: "
-                f"{sorted(method_defaults(spec.method))}"
-            )
+        check_method_params(spec.method, spec.method_params)  # names, types and ranges, as declared per method
         for name in spec.measure_params:
             if name not in spec.measures:
                 raise BadInput(f"measure_params names {name!r}, which is not among the measures {spec.measures}")

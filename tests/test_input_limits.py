@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import struct
 import tarfile
 import time
@@ -18,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from service.errors import DatasetError
+from service.errors import BadInput, DatasetError
+from service.salience.registry import check_method_params, method_defaults, method_names, method_params
 from service.store import (
     MAX_LISTED_SKIPPED,
     MAX_TAR_HEADER_BYTES,
@@ -246,6 +248,50 @@ def test_skipped_files_are_counted_all_and_listed_first(tmp_path: Path) -> None:
     assert skip_kind("manifest.csv line 9: duplicate entry (first on line 3)") == "duplicate entry"
 
 
+# -- units: method parameters -----------------------------------------------------------------------
+
+
+def test_every_method_declares_its_params_and_its_defaults_pass() -> None:
+    for name in method_names():
+        assert check_method_params(name, {}) == method_defaults(name)
+        assert check_method_params(name, method_defaults(name)) == method_defaults(name)
+        for param, spec in method_params(name).items():
+            bad_values: list[Any] = [[1], None, True, {"v": 1}]
+            if spec.kind is str:
+                bad_values += [3, "other"]
+            else:
+                bad_values += ["1", float("nan"), float("inf"), spec.lo - 1, spec.hi + 1, 10**30]
+                bad_values += [spec.lo] if spec.lo_open else []
+                bad_values += [spec.default + 0.5] if spec.kind is int else []
+            for bad in bad_values:
+                with pytest.raises(BadInput, match=re.escape(f"bad method_params for {name}: {param} must be ")):
+                    check_method_params(name, {param: bad})
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("rise", {"batch": 0}, "bad method_params for rise: batch must be an integer >= 1 and <= 4096, got 0"),
+        ("rise", {"p": 0}, "bad method_params for rise: p must be a number > 0 and <= 1, got 0"),
+        ("rise", {"p": 1.5, "grid": 2.0}, "bad method_params for rise: grid must be an integer >= 1 and <= 128, "
+         "got 2.0; p must be a number > 0 and <= 1, got 1.5"),
+        ("integrated_gradients", {"steps": 1}, "bad method_params for integrated_gradients: steps must be an "
+         "integer >= 2 and <= 1024, got 1"),
+        ("integrated_gradients", {"baseline": "white"}, "bad method_params for integrated_gradients: baseline "
+         "must be one of 'black', 'grey', got 'white'"),
+        ("smoothgrad", {"noise": -0.1}, "bad method_params for smoothgrad: noise must be a number >= 0 and <= 1, "
+         "got -0.1"),
+        ("gradcam", {"steps": 3}, "unknown method_params ['steps'] for gradcam; known: ['chunk']"),
+    ],
+)
+def test_bad_method_params_name_the_param_its_range_and_the_value(method: str, params: dict, message: str) -> None:
+    with pytest.raises(BadInput) as err:
+        check_method_params(method, params)
+    assert str(err.value) == message
+
+
+# -- through the service -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Any:
@@ -408,6 +454,38 @@ def test_overlong_member_names_are_skipped_not_a_500(kit: ServiceKit) -> None:
     both = zip_of({**images(), "real/r0.png/x.png": png(11)})
     _problem(_upload(kit, "both.zip", both), 422, "archive member 'real/r0.png/x.png' is inside a folder that is also")
     assert _stored(kit) == before
+
+
+def test_oversized_cursor_is_a_problem(kit: ServiceKit) -> None:
+    body = _problem(kit.client.get("/v1/jobs", params={"cursor": "9" * 5000}), 422)
+    assert body["errors"][0]["loc"] == ["query", "cursor"] and "cursor" in body["detail"]
+    assert kit.client.get("/v1/jobs", params={"cursor": "9" * 19}).status_code == 200
+
+
+def test_method_params_are_checked_at_admission(kit: ServiceKit, ids: dict[str, str]) -> None:
+    base = {"candidates": [{"name": "a", "models": [ids["model"]]}], "dataset": ids["dataset"],
+            "measures": ["entropy"], "bootstrap_resamples": 100, "max_images": 2, "overlays": 0, "method": "rise"}
+    jobs_before = kit.client.get("/v1/jobs").json()["items"]
+    for params, detail in [
+        ({"batch": 0}, "bad method_params for rise: batch must be an integer >= 1 and <= 4096, got 0"),
+        ({"p": 0}, "bad method_params for rise: p must be a number > 0 and <= 1, got 0"),
+        ({"p": "x"}, "bad method_params for rise: p must be a number > 0 and <= 1, got 'x'"),
+        ({"grid": 0}, "bad method_params for rise: grid must be an integer >= 1 and <= 128, got 0"),
+        ({"n_masks": True}, "bad method_params for rise: n_masks must be an integer >= 1 and <= 10000, got True"),
+        ({"n_masks": 10**9}, "bad method_params for rise: n_masks must be an integer >= 1 and <= 10000, got 10000"
+         "00000"),
+        ({"masks": 5}, "unknown method_params ['masks'] for rise; known: ['batch', 'grid', 'n_masks', 'p', 'seed']"),
+    ]:
+        body = _problem(kit.submit({**base, "method_params": params}), 422)
+        assert body["detail"] == detail
+    body = _problem(kit.submit({**base, "method": "scorecam", "method_params": {"batch": 0}}), 422)
+    assert body["detail"] == "bad method_params for scorecam: batch must be an integer >= 1 and <= 4096, got 0"
+    assert kit.client.get("/v1/jobs").json()["items"] == jobs_before  # nothing was queued
+
+    ok = kit.submit({**base, "method_params": {"n_masks": 40, "p": 0.5, "batch": 16}})
+    assert ok.status_code == 202, ok.text
+    job = kit.wait(ok.json()["id"], timeout=120)
+    assert job["status"] == "succeeded", job
 
 
 def test_text_that_is_not_utf8_is_refused_before_anything_is_stored(
