@@ -59,6 +59,10 @@ class SkippedFile(BaseModel):
     reason: str
 
 
+_SKIPPED = "Skipped files and why: the first 100 (n_skipped counts them all)."
+_BY_REASON = "How many files were skipped for each kind of reason (e.g. 'file not found')."
+
+
 class SplitSummary(BaseModel):
     split: str | None = Field(..., description="Split name; null for a dataset without splits.")
     sha256: str
@@ -66,7 +70,8 @@ class SplitSummary(BaseModel):
     counts: dict[str, int] = Field(..., description="Usable images per class.")
     annotations: dict[str, Any]
     n_skipped: int
-    skipped: list[SkippedFile]
+    skipped: list[SkippedFile] = Field(..., description=_SKIPPED)
+    skipped_by_reason: dict[str, int] = Field(default_factory=dict, description=_BY_REASON)
 
 
 class ArchiveSummary(BaseModel):
@@ -77,7 +82,9 @@ class ArchiveSummary(BaseModel):
     files: int
     extracted_bytes: int
     root: str = Field(..., description="Folder of the dataset inside the archive ('.' = its top level).")
-    skipped: list[SkippedFile] = Field(..., description="Archive entries not extracted, and why.")
+    n_skipped: int | None = Field(None, description="Archive entries not extracted (null: as many as listed).")
+    skipped: list[SkippedFile] = Field(..., description="Archive entries not extracted, and why: the first 100.")
+    skipped_by_reason: dict[str, int] = Field(default_factory=dict, description=_BY_REASON)
 
 
 class DatasetOut(BaseModel):
@@ -101,7 +108,8 @@ class DatasetOut(BaseModel):
     )
     annotations: dict[str, Any]
     n_skipped: int
-    skipped: list[SkippedFile]
+    skipped: list[SkippedFile] = Field(..., description=_SKIPPED)
+    skipped_by_reason: dict[str, int] = Field(default_factory=dict, description=_BY_REASON)
     archive: ArchiveSummary | None = None
     created_at: str | None = None
 

@@ -26,17 +26,21 @@ cache. Nothing here imports FastAPI or Celery.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
 import stat
+import struct
 import tarfile
 import tempfile
 import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -231,11 +235,92 @@ RATIO_FLOOR = 1 << 20
 MANIFEST_NAME = "manifest.csv"
 
 
+# Bytes of zip central directory allowed per permitted member (a typical entry is 46 bytes plus a name of
+# ~50-200 and extra fields of ~30-60): the index of an archive at the member limit, not a padded one.
+INDEX_BYTES_PER_MEMBER = 1024
+MAX_NAME_BYTES = 255  # one file or folder name (NAME_MAX on Linux): longer ones fail with ENAMETOOLONG
+MAX_MEMBER_PATH_BYTES = 1024  # a member's path inside the archive (the OS limit, 4096, includes the cache folder)
+MAX_TAR_HEADER_BYTES = 1 << 20  # a GNU long-name or pax header; tarfile reads each one whole into memory
+MAX_LISTED_SKIPPED = 100  # skipped files a dataset record lists (all of them are counted, by reason)
+MAX_SKIP_REASONS = 20  # distinct reasons counted; the rest are counted as "other"
+MAX_LISTED_CHARS = 300  # a listed path or reason is cut to this many characters
+
+
 @dataclass
 class ArchiveLimits:
     max_members: int = 200_000
     max_bytes: int = 8 * 2**30
     max_ratio: float = 200.0
+    max_index_bytes: int | None = None  # zip central directory; None: max_members * INDEX_BYTES_PER_MEMBER
+
+    @property
+    def index_bytes(self) -> int:
+        if self.max_index_bytes is not None:
+            return self.max_index_bytes
+        return self.max_members * INDEX_BYTES_PER_MEMBER
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be encoded as UTF-8 (it holds no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def utf8_safe(text: str) -> str:
+    """``text`` with every lone surrogate (tar's stand-in for name bytes that are not UTF-8, or a JSON
+    ``\\udcxx`` escape) replaced by U+FFFD: a string that JSON responses can always encode."""
+    return text if is_utf8(text) else _SURROGATE.sub("\ufffd", text)
+
+
+def _clip(text: str) -> str:
+    """``text`` as a record may store it: valid UTF-8 (lone surrogates, as tar gives for names that are not
+    UTF-8, become U+FFFD) and at most MAX_LISTED_CHARS characters."""
+    text = utf8_safe(text)
+    return text if len(text) <= MAX_LISTED_CHARS else text[: MAX_LISTED_CHARS - 3] + "..."
+
+
+def skip_kind(reason: str) -> str:
+    """The kind of a skip reason, without what names the file (line numbers, names, sizes): the key under
+    which skipped files are counted. ``manifest.csv line 7: file not found`` -> ``file not found``."""
+    reason = re.sub(r"^\S+ line \d+: ", "", reason)
+    if reason.startswith("mask of "):
+        return "mask unusable, image kept without mask"
+    return re.split(r"[:(]", reason, maxsplit=1)[0].strip() or "other"
+
+
+@dataclass
+class SkipSummary:
+    """Skipped files as a record keeps them: every one counted (``n_skipped``, ``skipped_by_reason``), the
+    first MAX_LISTED_SKIPPED listed, so that a dataset record stays small however much an upload skips."""
+
+    n_skipped: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def add(self, path: str, reason: str) -> None:
+        self.n_skipped += 1
+        if len(self.skipped) < MAX_LISTED_SKIPPED:
+            self.skipped.append({"path": _clip(path), "reason": _clip(reason)})
+        kind = _clip(skip_kind(reason))
+        if kind not in self.skipped_by_reason and len(self.skipped_by_reason) >= MAX_SKIP_REASONS:
+            kind = "other"
+        self.skipped_by_reason[kind] = self.skipped_by_reason.get(kind, 0) + 1
+
+    @classmethod
+    def of(cls, entries: list[dict[str, str]]) -> SkipSummary:
+        out = cls()
+        for e in entries:
+            out.add(e["path"], e["reason"])
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n_skipped": self.n_skipped, "skipped": self.skipped, "skipped_by_reason": self.skipped_by_reason}
 
 
 @dataclass
@@ -244,22 +329,162 @@ class Extraction:
     members: int
     files: int
     bytes: int
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skips: SkipSummary = field(default_factory=SkipSummary)
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """The first MAX_LISTED_SKIPPED members not extracted (``skips`` counts all of them)."""
+        return self.skips.skipped
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar member header that refuses a GNU long-name/long-link or pax header of more than
+    MAX_TAR_HEADER_BYTES: tarfile reads such a header whole into memory, so a few kilobytes of gzip could
+    otherwise claim (and cost) gigabytes before the first member is even listed."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        kinds = (
+            tarfile.GNUTYPE_LONGNAME,
+            tarfile.GNUTYPE_LONGLINK,
+            tarfile.XHDTYPE,
+            tarfile.XGLTYPE,
+            tarfile.SOLARIS_XHDTYPE,
+        )
+        if self.type in kinds and self.size > MAX_TAR_HEADER_BYTES:
+            raise UploadTooLarge(
+                f"the archive has a tar long-name or pax header of {self.size} bytes, more than "
+                f"{MAX_TAR_HEADER_BYTES}; such headers hold a member's name and attributes, never its data. "
+                "Re-create the archive with a standard tool (e.g. `tar czf`)"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+def _open_tar(path: Path) -> tarfile.TarFile:
+    return tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo)
 
 
 def archive_format(path: Path) -> str:
-    """``zip`` or ``tar`` from the bytes; UnsupportedMedia otherwise."""
+    """``zip`` or ``tar`` from the bytes; UnsupportedMedia otherwise (UploadTooLarge: a tar header bomb)."""
     if zipfile.is_zipfile(path):
         return "zip"
     try:
-        if tarfile.is_tarfile(path):
+        with _open_tar(path):
             return "tar"
-    except (OSError, tarfile.TarError):
+    except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError):
         pass
     raise UnsupportedMedia(
         "the dataset upload is neither a zip nor a tar archive (.tar, .tar.gz, .tar.bz2, .tar.xz); "
         "pack the dataset folder, e.g. `cd mydata && zip -r ../mydata.zip .`"
     )
+
+
+_EOCD = struct.Struct("<4s4H2LH")  # end of central directory record
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL_ENTRY = struct.Struct("<4s4B4HL2L5H2L")
+_ZIP_MAX_VERSION = 63  # zipfile's MAX_EXTRACT_VERSION: a newer entry makes it raise NotImplementedError
+
+
+def _zip_end_record(f: Any, size: int) -> tuple[int, int, int]:
+    """``(declared entries, central directory size, central directory start)`` of a zip, found as
+    ``zipfile`` finds them (the same end record, zip64 included), so that what is checked here is what
+    ``zipfile.ZipFile`` would read."""
+    if size < _EOCD.size:
+        raise DatasetError("the archive is damaged or truncated: no zip end-of-central-directory record")
+    f.seek(size - _EOCD.size)
+    data = f.read(_EOCD.size)
+    if data[:4] == b"PK\x05\x06" and data[-2:] == b"\0\0":
+        at = size - _EOCD.size
+    else:  # an archive comment (up to 64 KiB) follows the record
+        low = max(size - (1 << 16) - _EOCD.size, 0)
+        f.seek(low)
+        tail = f.read()
+        start = tail.rfind(b"PK\x05\x06")
+        if start < 0 or len(tail) - start < _EOCD.size:
+            raise DatasetError("the archive is damaged or truncated: no zip end-of-central-directory record")
+        at = low + start
+        data = tail[start : start + _EOCD.size]
+    _, _, _, this_disk, total, cd_size, _, _ = _EOCD.unpack(data)
+    entries = max(this_disk, total)
+    z64 = 0
+    if at >= _EOCD64_LOCATOR.size:
+        f.seek(at - _EOCD64_LOCATOR.size)
+        sig, disk, _, disks = _EOCD64_LOCATOR.unpack(f.read(_EOCD64_LOCATOR.size))
+        if sig == b"PK\x06\x07":
+            if disk != 0 or disks > 1:
+                raise DatasetError("the archive spans several disks (a split zip); join it into one .zip first")
+            if at >= _EOCD64_LOCATOR.size + _EOCD64.size:
+                f.seek(at - _EOCD64_LOCATOR.size - _EOCD64.size)
+                rec = _EOCD64.unpack(f.read(_EOCD64.size))
+                if rec[0] == b"PK\x06\x06":
+                    entries, cd_size = max(rec[6], rec[7]), rec[8]
+                    z64 = _EOCD64.size + _EOCD64_LOCATOR.size
+    start = at - cd_size - z64  # as zipfile: data prepended to the archive shifts every offset
+    if start < 0:
+        raise DatasetError("the archive is damaged or truncated: bad offset for the zip central directory")
+    return entries, cd_size, start
+
+
+def check_zip_index(path: Path, limits: ArchiveLimits) -> int:
+    """Check a zip's central directory against ``limits`` before ``zipfile`` reads it; the entry count.
+
+    ``zipfile.ZipFile`` reads the whole central directory into memory and makes an object per entry on
+    open, so the member limit applied afterwards came too late (2 million entries cost ~1 GB). This reads
+    the end record (and the zip64 one) and refuses a declared entry count above ``limits.max_members`` or
+    a directory larger than ``limits.index_bytes``, then walks the directory entry by entry (constant
+    memory) and stops at the first entry over the limit, whatever the end record declared. Names marked
+    UTF-8 that are not (on which zipfile's open fails) and entries of a zip version zipfile cannot read
+    refuse the archive here, with the entry named.
+
+    Raises:
+        UploadTooLarge: too many entries, or too large a central directory.
+        DatasetError: a damaged directory, a bad UTF-8 name, an unsupported zip version.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        declared, cd_size, start = _zip_end_record(f, size)
+        if declared > limits.max_members:
+            raise UploadTooLarge(
+                f"the archive has more than {limits.max_members} entries (ETM_MAX_ARCHIVE_MEMBERS): its zip "
+                f"directory declares {declared}; split the dataset"
+            )
+        if cd_size > limits.index_bytes:
+            raise UploadTooLarge(
+                f"the archive's zip central directory is {cd_size} bytes, more than {limits.index_bytes} "
+                f"({INDEX_BYTES_PER_MEMBER} bytes for each of the ETM_MAX_ARCHIVE_MEMBERS={limits.max_members} "
+                "entries allowed); split the dataset"
+            )
+        f.seek(start)
+        count = done = 0
+        while done < cd_size:
+            head = f.read(_CENTRAL_ENTRY.size)
+            if len(head) != _CENTRAL_ENTRY.size or head[:4] != b"PK\x01\x02":
+                raise DatasetError("the archive is damaged or truncated: bad zip central directory entry")
+            entry = _CENTRAL_ENTRY.unpack(head)
+            version, flags, n_name, n_extra, n_comment = entry[3], entry[5], entry[12], entry[13], entry[14]
+            count += 1
+            if count > limits.max_members:
+                raise UploadTooLarge(
+                    f"the archive has more than {limits.max_members} entries (ETM_MAX_ARCHIVE_MEMBERS); "
+                    "split the dataset"
+                )
+            name = f.read(n_name)
+            if flags & 0x800:
+                try:
+                    name.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DatasetError(
+                        f"archive member {name!r} is marked as having a UTF-8 name, but the name is not valid "
+                        "UTF-8; re-create the archive (e.g. `zip -r`), or rename the file"
+                    ) from exc
+            if version > _ZIP_MAX_VERSION:
+                raise DatasetError(
+                    f"archive member {name.decode('cp437')!r} needs zip version {version / 10:.1f}, newer than "
+                    "this service reads; re-create the archive with a standard zip tool"
+                )
+            f.seek(n_extra + n_comment, os.SEEK_CUR)
+            done += _CENTRAL_ENTRY.size + n_name + n_extra + n_comment
+    return count
 
 
 def _member_parts(raw: str) -> list[str]:
@@ -276,9 +501,18 @@ def _member_parts(raw: str) -> list[str]:
 
 
 def _skip_reason(parts: list[str], is_dir: bool = False) -> str | None:
-    """Why a member is not extracted: metadata of other tools and files that cannot be dataset images."""
+    """Why a member is not extracted: names no dataset record or file system can hold, metadata of other
+    tools and files that cannot be dataset images."""
     from service.datasets.images import is_obviously_not_image
 
+    name = "/".join(parts)
+    if not is_utf8(name):
+        return "name is not valid UTF-8 (pack the archive where file names are UTF-8, or rename the file)"
+    longest = max((len(p.encode()) for p in parts), default=0)
+    if longest > MAX_NAME_BYTES:
+        return f"name too long ({longest} bytes in one file or folder name; at most {MAX_NAME_BYTES})"
+    if len(name.encode()) > MAX_MEMBER_PATH_BYTES:
+        return f"path too long ({len(name.encode())} bytes; at most {MAX_MEMBER_PATH_BYTES})"
     if parts and parts[0] == "__MACOSX":
         return "macOS resource fork (__MACOSX)"
     hidden = next((p for p in parts if p.startswith(".")), None)
@@ -296,16 +530,22 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
     whole archive (nothing outside ``dest`` is ever written); the member count, the number of
     bytes actually written and the compression ratio (per zip member and over the whole archive,
     counted on the bytes actually inflated) are bounded. Hidden files, ``__MACOSX`` and files that are
-    obviously not images (``.txt``, ``.py``...; ``manifest.csv`` is kept) are not extracted and are
-    listed in ``skipped`` with the reason.
+    obviously not images (``.txt``, ``.py``...; ``manifest.csv`` is kept) are not extracted, and neither
+    are members whose name is not valid UTF-8 (tar), has a part over MAX_NAME_BYTES or a path over
+    MAX_MEMBER_PATH_BYTES; they are counted in ``skips`` with the reason (the first ones listed). A zip's
+    central directory is checked (``check_zip_index``) before ``zipfile`` reads it, and tar members are
+    read one at a time, so the member limit bounds memory too.
 
     Raises:
         UnsupportedMedia: not a zip or tar archive.
-        DatasetError: an unsafe or duplicate member, a damaged archive.
-        UploadTooLarge: too many members, too many bytes once extracted, or a compression ratio above
-            ``limits.max_ratio`` (a zip bomb).
+        DatasetError: an unsafe or duplicate member, a member that is both a file and a folder, an
+            encrypted member, a damaged archive.
+        UploadTooLarge: too many members (or too large a zip directory or tar header), too many bytes once
+            extracted, or a compression ratio above ``limits.max_ratio`` (a zip bomb).
     """
     fmt = archive_format(archive)
+    if fmt == "zip":
+        check_zip_index(archive, limits)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     info = Extraction(format=fmt, members=0, files=0, bytes=0)
@@ -332,17 +572,23 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
                 _bomb(raw, f"takes the archive ({archive_size} bytes) past {info.bytes} bytes extracted", limits)
             )
 
+    def make_dir(folder: Path, raw: str) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:  # a file of the archive is in the way
+            raise DatasetError(f"archive member {raw!r} is inside a folder that is also a file of the archive") from exc
+
     def write(parts: list[str], raw: str, declared: int, src: Any, compressed: int | None = None) -> None:
         if info.bytes + declared > limits.max_bytes:
             raise UploadTooLarge(_too_big(limits))
         check_ratio(raw, declared, compressed)  # the declared sizes may lie; the loop below counts real bytes
         target = target_for(parts, raw)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(target.parent, raw)
         try:
             out = open(target, "xb")  # noqa: SIM115 - closed by the with below, after the checks
         except FileExistsError as exc:
             raise DatasetError(f"archive member {raw!r} appears twice (or as a file and a folder)") from exc
-        except IsADirectoryError as exc:
+        except (IsADirectoryError, NotADirectoryError) as exc:
             raise DatasetError(f"archive member {raw!r} is both a file and a folder") from exc
         written = 0
         with out:
@@ -372,15 +618,19 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
                     reason = _skip_reason(parts, zi.is_dir())
                     if reason or not parts:
                         if reason and not zi.is_dir():
-                            info.skipped.append({"path": zi.filename, "reason": reason})
+                            info.skips.add(zi.filename, reason)
                         continue
                     if zi.is_dir():
-                        target_for(parts, zi.filename).mkdir(parents=True, exist_ok=True)
+                        make_dir(target_for(parts, zi.filename), zi.filename)
                         continue
+                    if zi.flag_bits & 0x1:
+                        raise DatasetError(
+                            f"archive member {zi.filename!r} is encrypted; upload an archive without a password"
+                        )
                     with zf.open(zi) as src:
                         write(parts, zi.filename, zi.file_size, src, zi.compress_size)
         else:
-            with tarfile.open(archive, "r:*") as tf:
+            with _open_tar(archive) as tf:
                 for ti in tf:
                     count_member()
                     parts = _member_parts(ti.name)
@@ -395,18 +645,32 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits) -> Extraction
                     reason = _skip_reason(parts, ti.isdir())
                     if reason or not parts:
                         if reason and ti.isfile():
-                            info.skipped.append({"path": ti.name, "reason": reason})
+                            info.skips.add(ti.name, reason)
                         continue
                     if ti.isdir():
-                        target_for(parts, ti.name).mkdir(parents=True, exist_ok=True)
+                        make_dir(target_for(parts, ti.name), ti.name)
                         continue
                     src = tf.extractfile(ti)
                     if src is None:  # pragma: no cover - isfile() members always have data
                         continue
                     with src:
                         write(parts, ti.name, ti.size, src)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zipfile.LargeZipFile) as exc:
+    except (
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        EOFError,
+        zipfile.LargeZipFile,
+        zlib.error,
+        lzma.LZMAError,
+        gzip.BadGzipFile,
+        UnicodeDecodeError,
+    ) as exc:
         raise DatasetError(f"the archive is damaged or truncated: {exc}") from exc
+    except NotImplementedError as exc:  # zipfile: a compression method it lacks (e.g. AES, PPMd)
+        raise DatasetError(
+            f"the archive uses a zip feature this service cannot read ({exc}); re-create it with "
+            "standard deflate compression, e.g. `zip -r`"
+        ) from exc
     return info
 
 
@@ -442,8 +706,12 @@ def dataset_root(extracted: Path) -> Path:
     return here
 
 
+MAX_SPLITS = 16  # splits of one dataset: each is validated in full, and a manifest may name any
+
+
 def split_names(root: Path) -> list[str]:
-    """The splits of a dataset folder, as ``load_dataset`` sees them (empty: no splits)."""
+    """The splits of a dataset folder, as ``load_dataset`` sees them (empty: no splits); no more than
+    MAX_SPLITS + 1 of them (reading stops there: ``describe_folder`` refuses that many)."""
     from service.datasets.loading import MANIFEST, MASKS_DIR, SPLIT_NAMES
 
     manifest = root / MANIFEST
@@ -457,7 +725,13 @@ def split_names(root: Path) -> list[str]:
                 if "split" not in header:
                     return []
                 i = header.index("split")
-                return sorted({row[i].strip() for row in reader if len(row) > i and row[i].strip()})
+                found: set[str] = set()
+                for row in reader:
+                    if len(row) > i and row[i].strip():
+                        found.add(row[i].strip())
+                        if len(found) > MAX_SPLITS:
+                            break
+                return sorted(found)
         except (OSError, UnicodeDecodeError, csv.Error):
             return []  # load_dataset reports the problem with its own message
     dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != MASKS_DIR]
@@ -477,16 +751,25 @@ def default_split(splits: list[str]) -> str | None:
 def describe_folder(root: Path) -> dict[str, Any]:
     """Validate every split of a dataset folder; the part of a dataset record that depends on content.
 
+    Skipped files are summarised (``SkipSummary``): all counted, by reason, the first ones listed.
+
     Raises:
-        DatasetError: what ``load_dataset`` raises for a split (no usable image, bad manifest...).
+        DatasetError: what ``load_dataset`` raises for a split (no usable image, bad manifest...), more
+            than MAX_SPLITS splits.
     """
     from service.datasets import load_dataset
 
     names = split_names(root)
+    if len(names) > MAX_SPLITS:
+        raise DatasetError(
+            f"{MANIFEST_NAME} names more than {MAX_SPLITS} splits (e.g. {', '.join(map(repr, names[:3]))}); a "
+            "dataset has a few, such as train, val and test: check the manifest's split column"
+        )
     loaded = [(s, load_dataset(root, split=s)) for s in names] if names else [(None, load_dataset(root))]
     splits = []
     counts: dict[str, int] = {}
-    skipped: list[dict[str, str]] = []
+    skipped = SkipSummary()  # over all splits: a file skipped in two splits counts once
+    seen: set[tuple[str, str]] = set()
     n_mask = 0
     for name, ds in loaded:
         d = ds.describe()
@@ -497,14 +780,16 @@ def describe_folder(root: Path) -> dict[str, Any]:
                 "n_images": d["n_images"],
                 "counts": d["counts"],
                 "annotations": d["annotations"],
-                "n_skipped": d["n_skipped"],
-                "skipped": d["skipped"],
+                **SkipSummary.of(d["skipped"]).as_dict(),
             }
         )
         for c, n in ds.counts.items():
             counts[c] = counts.get(c, 0) + n
         n_mask += ds.n_with_mask
-        skipped += [s for s in d["skipped"] if s not in skipped]
+        for s in d["skipped"]:
+            if (s["path"], s["reason"]) not in seen:
+                seen.add((s["path"], s["reason"]))
+                skipped.add(s["path"], s["reason"])
     if names:
         h = hashlib.sha256(f"{DATASET_HASH_VERSION}\n".encode())
         for s in splits:
@@ -529,8 +814,7 @@ def describe_folder(root: Path) -> dict[str, Any]:
             "n_with_mask": n_mask,
             "n_without_mask": n_images - n_mask,
         },
-        "n_skipped": len(skipped),
-        "skipped": skipped,
+        **skipped.as_dict(),
     }
 
 
@@ -559,6 +843,47 @@ def describe_locally(path: Path, sha: str, metadata: Any) -> dict[str, Any]:
     settings = get_settings()
     meta = metadata.model_dump(mode="json") if metadata is not None else None
     return inspect_model(path, meta, settings, limits_for(settings, "inspect"))
+
+
+def _utf8_record(obj: Any) -> Any:
+    """``obj`` (JSON data) with every string made valid UTF-8 (``utf8_safe``)."""
+    if isinstance(obj, str):
+        return utf8_safe(obj)
+    if isinstance(obj, dict):
+        return {_utf8_record(k): _utf8_record(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_utf8_record(v) for v in obj]
+    return obj
+
+
+def _non_utf8_at(obj: Any, where: str) -> str | None:
+    """The place (``a.b[2]``) of the first string in JSON data ``obj`` that is not valid UTF-8, or None."""
+    if isinstance(obj, str):
+        return None if is_utf8(obj) else where or "the top level"
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            here = f"{where}.{utf8_safe(str(k))}" if where else utf8_safe(str(k))
+            if isinstance(k, str) and not is_utf8(k):
+                return here  # the key itself
+            if (found := _non_utf8_at(v, here)) is not None:
+                return found
+    if isinstance(obj, list):
+        for i, v in enumerate(obj):
+            if (found := _non_utf8_at(v, f"{where}[{i}]")) is not None:
+                return found
+    return None
+
+
+def check_utf8(obj: Any, what: str) -> None:
+    """BadInput when JSON data ``obj`` holds a string that is not valid UTF-8 (a lone surrogate, as a JSON
+    ``\\udcff`` escape or a tar name gives): stored, no response could ever show it (every listing would
+    answer 500)."""
+    where = _non_utf8_at(obj, "")
+    if where is not None:
+        raise BadInput(
+            f"{what} has text that is not valid UTF-8 at {where} (a lone surrogate such as "
+            "\\udcff); send names and parameters as UTF-8 text"
+        )
 
 
 def check_tenant(tenant: str) -> str:
@@ -620,11 +945,21 @@ class Registry:
     def _record_key(self, kind: str, ident: str) -> str:
         return f"{self._base(ident)}/{kind}/{quote(ident, safe='')}.json"
 
+    def _read(self, key: str) -> Any:
+        """A stored record. One stored before names were checked may hold a lone surrogate (a JSON
+        ``\\udcxx`` escape) that no response can encode: such text is read as U+FFFD, so that one bad
+        record cannot make every listing of its tenant fail."""
+        raw = self.store.read_bytes(key)
+        rec = json.loads(raw)
+        if b"\\ud" in raw.lower():  # cheap test first: valid pairs (emoji) are escaped alike
+            rec = _utf8_record(rec)
+        return rec
+
     def _get(self, kind: str, ident: str) -> dict[str, Any] | None:
         if len(quote(ident, safe="")) > MAX_ID_CHARS:  # no id is that long; the OS would refuse the name (a 500)
             return None
         try:
-            return self.store.read_json(self._record_key(kind, ident))
+            return self._read(self._record_key(kind, ident))
         except (NotFound, ValueError):
             return None
 
@@ -633,7 +968,7 @@ class Registry:
         for name in self.store.list(f"{base}/{kind}"):
             if name.endswith(".json"):
                 try:
-                    out.append(self.store.read_json(f"{base}/{kind}/{name}"))
+                    out.append(self._read(f"{base}/{kind}/{name}"))
                 except (NotFound, ValueError):
                     continue  # deleted meanwhile
         return out
@@ -651,11 +986,13 @@ class Registry:
         except NotFound:
             return None
         try:
-            return self.store.read_json(f"{base}/{kind}/{quote(ident, safe='')}.json")
+            return self._read(f"{base}/{kind}/{quote(ident, safe='')}.json")
         except (NotFound, ValueError):
             return None
 
     def _put(self, kind: str, record: dict[str, Any]) -> None:
+        """Store a record (BadInput, storing nothing, when it holds text that is not valid UTF-8)."""
+        check_utf8(record, f"the {kind[:-1]}")
         base = self._base(record["id"])
         self.store.write_json(self._record_key(kind, record["id"]), record)
         self.store.write_bytes(f"{base}/{kind}-by-sha/{record['sha256']}", record["id"].encode())
@@ -749,6 +1086,8 @@ class Registry:
                         f"({canonical_json(existing['metadata'])}); delete it first or upload without metadata"
                     )
             return existing, False
+        if metadata is not None:  # before a worker is asked: text no response could show is refused at once
+            check_utf8(metadata.model_dump(mode="json"), "the model's metadata")
         desc = (describe or describe_locally)(path, sha, metadata)
         record = {
             "id": ident or model_id_for(sha),
@@ -763,6 +1102,11 @@ class Registry:
             "created_at": iso(now()),
             **(extra or {}),
         }
+        try:
+            check_utf8(record, "the model")
+        except BadInput:
+            self.discard_blob(sha)  # the describer may have staged it: a refused upload keeps nothing
+            raise
         self.store.put_blob(path, sha)
         self._put("models", record)
         self.store.put_blob(path, sha)  # again: another tenant's delete may have removed it meanwhile
@@ -806,7 +1150,7 @@ class Registry:
                     "files": extraction.files,
                     "extracted_bytes": extraction.bytes,
                     "root": root.relative_to(dest).as_posix(),
-                    "skipped": extraction.skipped,
+                    **extraction.skips.as_dict(),
                 },
             }
             self.store.put_blob(archive, archive_sha)
@@ -854,10 +1198,12 @@ class Registry:
             UnknownReference: model or dataset ids that are not registered (all named).
             MethodUnavailable: the method is unavailable for a model (the capability table's reason).
             BadInput: a split that does not exist, mixed input sizes, bad measure or method parameters,
-                an unknown target class.
+                an unknown target class, text that is not valid UTF-8.
         """
         from service.measures import MEASURES
-        from service.salience.registry import method_defaults, method_names
+        from service.salience.registry import check_method_params
+
+        check_utf8(spec.canonical(), "the job")  # a job record no response can encode would break GET /v1/jobs
 
         ids = list(dict.fromkeys(m for c in spec.candidates for m in c.models))
         models = {i: self.get_model(i) for i in ids}
@@ -897,14 +1243,7 @@ class Registry:
                 if (isinstance(t, int) or t.lstrip("-").isdigit()) and not 0 <= int(t) < len(names):
                     raise BadInput(f"target class index {t} is out of range for {len(names)} classes")
 
-        if spec.method not in method_names():
-            raise BadInput(f"unknown salience method {spec.method!r}; choose from {method_names()}")
-        unknown = set(spec.method_params) - set(method_defaults(spec.method))
-        if unknown:
-            raise BadInput(
-                f"unknown method_params {sorted(unknown)} for {spec.method}; known: "
-                f"{sorted(method_defaults(spec.method))}"
-            )
+        check_method_params(spec.method, spec.method_params)  # names, types and ranges, as declared per method
         for name in spec.measure_params:
             if name not in spec.measures:
                 raise BadInput(f"measure_params names {name!r}, which is not among the measures {spec.measures}")

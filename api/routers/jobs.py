@@ -191,7 +191,9 @@ def list_jobs(
     principal: PrincipalDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, description="Page size (at most ETM_LIST_LIMIT_MAX).")] = 20,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]+$", description="next_cursor of the previous page.")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,19}$", description="next_cursor of the previous page.")
+    ] = None,
 ) -> JobList:
     limit = min(limit, settings.list_limit_max)
     items, nxt = jobs.list(status, limit, int(cursor) if cursor else None, principal.tenant)

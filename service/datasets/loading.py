@@ -58,6 +58,13 @@ INDEX_VERSION = "etm-dataset-index-v1"
 
 _ACCEPTED = "PNG, JPEG or WebP"
 _MAX_LISTED = 10  # how many offending names an error message spells out
+# A manifest may list up to MANIFEST_ROWS_PER_FILE rows per file in the folder, plus MANIFEST_EXTRA_ROWS:
+# room for rows naming files left out of the upload (skipped as "file not found"), not for a manifest
+# that describes some other, far larger dataset (300,000 rows for 24 images made a 62 MB record).
+MANIFEST_ROWS_PER_FILE = 2
+MANIFEST_EXTRA_ROWS = 1000
+MAX_MANIFEST_BYTES = 128 * 2**20
+MAX_MANIFEST_LINE = 64 * 1024  # characters in one line of the manifest
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -273,6 +280,8 @@ def _validate(root_path: Path, listing: _Listing) -> Dataset:
         elif "\t" in cand.key or "\n" in cand.key or "\r" in cand.key:
             # Would make the content-hash lines ambiguous.
             skipped.append(Skipped(cand.key, "file name contains a tab or line break"))
+        elif not _is_utf8(cand.key):  # a name from disk that is not UTF-8: it could be neither hashed nor shown
+            skipped.append(Skipped(re.sub("[\ud800-\udfff]", "\ufffd", cand.key), "file name is not valid UTF-8"))
         else:
             to_check.append(cand)
 
@@ -320,6 +329,14 @@ def _validate(root_path: Path, listing: _Listing) -> Dataset:
     )
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def content_sha256(items: Sequence[Item]) -> str:
     """The dataset content hash (see ``Dataset``).
 
@@ -346,17 +363,17 @@ def _stamp(root: Path, listing: _Listing) -> str:
     head = [listing.layout, listing.split, listing.splits, listing.split_counts]
     h.update(json.dumps(head, sort_keys=True).encode() + b"\n")
 
-    def add(key: str, path: Path, extra: str = "") -> None:
+    def add(key: str, path: Path, extra: str = "") -> None:  # surrogatepass: names from disk need not be UTF-8
         try:
             st = path.stat()
-            h.update(f"{key}\t{extra}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            h.update(f"{key}\t{extra}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogatepass"))
         except OSError as e:  # validation will say what is wrong; the stamp only has to differ
-            h.update(f"{key}\t{extra}\t{type(e).__name__}\n".encode())
+            h.update(f"{key}\t{extra}\t{type(e).__name__}\n".encode("utf-8", "surrogatepass"))
 
     for c in listing.candidates:
         add(c.key, c.path, c.label)
     for s in listing.skipped:
-        h.update(f"skipped\t{s.path}\t{s.reason}\n".encode())
+        h.update(f"skipped\t{s.path}\t{s.reason}\n".encode("utf-8", "surrogatepass"))
     masks_dir = root / MASKS_DIR
     if masks_dir.is_dir():
         h.update(b"masks\n")
@@ -538,36 +555,76 @@ def _manifest_key(raw: str) -> tuple[str | None, str | None]:
     return "/".join(parts), None
 
 
+def _count_files(root: Path) -> int:
+    """Files under ``root`` other than the manifest, hidden names left out (as the layouts do)."""
+    n = 0
+    for _, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        n += sum(1 for name in filenames if not name.startswith("."))
+    return n - (1 if (root / MANIFEST).is_file() else 0)
+
+
+def _bounded_lines(f: Any) -> Iterator[str]:
+    """The manifest's lines, refusing one longer than MAX_MANIFEST_LINE (read no further than that)."""
+    while line := f.readline(MAX_MANIFEST_LINE + 1):
+        if len(line) > MAX_MANIFEST_LINE:
+            raise DatasetError(
+                f"{MANIFEST} has a line longer than {MAX_MANIFEST_LINE} characters; each line is one "
+                "'split,label,path' row"
+            )
+        yield line
+
+
 def _list_manifest(root: Path, split: str | None) -> _Listing:
     manifest = root / MANIFEST
     try:
-        with manifest.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            rows = [(reader.line_num, row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{manifest} cannot be read as a UTF-8 CSV file: {e}") from e
-    if header is None:
-        raise DatasetError(f"{manifest} is empty; expected a header line 'split,label,path'")
-    columns = [h.strip().lower() for h in header]
-    missing = [c for c in ("split", "label", "path") if c not in columns]
-    if missing:
+        size = manifest.stat().st_size
+    except OSError as e:
+        raise DatasetError(f"{manifest} cannot be read: {e}") from e
+    if size > MAX_MANIFEST_BYTES:
         raise DatasetError(
-            f"{manifest} header lacks column(s) {missing}; expected 'split,label,path' "
-            f"(extra columns are ignored), found {header}"
+            f"{MANIFEST} is {size} bytes, more than {MAX_MANIFEST_BYTES}; a manifest has one short "
+            "'split,label,path' row per image"
         )
-    i_split, i_label, i_path = (columns.index(c) for c in ("split", "label", "path"))
-    width = max(i_split, i_label, i_path) + 1
-
+    n_files = _count_files(root)
+    max_rows = MANIFEST_ROWS_PER_FILE * n_files + MANIFEST_EXTRA_ROWS
     skipped: list[Skipped] = []
     entries: list[tuple[int, str, str, str]] = []  # (line, split, label, raw path)
-    for line, row in rows:
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) < width:
-            skipped.append(Skipped(f"{MANIFEST} line {line}", "too few columns"))
-            continue
-        entries.append((line, row[i_split].strip(), row[i_label].strip(), row[i_path].strip()))
+    n_rows = 0
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(_bounded_lines(f))
+            header = next(reader, None)
+            if header is None:
+                raise DatasetError(f"{manifest} is empty; expected a header line 'split,label,path'")
+            columns = [h.strip().lower() for h in header]
+            missing = [c for c in ("split", "label", "path") if c not in columns]
+            if missing:
+                raise DatasetError(
+                    f"{manifest} header lacks column(s) {missing}; expected 'split,label,path' "
+                    f"(extra columns are ignored), found {header}"
+                )
+            i_split, i_label, i_path = (columns.index(c) for c in ("split", "label", "path"))
+            width = max(i_split, i_label, i_path) + 1
+            for row in reader:  # streamed: the row limit applies before the whole file is held
+                line = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue
+                n_rows += 1
+                if n_rows > max_rows:
+                    raise DatasetError(
+                        f"{MANIFEST} has more than {max_rows} rows, but the dataset folder holds only {n_files} "
+                        f"file(s) besides it; each row names one image file, so this manifest describes another "
+                        f"dataset (at most {MANIFEST_ROWS_PER_FILE} rows per file plus {MANIFEST_EXTRA_ROWS} are "
+                        "accepted; rows naming missing files are skipped). Upload the images it lists, or a "
+                        "manifest of the images you upload"
+                    )
+                if len(row) < width:
+                    skipped.append(Skipped(f"{MANIFEST} line {line}", "too few columns"))
+                    continue
+                entries.append((line, row[i_split].strip(), row[i_label].strip(), row[i_path].strip()))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{manifest} cannot be read as a UTF-8 CSV file: {e}") from e
 
     split_counts_raw: dict[str, Counter[str]] = defaultdict(Counter)
     for _, s, label, _ in entries:
@@ -588,20 +645,23 @@ def _list_manifest(root: Path, split: str | None) -> _Listing:
         key, reason = _manifest_key(raw)
         if key is not None:
             path = root / key
-            if not label:
-                reason = "no label"
-            elif not path.resolve().is_relative_to(root):
-                reason = "path leaves the dataset root through a symlink"
-            elif not path.exists():
-                reason = "file not found"
-            elif not path.is_file():
-                reason = "not a file"
-            elif key in first_line:
-                reason = f"duplicate entry (first on line {first_line[key]})"
-            else:
-                first_line[key] = line
-                candidates.append(_Candidate(key, label, path))
-                continue
+            try:
+                if not label:
+                    reason = "no label"
+                elif not path.resolve().is_relative_to(root):
+                    reason = "path leaves the dataset root through a symlink"
+                elif not path.exists():
+                    reason = "file not found"
+                elif not path.is_file():
+                    reason = "not a file"
+                elif key in first_line:
+                    reason = f"duplicate entry (first on line {first_line[key]})"
+                else:
+                    first_line[key] = line
+                    candidates.append(_Candidate(key, label, path))
+                    continue
+            except OSError as e:  # e.g. a name longer than the file system allows (ENAMETOOLONG)
+                reason = f"unusable path ({e.strerror or type(e).__name__})"
         skipped.append(Skipped(raw or f"{MANIFEST} line {line}", f"{MANIFEST} line {line}: {reason}"))
 
     where = f"split {chosen!r} of " if chosen is not None else ""

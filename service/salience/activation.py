@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from service.models.base import Model
-from service.salience.registry import register, targets_for
+from service.salience.registry import Param, register, targets_for
 
 
-@register("cam", has_native=True, defaults={"chunk": 32})
+@register("cam", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
 def cam(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +31,7 @@ def cam(
     return torch.relu(torch.einsum("nk,nkhw->nhw", grad.sum(dim=(2, 3)), act)), logits
 
 
-@register("scorecam", has_native=True, defaults={"batch": 64})
+@register("scorecam", has_native=True, params={"batch": Param(64, int, 1, 4096)})
 def scorecam(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, batch: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

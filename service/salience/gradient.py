@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from service.models.base import Model
-from service.salience.registry import register, targets_for
+from service.salience.registry import Param, register, targets_for
 
 if TYPE_CHECKING:
     from service.models.onnx_model import OnnxModel
@@ -68,7 +68,7 @@ def _activation_and_grad(
     return _autograd_activation(model, images, fixed, layer, chunk)
 
 
-@register("gradcam", has_native=True, defaults={"chunk": 32})
+@register("gradcam", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
 def gradcam(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +78,7 @@ def gradcam(
     return torch.relu(torch.einsum("nk,nkhw->nhw", alpha, act)), logits
 
 
-@register("gradcam++", has_native=True, defaults={"chunk": 32})
+@register("gradcam++", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
 def gradcam_pp(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +101,15 @@ def _input_gradients(model: Model, images: torch.Tensor, targets: torch.Tensor) 
     return g
 
 
-@register("integrated_gradients", has_native=False, defaults={"steps": 32, "baseline": "black", "chunk": 16})
+@register(
+    "integrated_gradients",
+    has_native=False,
+    params={
+        "steps": Param(32, int, 2, 1024),  # the trapezoid rule needs both ends
+        "baseline": Param("black", str, choices=("black", "grey")),
+        "chunk": Param(16, int, 1, 4096),
+    },
+)
 def integrated_gradients(
     model: Model,
     images: torch.Tensor,
@@ -132,7 +140,11 @@ def integrated_gradients(
     return attribution.abs().sum(dim=1), logits
 
 
-@register("smoothgrad", has_native=False, defaults={"samples": 25, "noise": 0.15})
+@register(
+    "smoothgrad",
+    has_native=False,
+    params={"samples": Param(25, int, 1, 1024), "noise": Param(0.15, float, 0, 1)},  # noise: sigma / [0, 1] range
+)
 def smoothgrad(
     model: Model,
     images: torch.Tensor,

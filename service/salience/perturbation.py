@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from service.models.base import Model
-from service.salience.registry import register, targets_for
+from service.salience.registry import Param, register, targets_for
 
 
 def rise_masks(n_masks: int, grid: int, p: float, size: tuple[int, int], seed: int) -> torch.Tensor:
@@ -24,7 +24,17 @@ def rise_masks(n_masks: int, grid: int, p: float, size: tuple[int, int], seed: i
     return torch.stack([up[i, 0, dx[i] : dx[i] + h, dy[i] : dy[i] + w] for i in range(n_masks)])
 
 
-@register("rise", has_native=False, defaults={"n_masks": 1000, "grid": 7, "p": 0.5, "seed": 0, "batch": 128})
+@register(
+    "rise",
+    has_native=False,
+    params={
+        "n_masks": Param(1000, int, 1, 10_000),  # the masks are held at input size: 10,000 at 224 px are 2 GB
+        "grid": Param(7, int, 1, 128),
+        "p": Param(0.5, float, 0, 1, lo_open=True),  # the map is divided by p
+        "seed": Param(0, int, 0, 2**31 - 1),
+        "batch": Param(128, int, 1, 4096),
+    },
+)
 def rise(
     model: Model,
     images: torch.Tensor,

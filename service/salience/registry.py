@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,12 +21,52 @@ from service.salience.base import SalienceResult
 
 # A method computes the native map [N, h, w] (or input-size map) for given images and targets.
 MethodFn = Callable[..., torch.Tensor]
-_METHODS: dict[str, tuple[MethodFn, bool, dict[str, Any]]] = {}
 
 
-def register(name: str, has_native: bool, defaults: dict[str, Any] | None = None) -> Callable[[MethodFn], MethodFn]:
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a salience method, declared once: its default, its type and what it may be.
+
+    ``kind`` is ``int`` (a JSON integer, not a boolean), ``float`` (any finite JSON number) or ``str``
+    (one of ``choices``). Numbers lie in ``[lo, hi]``; ``lo_open`` excludes ``lo`` itself.
+    """
+
+    default: Any
+    kind: type
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    choices: tuple[str, ...] = ()
+
+    def allowed(self) -> str:
+        if self.kind is str:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        what = "an integer" if self.kind is int else "a number"
+        lo = f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}"
+        if self.lo is not None and self.hi is not None:
+            return f"{what} {lo} and <= {self.hi:g}"
+        return f"{what} {lo}" if self.lo is not None else what
+
+    def accepts(self, value: Any) -> bool:
+        if self.kind is str:
+            return isinstance(value, str) and value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):  # ints compare exactly, however large
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or value <= self.hi
+
+
+_METHODS: dict[str, tuple[MethodFn, bool, dict[str, Param]]] = {}
+
+
+def register(name: str, has_native: bool, params: dict[str, Param] | None = None) -> Callable[[MethodFn], MethodFn]:
     def deco(fn: MethodFn) -> MethodFn:
-        _METHODS[name] = (fn, has_native, defaults or {})
+        _METHODS[name] = (fn, has_native, params or {})
         return fn
 
     return deco
@@ -35,9 +77,44 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
-def method_defaults(name: str) -> dict[str, Any]:
+def method_params(name: str) -> dict[str, Param]:
+    """The declared parameters of method ``name``."""
     _ensure_loaded()
     return dict(_METHODS[name][2])
+
+
+def method_defaults(name: str) -> dict[str, Any]:
+    return {k: p.default for k, p in method_params(name).items()}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """``params`` checked against method ``name``'s declaration; the full parameters (defaults filled in).
+
+    Raises:
+        BadInput: an unknown method or parameter name, or a value of the wrong type or out of range (the
+            message names the parameter, what it may be and the value given).
+    """
+    _ensure_loaded()
+    if name not in _METHODS:
+        raise BadInput(f"unknown salience method {name!r}; choose from {sorted(_METHODS)}")
+    declared = _METHODS[name][2]
+    params = params or {}
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise BadInput(f"unknown method_params {unknown} for {name}; known: {sorted(declared)}")
+    bad = [
+        f"{k} must be {p.allowed()}, got {_shown(params[k])}"
+        for k, p in declared.items()
+        if k in params and not p.accepts(params[k])
+    ]
+    if bad:
+        raise BadInput(f"bad method_params for {name}: " + "; ".join(bad))
+    return {k: params.get(k, p.default) for k, p in declared.items()}
 
 
 def _ensure_loaded() -> None:
@@ -81,11 +158,8 @@ def compute_salience(
     cap = model.capabilities.get(method)
     if cap is None or not cap.available:
         raise MethodUnavailable(cap.reason if cap else f"{method} is not available for this model")
-    fn, has_native, defaults = _METHODS[method]
-    unknown = set(params or {}) - set(defaults)
-    if unknown:
-        raise BadInput(f"unknown parameter(s) {sorted(unknown)} for {method}; known: {sorted(defaults)}")
-    opts = {**defaults, **(params or {})}
+    fn, has_native, _ = _METHODS[method]
+    opts = check_method_params(method, params)
     fixed = resolve_target(model, target)
     images = images.to(model.device, torch.float32)
     if seeds is None:
