@@ -66,6 +66,28 @@ class Settings(BaseSettings):
         8 * 2**30, ge=1, description="Largest total size of a dataset archive once extracted, in bytes."
     )
     upload_dir: Path | None = Field(None, description="Temporary folder for uploads; unset: the system's.")
+    # -- connections (api.httpserver, the uvicorn protocol; docs/SERVICE.md, Running it) --------------
+    header_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a complete request line and headers (from its opening, or "
+        "from the end of the previous answer); then it is closed (slow-header clients).",
+    )
+    body_read_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest pause in a request body while the API waits for it; then 408 and the connection is "
+        "closed (stalled uploads and submissions).",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open between requests."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections (or requests in progress) per API process beyond which requests are "
+        "answered 503 with Retry-After at once.",
+    )
     # -- upload hardening and runtime faults (see docs/SERVICE.md, Uploads) ----------------------
     max_compression_ratio: float = Field(
         200.0,
