@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import redis
 from fastapi import Depends, Request
 
+from api.callbacks import CallbackSender
 from api.security.auth import Authenticator, authenticate
 from api.security.keys import KeyStore, Principal
 from api.security.ratelimit import RateLimiter
@@ -56,6 +57,10 @@ class Services:
     @cached_property
     def limiter(self) -> RateLimiter:
         return RateLimiter(self.redis, self.settings.key_prefix)
+
+    @cached_property
+    def callbacks(self) -> CallbackSender:
+        return CallbackSender(self.settings, self.jobs)
 
     @cached_property
     def celery(self) -> Any:

@@ -163,7 +163,18 @@ class Settings(BaseSettings):
     )
 
     # -- webhooks (a job's callback_url) -------------------------------------------------------
-    callback_timeout: float = Field(10.0, gt=0, description="Seconds per attempt to POST a job to its callback_url.")
+    callback_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Total seconds one attempt to POST a job to its callback_url may take (connect, send, the "
+        "receiver's whole answer): a receiver that answers slowly is cut off at this deadline.",
+    )
+    api_callback_threads: int = Field(
+        4,
+        ge=1,
+        description="Threads of each API process that send the callbacks of jobs it ends (canceled while queued, "
+        "cache hits), apart from the request threads; further callbacks wait for one (at most 1000 pending).",
+    )
     callback_attempts: int = Field(
         3, ge=1, description="Attempts to deliver a job's callback (network errors, 5xx and 429 are retried)."
     )
