@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.deps import Services
+from api.guard import RequestGuard
 from api.routers import datasets, families, health, jobs, leaderboards, models, report_html
 from api.security.auth import warn_auth_off
 from service.settings import Settings
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (jobs.router, report_html.router, leaderboards.router, models.router, families.router, datasets.router,
               health.router):
         app.include_router(r)
+    # Runs before FastAPI reads a body: authenticates every /v1 request and bounds JSON bodies (api/guard.py).
+    app.add_middleware(RequestGuard, services=app.state.services)
     _problem_only_errors(app)
     _bearer_security(app)
     return app

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         8 * 2**30, ge=1, description="Largest total size of a dataset archive once extracted, in bytes."
     )
     upload_dir: Path | None = Field(None, description="Temporary folder for uploads; unset: the system's.")
+    max_json_bytes: int = Field(
+        2**20,
+        ge=1,
+        description="Largest request body of a /v1 operation other than the uploads (job submissions are JSON), in "
+        "bytes: a larger Content-Length is refused at once and a chunked body as soon as it passes this (413). "
+        "Uploads have ETM_MAX_MODEL_BYTES and ETM_MAX_DATASET_BYTES.",
+    )
     # -- connections (api.httpserver, the uvicorn protocol; docs/SERVICE.md, Running it) --------------
     header_read_timeout_seconds: float = Field(
         10.0,
@@ -242,6 +249,12 @@ class Settings(BaseSettings):
         ge=0.0,
         description="How long an API process trusts a verified key before checking it (and its revocation) "
         "again in the store: a revoked key stops working within this many seconds.",
+    )
+    auth_verify_threads: int = Field(
+        4,
+        ge=1,
+        description="Threads of each API process that verify API keys (argon2, ~20 ms and 19 MiB each), apart from "
+        "the request threads.",
     )
     rate_uploads_per_minute: int = Field(
         60,

@@ -73,7 +73,7 @@ def _replay(jobs: JobStore, prior: dict[str, str], body_sha: str, key: str) -> d
     "are dataset ids, plus an optional `callback_url`. Answers 202 with `Location` and `Retry-After`. A job "
     "whose result is cached comes back already `succeeded` with `cache_hit: true`. With an `Idempotency-Key` "
     "header, repeating the same body returns the same job; another body with the same key is a 422.",
-    responses=problem_responses(409, 415, 429, 503),
+    responses=problem_responses(409, 413, 415, 429, 503),
     dependencies=[Depends(limit("jobs")), Depends(require_json)],
 )
 def create_job(

@@ -6,6 +6,9 @@ key); after that its record is read again (revocation is seen then) and argon2 r
 the record's hash changed. A revoked key therefore stops working within that many seconds on every
 replica, and 100 polling clients cost one store read per key per interval, not 100 argon2 runs.
 
+``api.guard`` calls this before FastAPI reads the body: ``cached`` on the event loop (memory only), ``__call__``
+on ``ETM_AUTH_VERIFY_THREADS`` threads of its own.
+
 ``ETM_AUTH=off``: every request acts for the tenant ``local``, and only loopback peers are served
 (403 otherwise); keys sent anyway are ignored. ``/healthz``, ``/readyz``, ``/metrics``, ``/docs`` and
 ``/openapi.json`` do not use this dependency: they stay open in both modes.
@@ -82,23 +85,48 @@ class Authenticator:
         self._cache: dict[str, _Verified] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, request: Request) -> Principal:
+    def cached(self, request: Request) -> Principal | None:
+        """The principal when memory alone can tell (auth off, a key verified within the cache window), None when
+        the store or argon2 is needed (call this object, on a thread). Raises the 401/403 that need neither."""
         if self.settings.auth == "off":
-            peer = request.client.host if request.client else None
-            if not is_loopback(peer):
-                raise ProblemError(403, OFF_REMOTE_DETAIL, slug="auth-off-remote", title="Authentication is off")
-            return Principal(LOCAL_TENANT)
+            return self._local(request)
+        hit = self._fresh(key_sha(self._token(request)))
+        return hit.principal if hit is not None else None
+
+    def __call__(self, request: Request) -> Principal:
+        """The principal of the request; may read the store and run argon2 (blocking: call it on a thread)."""
+        if self.settings.auth == "off":
+            return self._local(request)
+        token = self._token(request)
+        try:
+            return self.principal(token)
+        except KeyRefused as exc:
+            slug = {"revoked": "revoked-api-key", "malformed": "malformed-api-key"}.get(exc.reason, "invalid-api-key")
+            raise _unauthorized(exc.detail, slug, "invalid_token") from exc
+
+    @staticmethod
+    def _local(request: Request) -> Principal:
+        peer = request.client.host if request.client else None
+        if not is_loopback(peer):
+            raise ProblemError(403, OFF_REMOTE_DETAIL, slug="auth-off-remote", title="Authentication is off")
+        return Principal(LOCAL_TENANT)
+
+    @staticmethod
+    def _token(request: Request) -> str:
         header = request.headers.get("authorization")
         if not header:
             raise _unauthorized(MISSING_DETAIL, "missing-api-key", None)
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized(NOT_BEARER_DETAIL, "malformed-authorization", "invalid_request")
-        try:
-            return self.principal(token.strip())
-        except KeyRefused as exc:
-            slug = {"revoked": "revoked-api-key", "malformed": "malformed-api-key"}.get(exc.reason, "invalid-api-key")
-            raise _unauthorized(exc.detail, slug, "invalid_token") from exc
+        return token.strip()
+
+    def _fresh(self, sha: str) -> _Verified | None:
+        with self._lock:
+            hit = self._cache.get(sha)
+        if hit is not None and time.monotonic() - hit.checked_at < self.settings.auth_cache_seconds:
+            return hit
+        return None
 
     def principal(self, presented: str) -> Principal:
         """The principal of a key, from the cache when it was verified recently."""
@@ -138,8 +166,11 @@ def _unauthorized(detail: str, slug: str, error: str | None) -> ProblemError:
 
 
 def authenticate(request: Request) -> Principal:
-    """The dependency (sync: FastAPI runs it in a thread, so argon2 never blocks the event loop)."""
-    principal: Principal = request.app.state.services.authenticator(request)
-    request.state.principal = principal
+    """The dependency: the principal ``api.guard`` found before the body was read. Without one (an app used
+    without the guard) it checks here (sync: FastAPI runs it in a thread, so argon2 never blocks the event loop)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        principal = request.app.state.services.authenticator(request)
+        request.state.principal = principal
     return principal
 
