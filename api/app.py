@@ -43,6 +43,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def _warm_up() -> None:
     try:
+        from api.security.keys import dummy_hash
+
+        dummy_hash()  # an argon2 hash: made here, not on the event loop or in the first unknown key's request
         import service.models.loader  # noqa: F401
         from service.salience.registry import method_names
 

@@ -250,6 +250,19 @@ class Settings(BaseSettings):
         description="How long an API process trusts a verified key before checking it (and its revocation) "
         "again in the store: a revoked key stops working within this many seconds.",
     )
+    auth_failures_per_key_per_minute: int = Field(
+        10,
+        ge=0,
+        description="Failed authentications (unknown, wrong or revoked key) per minute per key id before further "
+        "attempts with that id get 429 without being checked (a burst of this many passes; an attempt while "
+        "throttled restarts the wait); keys this API process verified before keep working. 0: no limit.",
+    )
+    auth_failures_per_address_per_minute: int = Field(
+        30,
+        ge=0,
+        description="Failed authentications per minute per client address (as uvicorn reports it) before further "
+        "attempts from it get 429 without being checked. 0: no limit.",
+    )
     auth_verify_threads: int = Field(
         4,
         ge=1,

@@ -6,8 +6,11 @@ key); after that its record is read again (revocation is seen then) and argon2 r
 the record's hash changed. A revoked key therefore stops working within that many seconds on every
 replica, and 100 polling clients cost one store read per key per interval, not 100 argon2 runs.
 
-``api.guard`` calls this before FastAPI reads the body: ``cached`` on the event loop (memory only), ``__call__``
-on ``ETM_AUTH_VERIFY_THREADS`` threads of its own.
+Failed verifications (unknown, wrong or revoked keys) are throttled per key id and per client address
+(``ETM_AUTH_FAILURES_PER_KEY_PER_MINUTE``, ``ETM_AUTH_FAILURES_PER_ADDRESS_PER_MINUTE``): past a bucket, 429
+with Retry-After and no argon2 run. An unknown key id is verified against a dummy hash, so it takes as long as a
+wrong secret. ``api.guard`` calls this before FastAPI reads the body: ``cached`` on the event loop (memory only),
+``__call__`` on ``ETM_AUTH_VERIFY_THREADS`` threads of its own.
 
 ``ETM_AUTH=off``: every request acts for the tenant ``local``, and only loopback peers are served
 (403 otherwise); keys sent anyway are ignored. ``/healthz``, ``/readyz``, ``/metrics``, ``/docs`` and
@@ -18,15 +21,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from api.problems import ProblemError
-from api.security.keys import LOCAL_TENANT, KeyRefused, KeyStore, Principal, key_sha
+from api.security.keys import KEY_RE, LOCAL_TENANT, KeyRefused, KeyStore, Principal, key_sha
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from api.security.ratelimit import FailureLimiter
 
 log = logging.getLogger("etm.auth")
 CACHE_MAX = 10_000  # verified keys remembered per process (a bound, not a working-set estimate)
@@ -79,9 +87,10 @@ class _Verified:
 class Authenticator:
     """Checks requests for one app; holds this process's cache of verified keys."""
 
-    def __init__(self, settings: Settings, keys: KeyStore) -> None:
+    def __init__(self, settings: Settings, keys: KeyStore, failures: FailureLimiter | None = None) -> None:
         self.settings = settings
         self.keys = keys
+        self.failures = failures
         self._cache: dict[str, _Verified] = {}
         self._lock = threading.Lock()
 
@@ -99,7 +108,7 @@ class Authenticator:
             return self._local(request)
         token = self._token(request)
         try:
-            return self.principal(token)
+            return self.principal(token, request.client.host if request.client else None)
         except KeyRefused as exc:
             slug = {"revoked": "revoked-api-key", "malformed": "malformed-api-key"}.get(exc.reason, "invalid-api-key")
             raise _unauthorized(exc.detail, slug, "invalid_token") from exc
@@ -128,8 +137,14 @@ class Authenticator:
             return hit
         return None
 
-    def principal(self, presented: str) -> Principal:
-        """The principal of a key, from the cache when it was verified recently."""
+    def principal(self, presented: str, address: str | None = None) -> Principal:
+        """The principal of a key, from the cache when it was verified recently. ``address``: the client's, for
+        the failed-authentication limit.
+
+        Raises:
+            KeyRefused: malformed, unknown, wrong or revoked.
+            ProblemError: 429, too many failed authentications for this key id or from this address.
+        """
         sha = key_sha(presented)
         t = time.monotonic()
         with self._lock:
@@ -148,12 +163,45 @@ class Authenticator:
                     hit.checked_at = t
                 return hit.principal
             self._forget(sha)
-        principal, rec = self.keys.verify(presented)
+        m = KEY_RE.match(presented)
+        if m is None:  # refused without argon2, not counted: telling the format costs nothing
+            return self.keys.verify(presented)[0]
+        key_id = m.group(1)
+        self._check_failures(key_id, address)
+        try:
+            principal, rec = self.keys.verify(presented)
+        except KeyRefused:
+            if self.failures is not None:
+                self.failures.failed(key_id, address)
+            raise
         with self._lock:
             if len(self._cache) >= CACHE_MAX:
                 self._cache.clear()
             self._cache[sha] = _Verified(principal, rec["hash"], t)
         return principal
+
+    def _check_failures(self, key_id: str, address: str | None) -> None:
+        if self.failures is None:
+            return
+        wait, which = self.failures.blocked(key_id, address)
+        if which is None:
+            return
+        retry = max(1, math.ceil(wait))
+        if which == "key":
+            detail = (
+                f"too many failed authentications with API key id {key_id} (at most "
+                f"{self.settings.auth_failures_per_key_per_minute} per minute, ETM_AUTH_FAILURES_PER_KEY_PER_MINUTE); "
+                f"retry in {retry} s with the right key (an attempt before then restarts the wait)"
+            )
+        else:
+            detail = (
+                f"too many failed authentications from {address} (at most "
+                f"{self.settings.auth_failures_per_address_per_minute} per minute, "
+                f"ETM_AUTH_FAILURES_PER_ADDRESS_PER_MINUTE); retry in {retry} s with a valid key (an attempt before "
+                "then restarts the wait)"
+            )
+        raise ProblemError(429, detail, slug="auth-rate-limited", title="Too many failed authentications",
+                           headers={"Retry-After": str(retry)})
 
     def _forget(self, sha: str) -> None:
         with self._lock:
