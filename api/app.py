@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.deps import Services
+from api.guard import RequestGuard
 from api.routers import datasets, families, health, jobs, leaderboards, models, report_html
 from api.security.auth import warn_auth_off
 from service.settings import Settings
@@ -43,6 +44,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def _warm_up() -> None:
     try:
+        from api.security.keys import dummy_hash
+
+        dummy_hash()  # an argon2 hash: made here, not on the event loop or in the first unknown key's request
         from service.measures import MEASURES  # noqa: F401
         from service.salience.registry import method_names
 
@@ -74,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (jobs.router, report_html.router, leaderboards.router, models.router, families.router, datasets.router,
               health.router):
         app.include_router(r)
+    # Runs before FastAPI reads a body: authenticates every /v1 request and bounds JSON bodies (api/guard.py).
+    app.add_middleware(RequestGuard, services=app.state.services)
     _problem_only_errors(app)
     _bearer_security(app)
     return app

@@ -12,9 +12,10 @@ from typing import Annotated, Any
 import redis
 from fastapi import Depends, Request
 
+from api.callbacks import CallbackSender
 from api.security.auth import Authenticator, authenticate
 from api.security.keys import KeyStore, Principal
-from api.security.ratelimit import RateLimiter
+from api.security.ratelimit import FailureLimiter, RateLimiter
 from service.settings import Settings
 from service.store import ArtifactStore, Registry
 from workers.records import JobStore
@@ -51,11 +52,21 @@ class Services:
 
     @cached_property
     def authenticator(self) -> Authenticator:
-        return Authenticator(self.settings, self.keys)
+        s = self.settings
+        failures = None
+        if s.auth == "keys":
+            failures = FailureLimiter(
+                self.redis, s.key_prefix, s.auth_failures_per_key_per_minute, s.auth_failures_per_address_per_minute
+            )
+        return Authenticator(s, self.keys, failures)
 
     @cached_property
     def limiter(self) -> RateLimiter:
         return RateLimiter(self.redis, self.settings.key_prefix)
+
+    @cached_property
+    def callbacks(self) -> CallbackSender:
+        return CallbackSender(self.settings, self.jobs)
 
     @cached_property
     def celery(self) -> Any:

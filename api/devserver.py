@@ -37,6 +37,7 @@ from api.security.auth import is_loopback, warn_auth_off
 from service.settings import Settings
 
 log = logging.getLogger("etm.devserver")
+HTTP_PROTOCOL = "api.httpserver:HardenedH11Protocol"  # uvicorn --http: read timeouts, connection cap
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -124,8 +125,8 @@ class DevServer:
         py = sys.executable
         self.spawn(
             "api",
-            [py, "-m", "uvicorn", "api.main:app", "--host", s.api_host, "--port", str(s.api_port),
-             "--log-level", s.log_level.lower()],
+            [py, "-m", "uvicorn", "api.main:app", "--http", HTTP_PROTOCOL, "--host", s.api_host,
+             "--port", str(s.api_port), "--log-level", s.log_level.lower()],
             env,
         )
         self.spawn("worker", [py, "-m", "workers", "-Q", s.job_queue, "--hostname", "etm-dev@%h"], env)

@@ -36,7 +36,7 @@ _SLUGS = {
     406: ("not-acceptable", "Not acceptable"),
     409: ("conflict", "Conflict"),
     410: ("gone", "Gone"),
-    413: ("too-large", "Upload too large"),
+    413: ("too-large", "Request body too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
     422: ("invalid-request", "Invalid request"),
     429: ("too-many-requests", "Too many requests"),

@@ -66,6 +66,35 @@ class Settings(BaseSettings):
         8 * 2**30, ge=1, description="Largest total size of a dataset archive once extracted, in bytes."
     )
     upload_dir: Path | None = Field(None, description="Temporary folder for uploads; unset: the system's.")
+    max_json_bytes: int = Field(
+        2**20,
+        ge=1,
+        description="Largest request body of a /v1 operation other than the uploads (job submissions are JSON), in "
+        "bytes: a larger Content-Length is refused at once and a chunked body as soon as it passes this (413). "
+        "Uploads have ETM_MAX_MODEL_BYTES and ETM_MAX_DATASET_BYTES.",
+    )
+    # -- connections (api.httpserver, the uvicorn protocol; docs/SERVICE.md, Running it) --------------
+    header_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a connection has to send a complete request line and headers (from its opening, or "
+        "from the end of the previous answer); then it is closed (slow-header clients).",
+    )
+    body_read_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest pause in a request body while the API waits for it; then 408 and the connection is "
+        "closed (stalled uploads and submissions).",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open between requests."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open connections (or requests in progress) per API process beyond which requests are "
+        "answered 503 with Retry-After at once.",
+    )
     # -- upload hardening and runtime faults (see docs/SERVICE.md, Uploads) ----------------------
     max_compression_ratio: float = Field(
         200.0,
@@ -166,7 +195,18 @@ class Settings(BaseSettings):
     )
 
     # -- webhooks (a job's callback_url) -------------------------------------------------------
-    callback_timeout: float = Field(10.0, gt=0, description="Seconds per attempt to POST a job to its callback_url.")
+    callback_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Total seconds one attempt to POST a job to its callback_url may take (connect, send, the "
+        "receiver's whole answer): a receiver that answers slowly is cut off at this deadline.",
+    )
+    api_callback_threads: int = Field(
+        4,
+        ge=1,
+        description="Threads of each API process that send the callbacks of jobs it ends (canceled while queued, "
+        "cache hits), apart from the request threads; further callbacks wait for one (at most 1000 pending).",
+    )
     callback_attempts: int = Field(
         3, ge=1, description="Attempts to deliver a job's callback (network errors, 5xx and 429 are retried)."
     )
@@ -234,6 +274,25 @@ class Settings(BaseSettings):
         ge=0.0,
         description="How long an API process trusts a verified key before checking it (and its revocation) "
         "again in the store: a revoked key stops working within this many seconds.",
+    )
+    auth_failures_per_key_per_minute: int = Field(
+        10,
+        ge=0,
+        description="Failed authentications (unknown, wrong or revoked key) per minute per key id before further "
+        "attempts with that id get 429 without being checked (a burst of this many passes; an attempt while "
+        "throttled restarts the wait); keys this API process verified before keep working. 0: no limit.",
+    )
+    auth_failures_per_address_per_minute: int = Field(
+        30,
+        ge=0,
+        description="Failed authentications per minute per client address (as uvicorn reports it) before further "
+        "attempts from it get 429 without being checked. 0: no limit.",
+    )
+    auth_verify_threads: int = Field(
+        4,
+        ge=1,
+        description="Threads of each API process that verify API keys (argon2, ~20 ms and 19 MiB each), apart from "
+        "the request threads.",
     )
     rate_uploads_per_minute: int = Field(
         60,

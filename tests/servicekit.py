@@ -24,6 +24,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
+HTTP_PROTOCOL = "api.httpserver:HardenedH11Protocol"  # uvicorn --http: read timeouts, a connection cap
 
 
 def free_port() -> int:
@@ -169,8 +170,8 @@ class ServiceKit:
     def start_api(self) -> None:
         self._spawn(
             "api",
-            [PY, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port), "--log-level",
-             "warning"],
+            [PY, "-m", "uvicorn", "api.main:app", "--http", HTTP_PROTOCOL, "--host", "127.0.0.1", "--port",
+             str(self.port), "--log-level", "warning"],
         )
 
     def start_worker(self, i: int) -> None:

@@ -57,7 +57,13 @@ DELETABLE: dict[str, list[str]] = {"model_id": [], "dataset_id": []}
 UPLOADS: dict[str, bytes] = {}
 SEEN: dict[str, Counter[int]] = defaultdict(Counter)
 # No rate limits: a 429 would only stop the fuzzer from reaching the upload and job code.
-NO_RATE_LIMITS = {"ETM_RATE_UPLOADS_PER_MINUTE": "0", "ETM_RATE_JOBS_PER_MINUTE": "0"}
+NO_RATE_LIMITS = {
+    "ETM_RATE_UPLOADS_PER_MINUTE": "0",
+    "ETM_RATE_JOBS_PER_MINUTE": "0",
+    # schemathesis repeats accepted cases with a wrong key: those 401s must not turn into 429s
+    "ETM_AUTH_FAILURES_PER_KEY_PER_MINUTE": "0",
+    "ETM_AUTH_FAILURES_PER_ADDRESS_PER_MINUTE": "0",
+}
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,8 @@
   ``X-ETM-Signature: t=<unix time>,v1=<hex>`` carries HMAC-SHA256(``ETM_WEBHOOK_SECRET``,
   ``"<t>." + body``). Receivers recompute it and reject old ``t`` values, so a captured request cannot
   be replayed later (``verify_signature``).
+- **Bounded**: one attempt, from connecting to the end of the answer, takes at most ``ETM_CALLBACK_TIMEOUT``
+  seconds in total (a receiver trickling its answer is cut off there), and at most 64 KiB of the answer is read.
 - **Retried**: network errors, 5xx and 429 are retried (``ETM_CALLBACK_ATTEMPTS``), waiting
   ``ETM_WEBHOOK_BACKOFF_SECONDS`` x 2^(attempt - 2), at most ``ETM_WEBHOOK_BACKOFF_MAX_SECONDS`` (a 429's
   Retry-After is honoured within that bound). Other answers end the delivery: a 4xx will not change by
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -155,16 +158,50 @@ def backoff(settings: Settings, attempt: int, retry_after: str | None = None) ->
     return min(delay, settings.webhook_backoff_max_seconds)
 
 
+class DeadlineExceeded(httpx.TimeoutException):
+    """An attempt did not end within its total deadline (ETM_CALLBACK_TIMEOUT)."""
+
+
+MAX_ANSWER_BYTES = 64 * 1024  # of the receiver's answer body read (only its status matters)
+
+
 def _post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
-    """POST to the checked address itself, with the original Host header (and SNI name for https)."""
+    """POST to the checked address itself, with the original Host header (and SNI name for https), within a
+    total deadline of ``timeout`` seconds for the whole exchange: connect, send, the answer's status line, headers
+    and body (httpx's own timeouts are per read, which a receiver sending a byte now and then never trips).
+
+    Raises:
+        DeadlineExceeded: no complete answer within ``timeout`` seconds.
+        httpx.HTTPError: the exchange failed otherwise.
+    """
+    return asyncio.run(_post_async(target, body, headers, timeout))
+
+
+async def _post_async(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
     ip = target.addresses[0]
     url = target.url.copy_with(host=str(ip))
     host_header = target.url.netloc.decode("ascii").rsplit("@", 1)[-1]
     extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
-    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-        request = client.build_request("POST", url, content=body, headers={**headers, "Host": host_header})
-        request.extensions.update(extensions)
-        return client.send(request)
+    try:
+        async with asyncio.timeout(timeout):
+            async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+                request = client.build_request("POST", url, content=body, headers={**headers, "Host": host_header})
+                request.extensions.update(extensions)
+                resp = await client.send(request, stream=True)
+                try:
+                    read = 0
+                    async for chunk in resp.aiter_raw():
+                        read += len(chunk)
+                        if read > MAX_ANSWER_BYTES:
+                            break
+                finally:
+                    await resp.aclose()
+                return resp
+    except TimeoutError as exc:
+        raise DeadlineExceeded(
+            f"the receiver sent no complete answer within {timeout:g} s (ETM_CALLBACK_TIMEOUT, the deadline of one "
+            "attempt)"
+        ) from exc
 
 
 def deliver(settings: Settings, jobs: JobStore, job: dict[str, Any]) -> dict[str, Any]:

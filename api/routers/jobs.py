@@ -73,7 +73,7 @@ def _replay(jobs: JobStore, prior: dict[str, str], body_sha: str, key: str) -> d
     "are dataset ids, plus an optional `callback_url`. Answers 202 with `Location` and `Retry-After`. A job "
     "whose result is cached comes back already `succeeded` with `cache_hit: true`. With an `Idempotency-Key` "
     "header, repeating the same body returns the same job; another body with the same key is a 422.",
-    responses=problem_responses(409, 415, 429, 503),
+    responses=problem_responses(409, 413, 415, 429, 503),
     dependencies=[Depends(limit("jobs")), Depends(require_json)],
 )
 def create_job(
@@ -143,7 +143,8 @@ def create_job(
         # slowest step of a cache hit.
         background.add_task(jobs.snapshot, job_id)
         if body.callback_url:
-            background.add_task(_callback, services, job_id)
+            # queued after the snapshot (which it would race); sent on the callback threads, not the request pool
+            background.add_task(services.callbacks.submit, job_id)
     else:
         try:
             services.celery.send_task(
@@ -174,14 +175,6 @@ def _check_callback(url: str, settings: Any) -> None:
         check_callback_url(url, settings)
     except CallbackRefused as exc:
         raise ProblemError(422, str(exc), slug="callback-refused", title="Callback URL refused") from exc
-
-
-def _callback(services: Any, job_id: str) -> None:
-    from workers.jobs import deliver_callback
-
-    job = services.jobs.get(job_id)
-    if job is not None:
-        deliver_callback(services.settings, services.jobs, job)
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
@@ -220,14 +213,13 @@ def cancel_job(
     settings: SettingsDep,
     principal: PrincipalDep,
     services: ServicesDep,
-    background: BackgroundTasks,
 ) -> Job:
     job = _job_or_404(jobs, job_id, principal.tenant)
     if job["status"] in TERMINAL:
         raise ProblemError(409, f"job {job_id} already ended ({job['status']}); there is nothing to cancel")
     job = jobs.request_cancel(job_id) or job
     if job["status"] == "canceled" and job.get("callback_url"):
-        background.add_task(_callback, services, job_id)  # it ended here, while queued: no worker will report it
+        services.callbacks.submit(job_id)  # it ended here, while queued: no worker will report it
     response.headers["Retry-After"] = str(settings.retry_after_seconds)
     return Job.model_validate(public_job(job))
 

@@ -10,6 +10,7 @@ No FastAPI here: the admin CLI uses this module on the server without the web st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -28,6 +29,13 @@ PUBLIC_FIELDS = ("key_id", "tenant", "name", "created_at", "revoked_at")
 # OWASP's argon2id minimum (19 MiB, 2 passes, 1 lane): the secrets are random 256-bit strings, so the
 # hash only has to make a leaked store useless, and a verification costs ~20 ms and 19 MiB, not 64.
 _HASHER = PasswordHasher(time_cost=2, memory_cost=19_456, parallelism=1)
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """A hash no secret matches: verified for key ids without a record, so that an unknown id costs what a wrong
+    secret costs and the answer's timing does not tell which key ids exist."""
+    return _HASHER.hash(secrets.token_urlsafe(32))
 
 
 @dataclass(frozen=True)
@@ -129,11 +137,10 @@ class KeyStore:
             )
         key_id, secret = m.groups()
         rec = self.record(key_id)
-        if rec is not None:
-            try:
-                _HASHER.verify(rec["hash"], secret)
-            except (VerificationError, InvalidHashError):
-                rec = None
+        try:  # the same argon2 run whether or not the id has a record
+            _HASHER.verify(rec["hash"] if rec is not None else dummy_hash(), secret)
+        except (VerificationError, InvalidHashError):
+            rec = None
         if rec is None:
             raise KeyRefused("unknown", "this API key is not known to the service; check ETM_API_KEY or ask an "
                              "operator for a key (etm-admin keys create)")

@@ -85,3 +85,89 @@ def limit(kind: str):  # noqa: ANN201 - returns a FastAPI dependency
 
     dependency.__name__ = f"rate_limit_{kind}"
     return dependency
+
+
+# Failed authentications: one bucket per key id and one per client address, each holding a minute's worth.
+# BLOCKED (KEYS the buckets, ARGV their capacities): the seconds until every bucket holds a token and the 1-based
+# index of the bucket that waits longest (0 when none is empty). An empty bucket asked again is emptied
+# completely (tokens 0 from now): an attempt while throttled restarts the wait of one token's refill, so only a
+# client that waits out Retry-After gets another try. FAILED takes a token from each bucket.
+_BLOCKED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local wait, which = 0, 0
+for i = 1, #KEYS do
+  local cap = tonumber(ARGV[i])
+  local rate = cap / 60.0
+  local b = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local tokens = tonumber(b[1]) or cap
+  local ts = tonumber(b[2]) or now
+  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+  if tokens < 1 then
+    redis.call('HSET', KEYS[i], 'tokens', '0', 'ts', tostring(now))
+    redis.call('EXPIRE', KEYS[i], 120)
+    if 1 / rate > wait then wait, which = 1 / rate, i end
+  end
+end
+return {tostring(wait), which}
+"""
+_FAILED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 1, #KEYS do
+  local cap = tonumber(ARGV[i])
+  local b = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
+  local tokens = tonumber(b[1]) or cap
+  local ts = tonumber(b[2]) or now
+  tokens = math.max(0, math.min(cap, tokens + math.max(0, now - ts) * cap / 60.0) - 1)
+  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[i], 120)
+end
+return 1
+"""
+
+
+class FailureLimiter:
+    """Failed authentications per key id and per client address (token buckets in Redis, shared by replicas).
+
+    ``blocked`` is asked right before a key would be verified (argon2) and ``failed`` after a verification
+    failed, so successful verifications never spend tokens; concurrent verifications in flight can overshoot a
+    bucket by at most their number (ETM_AUTH_VERIFY_THREADS per API process). Asking while blocked restarts the
+    wait (Retry-After: one token's refill), so a client hammering on gets no verification at all. With Redis
+    unreachable nothing is throttled (logged), as with the other limits.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, per_key: int, per_address: int) -> None:
+        self.prefix = prefix
+        self.per_key, self.per_address = per_key, per_address
+        self._blocked = client.register_script(_BLOCKED)
+        self._failed = client.register_script(_FAILED)
+
+    def _buckets(self, key_id: str, address: str | None) -> list[tuple[str, int, str]]:
+        out = []
+        if self.per_key > 0:
+            out.append((f"{self.prefix}authfail:key:{key_id}", self.per_key, "key"))
+        if self.per_address > 0 and address:
+            out.append((f"{self.prefix}authfail:addr:{address}", self.per_address, "address"))
+        return out
+
+    def blocked(self, key_id: str, address: str | None) -> tuple[float, str | None]:
+        """``(seconds to wait, "key" or "address")`` when a bucket is empty, else ``(0, None)``."""
+        buckets = self._buckets(key_id, address)
+        if not buckets:
+            return 0.0, None
+        try:
+            wait, which = self._blocked(keys=[b[0] for b in buckets], args=[b[1] for b in buckets])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("failed-authentication limit not checked, Redis unreachable: %s", exc)
+            return 0.0, None
+        return (float(wait), buckets[int(which) - 1][2]) if int(which) else (0.0, None)
+
+    def failed(self, key_id: str, address: str | None) -> None:
+        buckets = self._buckets(key_id, address)
+        if not buckets:
+            return
+        try:
+            self._failed(keys=[b[0] for b in buckets], args=[b[1] for b in buckets])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("failed authentication not counted, Redis unreachable: %s", exc)
