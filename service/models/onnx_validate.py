@@ -17,13 +17,15 @@ the bodies of any other node, recursively) and the bodies of model-local functio
   data of the wrong length, sparse tensors ONNX Runtime would make dense above ``MAX_ELEMENTS``;
 - ``ConstantOfShape``, ``Expand``, ``Tile``, ``Range``, ``Resize``, ``Upsample``, ``Pad``, ``OneHot``,
   ``RandomNormal``, ``RandomUniform`` whose sizes are constants (initializers, ``Constant`` nodes,
-  attributes) and make an output of more than ``MAX_ELEMENTS`` elements.
+  attributes) and make an output of more than ``MAX_ELEMENTS`` elements; ``pads``, ``output_shape``
+  and ``output_padding`` attributes (convolutions, pools) above ``MAX_PADDING``.
 
 Sizes computed from the input at run time are not bounded here (the sandbox's memory limit is).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +37,8 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from service.errors import ModelRefused
 
 MAX_ELEMENTS = 1 << 28  # 256 Mi elements: 1 GiB of float32 in one tensor whose size is a constant
+MAX_PADDING = 1 << 16  # pads / output_shape / output_padding attributes (Conv, ConvTranspose, pools, Pad-2)
+_PADDING_ATTRS = frozenset({"pads", "output_shape", "output_padding"})
 STANDARD_DOMAINS = ("", "ai.onnx")
 _LOOPS = ("Loop", "Scan", "SequenceMap")
 _SELF_CONTAINED = "onnx.save_model(model, path, save_as_external_data=False)"
@@ -117,10 +121,8 @@ class OnnxValidator:
             if t.data_type in (TensorProto.INT64, TensorProto.INT32, TensorProto.FLOAT, TensorProto.DOUBLE) and (
                 _elements(t.dims) <= _CONST_LIMIT
             ):
-                try:
+                with contextlib.suppress(Exception):  # malformed data: not a size, onnx.checker reports it
                     scope.consts[t.name] = numpy_helper.to_array(t)
-                except Exception:  # malformed data: not a usable size, onnx.checker reports it
-                    pass
             scope.shapes.setdefault(t.name, [int(d) for d in t.dims])
         for st in graph.sparse_initializer:
             self._sparse(st, "initializer", scope.where)
@@ -219,6 +221,13 @@ class OnnxValidator:
             dims = scope.shapes.get(node.input[i]) if len(node.input) > i else None
             return math.prod(d for d in (dims or []) if d) or 1
 
+        for attr in node.attribute:
+            if attr.name in _PADDING_ATTRS and any(abs(v) > MAX_PADDING for v in attr.ints):
+                raise ModelRefused(
+                    f"{self.name}: attribute {attr.name!r} of {_describe(node)} in {scope.where} is "
+                    f"{list(attr.ints)[:8]}; values above {MAX_PADDING:,} make outputs no image classifier needs "
+                    "and are refused as an allocation bomb"
+                )
         size: float | None = None
         shape = const(0) if op == "ConstantOfShape" else const(1) if op == "Expand" else None
         if shape is not None:

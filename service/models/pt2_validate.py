@@ -289,8 +289,9 @@ def _check_fqn(name: object, field: str, fname: str, allow_empty: bool = False) 
 # EfficientNet (v1/v2), MobileNet v2/v3, ShuffleNet, SqueezeNet, RegNet, VGG, GoogLeNet, MNASNet,
 # ConvNeXt, ViT, Swin (v1/v2) and MaxViT, both IRs. Never here: file and storage operators
 # (from_file, set_ with storages), random-number generation (rand*, normal, bernoulli, ...),
-# distributed, profiler, I/O, and the _unsafe_* indexing operators (no bounds checks: reads and
-# writes outside a tensor's memory).
+# distributed, profiler, I/O, the _unsafe_* indexing operators (no bounds checks: reads and writes
+# outside a tensor's memory) and the empty* factories (uninitialised memory, which can hold an earlier
+# job's images, would flow into the scores; no classifier export in the survey above uses them).
 _ATEN_OPS = """
 convolution _convolution conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d
 linear addmm mm bmm matmul baddbmm addbmm addmv mv dot outer einsum t
@@ -329,8 +330,8 @@ tensor_split chunk unbind slice slice_scatter select select_scatter narrow index
 scatter scatter_add index_put index_put_ index_add take_along_dim roll flip repeat tile
 repeat_interleave pad constant_pad_nd reflection_pad1d reflection_pad2d replication_pad1d
 replication_pad2d _pad_circular as_strided alias detach detach_ lift_fresh lift_fresh_copy _to_copy
-to type_as copy copy_ fill fill_ zero_ zeros zeros_like ones ones_like full full_like empty
-empty_like empty_strided new_zeros new_ones new_full new_empty new_empty_strided arange linspace
+to type_as copy copy_ fill fill_ zero_ zeros zeros_like ones ones_like full full_like new_zeros
+new_ones new_full arange linspace
 scalar_tensor eye tril triu diagonal embedding one_hot
 
 scaled_dot_product_attention _scaled_dot_product_flash_attention
@@ -475,17 +476,24 @@ def check_generic(obj: Any, member: str, fname: str) -> None:
                 f"only (no control flow, custom objects or higher-order operators). {_REEXPORT} without them"
             )
         elif key == "as_int" and not _is_int(value):
-            raise ModelRefused(f"{fname}: {field} must be an integer, it is {_show(value)}")
+            raise _typed(fname, field, "an integer", value)
         elif key == "as_ints" and not (isinstance(value, list) and all(_is_int(v) for v in value)):
-            raise ModelRefused(f"{fname}: {field} must be a list of integers, it is {_show(value)}")
+            raise _typed(fname, field, "a list of integers", value)
         elif key == "as_float" and not _is_float(value):
-            raise ModelRefused(f"{fname}: {field} must be a number, it is {_show(value)}")
+            raise _typed(fname, field, "a number", value)
         elif key == "as_floats" and not (isinstance(value, list) and all(_is_float(v) for v in value)):
-            raise ModelRefused(f"{fname}: {field} must be a list of numbers, it is {_show(value)}")
+            raise _typed(fname, field, "a list of numbers", value)
         elif key == "as_bool" and type(value) is not bool:
-            raise ModelRefused(f"{fname}: {field} must be true or false, it is {_show(value)}")
+            raise _typed(fname, field, "true or false", value)
         elif key in ("min_val", "max_val") and value is not None and not _is_int(value):
-            raise ModelRefused(f"{fname}: {field} must be an integer or null, it is {_show(value)}")
+            raise _typed(fname, field, "an integer or null", value)
+
+
+def _typed(fname: str, field: str, expected: str, value: object) -> ModelRefused:
+    return ModelRefused(
+        f"{fname}: {field} must be {expected}, it is {_show(value)}; torch does not check these types (text "
+        f"where a number belongs can reach sympy). The file was edited or made by another tool; {_REEXPORT}"
+    )
 
 
 def _check_treespec(text: object, field: str, fname: str) -> None:
