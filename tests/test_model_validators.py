@@ -331,6 +331,23 @@ def test_onnx_with_if_and_a_local_function_loads(tmp_path: Path) -> None:
     torch.testing.assert_close(got, ref)
 
 
+def test_onnx_legacy_export_with_modules_as_functions_loads(tmp_path: Path) -> None:
+    """The legacy exporter's ``export_modules_as_functions`` writes model-local functions (domains such as
+    ``torch.nn.modules.conv``); their bodies are standard operators, so the model loads."""
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    path = tmp_path / "functions.onnx"
+    torch.onnx.export(net, (torch.rand(2, 3, 32, 32),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, opset_version=17,
+                      export_modules_as_functions={torch.nn.Conv2d, torch.nn.ReLU})
+    domains = {f.domain for f in onnx.load(str(path)).functions}
+    assert domains == {"torch.nn.modules.conv", "torch.nn.modules.activation"}
+    (tmp_path / "functions.onnx.json").write_text(json.dumps(META))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(path).logits(x), net((x - 0.5) / 0.25), atol=1e-5, rtol=1e-5)
+
+
 # -- grammars -----------------------------------------------------------------------------------
 
 _REAL_EXPRS = [  # as torch.export writes them (torchvision classifiers, dynamic batch and image size)
