@@ -1,9 +1,11 @@
 """Load a model file safely: sniff the format, refuse what could run code, read metadata.
 
 Refused with a message: pickles and ``torch.save`` checkpoints, TorchScript archives, ONNX files
-that fail ``onnx.checker``, reference external data or import opsets/operator domains the installed
-ONNX Runtime does not provide, graphs whose input is not one 4-D image
-tensor or whose output is not one ``[N, C]`` tensor.
+that fail ``onnx.checker`` or the static checks of ``onnx_validate`` (external data in any graph,
+loops, non-standard operator domains, constant-size allocation bombs, opsets the installed ONNX
+Runtime does not provide), ``.pt2`` programs that fail the checks of ``pt2_validate`` (text torch
+would evaluate, operators outside the allowlist), graphs whose input is not one 4-D image tensor or
+whose output is not one ``[N, C]`` tensor.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from service.models.capabilities import capability_table
 from service.models.metadata import ModelMetadata
 from service.models.onnx_head import find_head
 from service.models.onnx_model import OnnxModel
-from service.models.onnx_support import check_opsets
+from service.models.onnx_validate import validate_onnx
 
 
 def file_sha256(path: Path) -> str:
@@ -105,14 +107,10 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
         raise ModelRefused(f"{path.name} is neither an ONNX model nor a .pt2 program ({type(exc).__name__})") from exc
     if not proto.graph.node:
         raise ModelRefused(f"{path.name} is not an ONNX model (no graph nodes)")
-    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise ModelRefused(
-            f"{path.name} references external data for {len(external)} tensor(s) "
-            f"(e.g. {external[0]!r}); upload a self-contained ONNX file (save_as_external_data=False)"
-        )
-    # Before the checker: an opset newer than the onnx package knows fails there with a less useful message.
-    check_opsets(proto, path.name)
+    # Before the checker, which stats external-data paths and runs shape inference on every subgraph:
+    # external data anywhere, loops, constant-size allocation bombs, non-standard domains, and (with a
+    # more useful message than the checker's) opsets newer than the installed runtime.
+    validate_onnx(proto, path.name, path.stat().st_size)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:

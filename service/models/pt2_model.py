@@ -2,17 +2,15 @@
 
 ``torch.export.load`` falls back to ``torch.load(weights_only=False)`` for pickled weights,
 constants and sample inputs, so it must not see an upload. We open the archive ourselves, refuse
-any member that would be unpickled, rebuild the weights from raw tensor bytes, deserialize the graph
-from its JSON, and then check that every call in the graph is a PyTorch operator (aten/prims),
-so a crafted graph cannot call arbitrary Python. The result keeps autograd, so every gradient
-method works on it.
+any member that would be unpickled, check the JSON before torch parses it (``pt2_validate``: text
+torch would evaluate, names it writes into generated source, operators outside an allowlist), rebuild
+the weights from raw tensor bytes, deserialize the graph from the checked JSON, and check the result
+again. The result keeps autograd, so every gradient method works on it.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import operator
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ import torch.fx
 from torch.export.pt2_archive import _package as pt2
 
 from service.errors import BadInput, ModelRefused
+from service.models import pt2_validate as pt2v
 from service.models.base import Forward, HeadInfo, Model, check_outputs
 
 _POOL_TARGETS = {"aten.mean.dim", "aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default"}
@@ -40,18 +39,24 @@ _SHAPE_OPS = {
     "aten.dropout_.default",
 }
 _LINEAR_OPS = {"aten.linear.default", "aten.addmm.default", "aten.mm.default"}
-_ALLOWED_NAMESPACES = ("aten", "prims")
 
 
 def load_exported_program(path: Path) -> torch.export.ExportedProgram:
-    """Deserialize a ``.pt2`` archive without unpickling; raise ModelRefused when it would need to."""
+    """Deserialize a ``.pt2`` archive without unpickling; raise ModelRefused when it would need to,
+    or when its JSON holds anything torch would turn into code (see ``pt2_validate``)."""
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
+            infos = zf.infolist()
     except zipfile.BadZipFile as exc:
         raise ModelRefused(f"{path.name} is not a .pt2 archive (not a zip file)") from exc
+    names = [i.filename for i in infos]
     if any(n.startswith("/") or ".." in n.split("/") for n in names):
         raise ModelRefused(f"{path.name} has archive members with absolute or '..' paths")
+    if len(set(names)) != len(names):
+        raise ModelRefused(f"{path.name} has two archive members with the same name; re-save it with torch.export.save")
+    too_big = [i.filename for i in infos if i.filename.endswith(".json") and i.file_size > pt2v.MAX_JSON_BYTES]
+    if too_big:
+        raise ModelRefused(f"{path.name}: archive member {too_big[0]} inflates past {pt2v.MAX_JSON_BYTES} bytes")
     reader = pt2.PT2ArchiveReader(str(path))
     files = reader.get_file_names()
     models = [f for f in files if f.startswith(pt2.MODELS_DIR) and f.endswith(".json")]
@@ -59,22 +64,25 @@ def load_exported_program(path: Path) -> torch.export.ExportedProgram:
         raise ModelRefused(f"{path.name} must hold exactly one exported program, found {len(models)}")
     model_name = models[0][len(pt2.MODELS_DIR) : -len(".json")]
     _refuse_pickled_payloads(reader, model_name, files, path.name)
+    program = None
+    for member in files:  # every JSON member, before torch parses any of them
+        if not member.endswith(".json"):
+            continue
+        obj = pt2v.load_json(reader.read_bytes(member), member, path.name)
+        if member == models[0]:
+            program = pt2v.check_program_json(obj, member, path.name)
+        else:
+            pt2v.check_generic(obj, member, path.name)
     from torch._export.serde import schema
-    from torch._export.serde.serialize import ExportedProgramDeserializer, _bytes_to_dataclass
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
 
-    serialized = _bytes_to_dataclass(schema.ExportedProgram, reader.read_bytes(models[0]))
+    # From the checked (metadata-free) dict itself, so nothing unchecked is parsed again.
+    serialized = _dict_to_dataclass(schema.ExportedProgram, program)
     state_dict = pt2._load_state_dict(reader, model_name)
     constants = pt2._load_constants(reader, model_name)
     # Sample inputs are a torch.save pickle: we never read them (b"" deserializes to nothing).
     ep = ExportedProgramDeserializer(None).deserialize(serialized, state_dict, constants, b"")
-    for node in ep.graph.nodes:
-        if node.op == "call_function" and node.target is not operator.getitem:
-            ns = getattr(node.target, "namespace", None)
-            if not isinstance(node.target, torch._ops.OpOverload) or ns not in _ALLOWED_NAMESPACES:
-                raise ModelRefused(
-                    f"{path.name} calls {node.target!r}, which is not a PyTorch aten/prims "
-                    "operator; only plain operator graphs are accepted"
-                )
+    pt2v.check_program(ep, path.name)
     return ep
 
 
@@ -90,12 +98,8 @@ def _refuse_pickled_payloads(reader: pt2.PT2ArchiveReader, model_name: str, file
     ):
         if cfg_name not in files:
             raise ModelRefused(f"{fname} lacks {cfg_name}; is it a torch.export.save() archive?")
-        cfg = json.loads(reader.read_string(cfg_name)).get("config", {})
-        for fqn, meta in cfg.items():
-            if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
-                raise ModelRefused(
-                    f"{fname} stores {fqn!r} as a pickled object; only raw tensors are accepted (pickles can run code)"
-                )
+        cfg = pt2v.load_json(reader.read_bytes(cfg_name), cfg_name, fname)
+        pt2v.check_payload_config(cfg, cfg_name, fname)
 
 
 class _Tap(torch.nn.Module):
