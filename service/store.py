@@ -1361,23 +1361,3 @@ class Registry:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
         return target / arch["root"] if arch["root"] not in ("", ".") else target
-
-    def resolver(
-        self, cache_dir: Path, builtin_root: Path, threads: int, model_cache: dict[str, Any] | None = None
-    ) -> Any:
-        """An evaluation ``Resolver`` mapping ids to materialised files (models cached per process)."""
-        from service.evaluation import Resolver
-
-        paths: dict[str, Path] = {}
-
-        def model_path(ident: str) -> Path:
-            if ident not in paths:
-                paths[ident] = self.model_path(ident, cache_dir)
-            return paths[ident]
-
-        return Resolver(
-            model_path=model_path,
-            dataset_path=lambda ident: self.dataset_path(ident, cache_dir, builtin_root),
-            model_cache=model_cache if model_cache is not None else {},
-            threads=threads,
-        )
