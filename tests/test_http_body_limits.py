@@ -29,7 +29,9 @@ BIG = 80 * MiB  # the bodies sent: 80 times the limit
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceKit]:
     k = start_api_only(
         tmp_path_factory.mktemp("body-limits"),
-        {"ETM_AUTH": "keys", "ETM_AUTH_CACHE_SECONDS": "60", "ETM_MAX_JSON_BYTES": str(MAX_JSON)},
+        # No worker: an upload is answered 503 after ETM_INSPECT_WAIT_SECONDS, i.e. not refused as a JSON body.
+        {"ETM_AUTH": "keys", "ETM_AUTH_CACHE_SECONDS": "60", "ETM_MAX_JSON_BYTES": str(MAX_JSON),
+         "ETM_INSPECT_WAIT_SECONDS": "2"},
     )
     yield k
     k.stop()

@@ -47,6 +47,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceKit]:
             "ETM_API_CALLBACK_THREADS": str(CALLBACK_THREADS),
             "ETM_RATE_JOBS_PER_MINUTE": "0",
         },
+        inspector=True,  # uploads are inspected by a worker; jobs stay queued (no job worker) until canceled
     )
     yield k
     k.stop()

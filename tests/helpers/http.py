@@ -18,18 +18,22 @@ from typing import Any
 
 import httpx
 
-from tests.servicekit import RedisServer, ServiceKit
+from tests.servicekit import PY, RedisServer, ServiceKit
 
 PROBLEM = "application/problem+json"
 MiB = 2**20
 
 
-def start_api_only(workdir: Path, env: dict[str, str]) -> ServiceKit:
-    """Redis and the API (no worker), configured by ``env``; stop it with ``kit.stop()``."""
+def start_api_only(workdir: Path, env: dict[str, str], inspector: bool = False) -> ServiceKit:
+    """Redis and the API (no job worker), configured by ``env``; stop it with ``kit.stop()``. ``inspector``:
+    also a worker on the inspection queue only, so that models can be uploaded while jobs stay queued."""
     kit = ServiceKit(workdir, n_workers=0, env=env)
     workdir.mkdir(parents=True, exist_ok=True)
     kit.redis = RedisServer(workdir / "redis")
     kit.start_api()
+    if inspector:
+        kit._spawn("inspector", [PY, "-m", "workers", "-Q", "inspect", "--hostname", "inspect@etm-test",
+                                 "--concurrency", "1"])
     kit.wait_api(90)
     return kit
 
