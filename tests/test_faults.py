@@ -1,6 +1,6 @@
 """Infrastructure faults against the real service (tests/helpers/faults.py has the kit and the tools):
 
-- 20 SIGKILLs of the pool process running a job, at random moments (seeded): each job is redelivered
+- 10 SIGKILLs (ETM_FAULT_KILLS) of the pool process running a job, at random moments (seeded): each job is redelivered
   at once (task_reject_on_worker_lost), succeeds exactly once and reports what an undisturbed run does;
 - a worker killed whole (main process and pool): its message comes back after the visibility timeout
   and the restarted worker completes the job;
@@ -39,7 +39,7 @@ from tests.helpers.faults import (
 from tests.servicekit import ServiceKit
 
 pytestmark = pytest.mark.timeout(600)
-KILLS = int(os.environ.get("ETM_FAULT_KILLS", "20"))
+KILLS = int(os.environ.get("ETM_FAULT_KILLS", "10"))  # each job now starts a sandboxed model process
 
 
 @pytest.fixture(scope="module")
