@@ -10,7 +10,6 @@ shard whose partial result is in the store is not recomputed, and a result alrea
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from workers.lease import hold
 from workers.records import TERMINAL, JobStore, problem
 
 log = logging.getLogger("etm.worker")
+MAX_REPORT_BYTES = 256 * 2**20  # a report is summaries and curves; per-image rows are in the CSV
 
 def redis_client(settings: Settings) -> redis.Redis:
     """A Redis client that rides out a Redis restart: commands failing to connect are retried with backoff
@@ -387,8 +387,6 @@ def _progress(env: WorkerEnv, job_id: str, checked: CheckedSpec, shard: int = 0)
 @_leased(lambda index, count: f"shard{index}")
 def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
     """The in-set pass over shard ``index`` of ``count``; its Partial goes to the store."""
-    from service.evaluation import Partial
-
     key = f"partials/{job_id}/{index}-of-{count}.npz"
     loaded = _load(env, job_id, f"shard{index}")
     if loaded is None or env.store.exists(key):
@@ -399,9 +397,9 @@ def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
         with tempfile.TemporaryDirectory(prefix="etm-part-") as tmp:
             progress = _progress(env, job_id, checked, shard=index)
             out = env.sandboxed(checked, job_id, progress, Path(tmp) / "sandbox", mode="inset", shard=(index, count))
-            data = read_bytes(out.scratch / "out", "partial.npz")
-            Partial.load(io.BytesIO(data))  # what the child wrote must be a plain-array partial before it is stored
-            env.store.write_bytes(key, data)
+            # Stored as bytes, not parsed here: only the sandboxed merge reads it (allow_pickle=False), so a
+            # crafted archive never meets a parser in this process.
+            env.store.write_bytes(key, read_bytes(out.scratch / "out", "partial.npz"))
 
     _guarded(env, job_id, work)
 
@@ -459,7 +457,7 @@ def complete(env: WorkerEnv, job_id: str, checked: CheckedSpec, outcome: Outcome
     key = checked.cache_key
     prefix = f"results/{key}"
     out = outcome.scratch / "out"
-    report = read_bytes(out, "report.json")
+    report = read_bytes(out, "report.json", MAX_REPORT_BYTES)  # it also goes to Redis
     json.loads(report)
     artifacts = sandbox_calls.read_artifacts(out, outcome.result.get("artifacts") or [])
     env.store.write_bytes(f"{prefix}/per_image.csv", read_bytes(out, "per_image.csv"))
