@@ -258,6 +258,7 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
             measure_params=params,
             method=args.method,
             layer=args.layer,
+            profile=args.profile,
             target=_target(args.target),
             seed=args.seed,
             batch_size=args.batch_size,
@@ -565,7 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure families (space or comma separated) or all (default: all)")
     p.add_argument("--params", default=None, help="per-measure parameters: JSON or a JSON file")
     p.add_argument("--method", default=None, help="salience method (default gradcam)")
-    p.add_argument("--layer", default=None)
+    p.add_argument("--layer", default=None, help="target layer: auto, torchcam or a layer/node name")
+    p.add_argument("--profile", choices=("default", "paper"), default=None,
+                   help="paper: every choice of the authors' released code at once")
     p.add_argument("--target", default=None, help="predicted, a class index or a class name")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)

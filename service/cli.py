@@ -67,7 +67,10 @@ def _spec_from_args(args: argparse.Namespace):  # noqa: ANN202
         "batch_size": args.batch_size,
         "bootstrap_resamples": args.bootstrap,
         "max_images": args.max_images,
+        "profile": args.profile,
     }
+    if args.profile == "paper" and args.measures == "all":
+        del data["measures"]  # the profile's own list (the paper's five measures)
     if args.params:
         data["measure_params"] = json.loads(Path(args.params).read_text())
     return EvaluationSpec.model_validate(data)
@@ -205,7 +208,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="gradcam", help="salience method (default gradcam)")
-    p.add_argument("--layer", default="auto", help="target layer: auto or a layer/node name")
+    p.add_argument("--layer", default="auto", help="target layer: auto, torchcam or a layer/node name")
+    p.add_argument(
+        "--profile",
+        choices=("default", "paper"),
+        default="default",
+        help="paper: every choice of the authors' released code at once (see docs/MEASURES.md)",
+    )
     p.add_argument("--target", default="predicted", help="predicted, a class index or a class name")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)

@@ -191,8 +191,15 @@ def make_measures(spec: EvaluationSpec, family: Family) -> dict[str, Measure]:
             raise BadInput(f"bad parameters for measure {name!r}: {exc}") from exc
         if hasattr(m, "positive_index"):
             m.positive_index = family.models[0].metadata.positive_index  # type: ignore[attr-defined]
+        m.pascore_class = pascore_class(spec, family)
         out[name] = m
     return out
+
+
+def pascore_class(spec: EvaluationSpec, family: Family) -> int | None:
+    """The class whose sigmoid the measures report under ``score: pascore`` (the model's positive class:
+    class 1, "synthetic", for the paper's detectors), or None for the target class's probability."""
+    return family.models[0].metadata.positive_index if spec.score == "pascore" else None
 
 
 def _label_index(models: Sequence[Model], labels: Sequence[str]) -> torch.Tensor:
@@ -235,6 +242,7 @@ def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any
         probabilities_fn=lambda run, logits: fam.models[run].probabilities(logits),
         seed=spec.seed,
         inset=inset or {},
+        pascore_class=pascore_class(spec, fam),
     )
 
 
@@ -447,6 +455,10 @@ def finish(
             )
             for name, m in ms.items()
         }
+    for fam_results in results.values():  # the paper profile reports the paper's variants only
+        for name, rs in fam_results.items():
+            keep = set(spec.reported_variants([r.name for r in rs]))
+            fam_results[name] = [r for r in rs if r.name in keep]
     seconds["summarize"] = time.perf_counter() - t1
     seconds["total"] = seconds["load"] + seconds["in-set"] + seconds.get("out-of-set", 0.0) + (time.perf_counter() - t0)
     return build_report(

@@ -18,6 +18,15 @@ MEASURE_FAMILIES = (
 )
 METHODS = ("gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise")
 
+# ``profile: paper`` replicates Crum et al. in one switch: what it sets where the job leaves a field
+# at its default (fields and measure params the job gives explicitly win). See docs/MEASURES.md.
+PAPER_MEASURES = ["entropy", "noise", "geometry", "stability", "degradation"]
+PAPER_VARIANTS = ("entropy.histogram", "oos.noise", "geometry.ssim", "stability.ssim", "degradation.blur")
+PAPER_MEASURE_PARAMS: dict[str, dict[str, Any]] = {
+    "entropy": {"histogram_normaliser": 5.614},  # the authors' notebook: entropy / 5.614
+    "degradation": {"variants": ["degradation.blur"], "reference_size": None},  # sigmas in plain pixels
+}
+
 
 class CandidateSpec(BaseModel):
     """A candidate: a family of 1..K training runs of the same recipe."""
@@ -53,6 +62,17 @@ class EvaluationSpec(BaseModel):
     bootstrap_resamples: int = Field(1000, ge=100, le=100_000)
     max_images: int | None = Field(None, ge=1, description="Use N images evenly spaced over the canonical order.")
     overlays: int = Field(8, ge=0, le=64, description="Salience overlay PNGs per candidate in artifacts.")
+    score: Literal["target", "pascore"] = Field(
+        "target",
+        description="Score the measures report: the target class's probability, or the paper's PAScore "
+        "(sigmoid of the positive class's logit: sigmoid(logits)[:, 1] for the paper's models).",
+    )
+    profile: Literal["default", "paper"] = Field(
+        "default",
+        description="'paper' sets every choice of Crum et al.'s released code at once: paper variants only, "
+        "PAScore, TorchCAM's default target layer, the literal blur sigmas, the 5.614 entropy normaliser. "
+        "Fields given explicitly win.",
+    )
 
     @field_validator("measures")
     @classmethod
@@ -63,6 +83,27 @@ class EvaluationSpec(BaseModel):
         if unknown:
             raise ValueError(f"unknown measure(s) {unknown}; choose from {list(MEASURE_FAMILIES)} or 'all'")
         return sorted(set(v), key=MEASURE_FAMILIES.index)
+
+    @model_validator(mode="after")
+    def _apply_profile(self) -> EvaluationSpec:
+        if self.profile != "paper":
+            return self
+        given = self.model_fields_set
+        if "measures" not in given:
+            self.measures = list(PAPER_MEASURES)
+        if "layer" not in given or self.layer == "auto":
+            self.layer = "torchcam"
+        if "score" not in given:
+            self.score = "pascore"
+        params = {k: dict(v) for k, v in self.measure_params.items()}
+        for fam, defaults in PAPER_MEASURE_PARAMS.items():
+            params[fam] = {**defaults, **params.get(fam, {})}
+        self.measure_params = params
+        return self
+
+    def reported_variants(self, variants: list[str]) -> list[str]:
+        """The variants of a measure family this job reports (the paper profile: the paper's only)."""
+        return [v for v in variants if self.profile != "paper" or v in PAPER_VARIANTS]
 
     @model_validator(mode="after")
     def _unique_names(self) -> EvaluationSpec:

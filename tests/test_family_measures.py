@@ -15,7 +15,7 @@ from service.measures.agreement import AgreementMeasure
 from service.measures.base import BatchContext
 from service.measures.oos_set import OodSetMeasure, inset_state, inset_sums
 from service.measures.stability import StabilityMeasure, run_pairs
-from service.ops.maps import to_uint8
+from service.ops.paper import to_uint8_truncated
 from service.salience.base import SalienceResult
 
 SIZE = 28
@@ -72,7 +72,7 @@ def test_pairs_match_skimage_and_outlier_is_found() -> None:
     runs = [base, base + 0.05 * _maps(2), _maps(3)]  # run 2 is unrelated
     m = StabilityMeasure({"bootstrap_resamples": 100})
     cols = m.per_image(_ctx([_result(x) for x in runs]))
-    maps8 = [to_uint8(x).numpy() for x in runs]
+    maps8 = [to_uint8_truncated(x).numpy() for x in runs]  # the authors' 8-bit maps
     for p, (i, j) in enumerate(run_pairs(3)):
         want = [structural_similarity(a, b) for a, b in zip(maps8[i], maps8[j], strict=True)]
         np.testing.assert_allclose(cols["ssim_pairs"][:, p], want, rtol=0, atol=1e-10)

@@ -17,9 +17,8 @@ from service.measures.base import BatchContext
 from service.measures.geometry import GeometryMeasure
 from service.measures.noise import noise_stream
 from service.models.loader import load_model
-from service.ops.blur import blur_levels, gaussian_blur, level_sigma, variable_blur
 from service.ops.geometry import _COMPASS, PAPER_TRANSFORMS, _shift, get_transform, resolve_transforms, shift_pixels
-from service.ops.maps import minmax01, to_uint8
+from service.ops.maps import minmax01
 from service.ops.noise import salt_and_pepper
 from service.ops.random import (
     _GAMMA,
@@ -196,47 +195,3 @@ def test_geometry_measure_equals_the_masked_loop(tmp_path) -> None:
     assert np.isfinite(ref["ssim"]).sum() > 0
 
 
-# ----------------------------------------------------------------------------------------------
-# the paper's variable blur: one unique() and a boolean any() per level, out-of-place where
-
-
-def _ref_variable_blur(images: torch.Tensor, levels: torch.Tensor, truncate: float = 4.0,
-                       scale: float = 1.0) -> torch.Tensor:
-    out = images
-    n = images.shape[0]
-    for q in torch.unique(levels).tolist():
-        sigma = float(level_sigma(torch.tensor(q))) * scale
-        if int(truncate * sigma + 0.5) == 0:
-            continue
-        at = levels == q
-        rows = at.flatten(1).any(1).nonzero().squeeze(1)
-        if rows.numel() == n:
-            out = torch.where(at.unsqueeze(1), gaussian_blur(images, sigma, truncate), out)
-        else:
-            if out is images:
-                out = images.clone()
-            out[rows] = torch.where(at[rows].unsqueeze(1), gaussian_blur(images[rows], sigma, truncate), out[rows])
-    return out.clone() if out is images else out
-
-
-@pytest.mark.parametrize("size", [64, 224])
-def test_variable_blur_equals_the_per_level_loop(size: int) -> None:
-    g = torch.Generator().manual_seed(4)
-    n = 6 if size == 64 else 3
-    images = torch.rand(n, 3, size, size, generator=g)
-    native = torch.rand(n, 1, 7, 7, generator=g)
-    native[0] = 0.0  # constant: level 0 everywhere, so not every image holds every level
-    native[1, :, 3:] = 0.0
-    up = torch.nn.functional.interpolate(native, size=(size, size), mode="bilinear").squeeze(1)
-    maps8 = to_uint8(up)
-    scale = size / 224
-    for mode in ("background", "object"):
-        levels = blur_levels(maps8, mode, 5.0 * scale)
-        held = [set(row.unique().tolist()) for row in levels]
-        assert any(h != set().union(*held) for h in held)  # some images lack some levels
-        assert torch.equal(variable_blur(images, levels, scale=scale), _ref_variable_blur(images, levels, scale=scale))
-    same = torch.full((n, size, size), 100)
-    assert torch.equal(variable_blur(images, same), images) and variable_blur(images, same) is not images
-    for bad in (torch.full((n, size, size), 101), torch.full((n, size, size), -1), torch.zeros(n, size, size)):
-        with pytest.raises(ValueError, match="levels must be integers"):
-            variable_blur(images, bad)

@@ -46,6 +46,8 @@ class BatchContext:
         logits_fn: ``logits_fn(run, images)`` forward-only pass, returns logits [N, C].
         probabilities_fn: ``probabilities_fn(run, logits)`` per-class probabilities [N, C].
         inset: state from the in-set pass, given to out-of-set batches (e.g. the mean 8-bit map).
+        pascore_class: the score measures report (``EvaluationSpec.score``): None = the probability
+            of the target class; a class index = the paper's PAScore, ``sigmoid(logits)[:, c]``.
     """
 
     keys: list[str]
@@ -60,6 +62,7 @@ class BatchContext:
     probabilities_fn: Callable[[int, torch.Tensor], torch.Tensor]
     seed: int = 0
     inset: dict[str, Any] = field(default_factory=dict)
+    pascore_class: int | None = None
 
     @property
     def n_runs(self) -> int:
@@ -69,10 +72,29 @@ class BatchContext:
     def device(self) -> torch.device:
         return self.images.device
 
-    def scores(self, run: int, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Probability of ``targets`` on ``images`` for one run, forward only: [N]."""
-        probs = self.probabilities_fn(run, self.logits_fn(run, images))
+    def score_of(self, run: int, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The reported score of each row of ``logits`` for one run: [N] (see ``pascore_class``)."""
+        if self.pascore_class is not None:
+            return torch.sigmoid(logits.float()[:, self.pascore_class])
+        probs = self.probabilities_fn(run, logits)
         return probs.gather(1, targets.view(-1, 1).to(probs.device)).squeeze(1)
+
+    def scores(self, run: int, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The score (``score_of``) on ``images`` for one run, forward only: [N]."""
+        return self.score_of(run, self.logits_fn(run, images), targets)
+
+    def clean_scores(self, run: int) -> torch.Tensor:
+        """The score of the clean images for one run (from the clean pass): [N]."""
+        c = self.clean[run]
+        return c.scores if self.pascore_class is None else self.score_of(run, c.logits, c.targets)
+
+
+
+def score_description(pascore_class: int | None) -> str:
+    """What the reported scores are (``BatchContext.pascore_class``), for the report's details."""
+    if pascore_class is None:
+        return "probability of the clean image's target class"
+    return f"PAScore: sigmoid of the logit of class {pascore_class} (the paper's score)"
 
 
 @dataclass
@@ -121,6 +143,8 @@ class Measure(ABC):
     name: str = ""
     variants: dict[str, tuple[str, Direction]] = {}
     needs_ood: bool = False
+    # Set by the plan from the job (``EvaluationSpec.score``), for the report: see BatchContext.
+    pascore_class: int | None = None
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         self.params = {**self.default_params(), **(params or {})}

@@ -20,11 +20,14 @@ constant colour ``mean_color`` (default mid-grey 0.5, 0.5, 0.5 in RGB [0, 1]; pa
 mean colour there to get the contract's "dataset mean" option; it is a parameter rather than
 estimated per batch so that a sharded job gives the same numbers).
 
-``degradation.blur`` (paper): the paper's salience-guided variable blur (see
-``service.ops.blur.blur_levels``). Mode ``background`` blurs where the 8-bit upsampled map is low,
-mode ``object`` blurs the salient region (``255 - map``). Per mode: mean score (clean target class)
-before and after, the score drop, and SSIM (data range 255) between the degraded image's 8-bit
-native map and the clean one. Headline: ``drop(object) - drop(background)`` per image (equal to
+``degradation.blur`` (paper): the paper's salience-guided variable blur, as the authors' released
+``Measures/Degradation/main.py`` computes it (``service.ops.paper``): the truncated 8-bit native map
+upscaled bicubically by PIL, smoothed by SciPy in uint8, scaled with ``x / (x.max() / 10)``, rounded
+to 0.1; each uint8 colour channel is blurred by SciPy with sigma ``(10 - v)**4 / 1000`` per level
+``v``. Mode ``background`` blurs where the map is low, mode ``object`` blurs the salient region
+(``255 - map``). Per mode: mean score before and after, the score drop, and SSIM (data range 255)
+between the degraded image's upscaled 8-bit map and the clean one (the authors' ``ssim.py``
+compares the upscaled maps). Headline: ``drop(object) - drop(background)`` per image (equal to
 ``score(background-blurred) - score(object-blurred)``); higher = the score depends more on the
 salient region than on the background = a more faithful map.
 
@@ -41,11 +44,18 @@ import numpy as np
 import torch
 
 from service.errors import BadInput
-from service.measures.base import BatchContext, Columns, Measure, MeasureResult
+from service.measures.base import BatchContext, Columns, Measure, MeasureResult, score_description
 from service.measures.entropy import INPUT_SIZE_NOTE
-from service.measures.noise import target_scores
-from service.ops.blur import gaussian_blur, salience_guided_blur
-from service.ops.maps import is_empty, to_uint8
+from service.ops.blur import gaussian_blur
+from service.ops.maps import is_empty
+from service.ops.paper import (
+    from_images8,
+    paper_blur,
+    paper_blur_levels,
+    to_images8,
+    to_uint8_truncated,
+    upscale_bicubic,
+)
 from service.ops.random import keyed_permutation, stream_id
 from service.ops.ssim import ssim
 from service.stats import DEFAULT_RESAMPLES, row_nanmean, summarize_runs, trapezoid_auc
@@ -210,7 +220,7 @@ class DegradationMeasure(Measure):
             ranks = deletion_ranks(clean.upsampled.to(ctx.device), ctx.image_seeds, orders)  # [O, N, P]
             for i, m in enumerate(counts):  # the shared ends of all curves
                 if m == 0:
-                    curves[:, :, r, i] = _np(clean.scores)
+                    curves[:, :, r, i] = _np(ctx.clean_scores(r))
                 elif m == h * w:
                     curves[:, :, r, i] = _np(ctx.scores(r, base, targets))
             # All (order, step, image) composites in flat order, forward passes in chunks. With all
@@ -248,17 +258,20 @@ class DegradationMeasure(Measure):
             name: np.full((n, k), np.nan)
             for name in ("blur_before", *(f"blur_{what}_{m}" for what in ("after", "ssim") for m in MODES))
         }
+        size = tuple(ctx.images.shape[-2:])
+        scale = self.scale(ctx.images)
+        smooth = float(self.params["smooth_sigma"]) * scale
+        images8 = to_images8(ctx.images)  # the 8-bit image the authors' script blurs
         for r, clean in enumerate(ctx.clean):
             empty = is_empty(clean.native).cpu().numpy()
-            maps8 = to_uint8(clean.upsampled)
-            clean8 = to_uint8(clean.native)
-            cols["blur_before"][:, r] = _np(clean.scores)
+            up8 = upscale_bicubic(to_uint8_truncated(clean.native), size)
+            cols["blur_before"][:, r] = _np(ctx.clean_scores(r))
             for mode in MODES:
-                s = self.scale(ctx.images)
-                degraded = salience_guided_blur(ctx.images, maps8, mode, float(self.params["smooth_sigma"]) * s, s)
+                levels = paper_blur_levels(up8, mode, smooth)
+                degraded = from_images8(paper_blur(images8, levels, scale), ctx.images)
                 res = ctx.salience_fn(r, degraded)
-                after = _np(target_scores(ctx, r, res.logits, clean.targets))
-                sim = ssim(to_uint8(res.native), clean8, 255.0).numpy()
+                after = _np(ctx.score_of(r, res.logits, clean.targets))
+                sim = ssim(upscale_bicubic(to_uint8_truncated(res.native), size), up8, 255.0).numpy()
                 after[empty] = np.nan
                 sim[empty | is_empty(res.native).cpu().numpy()] = np.nan
                 cols[f"blur_after_{mode}"][:, r] = after
@@ -307,7 +320,7 @@ class DegradationMeasure(Measure):
         }
         if "random" in auc_values and "morf" in auc_values:
             details["gap_random_minus_morf"] = summarize_runs(auc_values["random"] - auc_values["morf"], seed, reps)
-        details["score"] = "probability of the clean image's target class"
+        details["score"] = score_description(self.pascore_class)
         if "morf" not in auc_values or "lerf" not in auc_values:
             # A parameter choice, not a failure: the curves asked for are reported, the headline is not.
             details["message"] = (
@@ -338,9 +351,9 @@ class DegradationMeasure(Measure):
         details: dict[str, Any] = {
             "headline": "drop(object) - drop(background) = score(background blurred) - score(object blurred)",
             "modes": per_mode,
-            "levels": "8-bit upsampled map smoothed (sigma 5), min-max to [0, 10], rounded to 0.1; "
-            "sigma = (10 - v)**4 / 1000",
-            "score": "probability of the clean image's target class",
+            "levels": "truncated 8-bit native map, PIL bicubic upscale, SciPy uint8 smoothing (sigma 5), "
+            "x / (x.max() / 10), rounded to 0.1; sigma = (10 - v)**4 / 1000 on each uint8 channel",
+            "score": score_description(self.pascore_class),
         }
         if notes:
             details["notes"] = notes
@@ -351,7 +364,7 @@ class DegradationMeasure(Measure):
                 "smooth_sigma": float(self.params["smooth_sigma"]),
                 "reference_size": self.params["reference_size"],
                 "max_sigma": 10.0,
-                "ssim_maps": "8-bit native",
+                "ssim_maps": "8-bit upscaled (PIL bicubic of the truncated native map)",
                 "data_range": 255,
                 "bootstrap_resamples": reps,
             },

@@ -5,9 +5,12 @@ Two variants from the same clean native maps:
 - ``entropy.spatial`` (default): the map as a distribution over its h*w cells, ``p = S / sum S``,
   ``H = -sum p log2 p / log2(h*w)`` in [0, 1]; 0 = all salience in one cell, 1 = uniform.
 - ``entropy.histogram`` (paper): Shannon entropy (base 2) of the value histogram of the 8-bit map,
-  as ``skimage.measure.shannon_entropy``, divided by ``log2(h*w)``. Known flaw: a perfectly uniform
-  map has a single 8-bit value (its min-max map is all zeros) and so scores 0, the "most focused"
-  value, although its salience is spread everywhere. It measures value diversity, not focus.
+  as ``skimage.measure.shannon_entropy``, divided by ``log2(h*w)`` (or by the constant
+  ``histogram_normaliser``: the authors' notebook divides by 5.614, ``log2`` of a 7x7 map's 49 cells
+  rounded). The 8-bit map is the authors' (``service.ops.paper.to_uint8_truncated``: truncated).
+  Known flaw: a perfectly uniform map has a single 8-bit value (its min-max map is all zeros) and
+  so scores 0, the "most focused" value, although its salience is spread everywhere. It measures
+  value diversity, not focus.
 
 Lower = more focused for both. Empty maps (no positive salience) get NaN in both variants and are
 counted, never divided by. The transcendental maths runs in numpy float64 on the CPU so a map's
@@ -21,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from service.errors import BadInput
 from service.measures.base import BatchContext, Columns, Measure, MeasureResult
-from service.ops.maps import is_empty, to_uint8
+from service.ops.maps import is_empty
+from service.ops.paper import to_uint8_truncated
 from service.stats import DEFAULT_RESAMPLES, histogram, row_nanmean, summarize, summarize_runs
 
 INPUT_SIZE_NOTE = "native map unavailable for this method; input-size map used"
@@ -60,8 +65,9 @@ def spatial_entropy(native: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(ent)
 
 
-def histogram_entropy(maps8: torch.Tensor) -> torch.Tensor:
+def histogram_entropy(maps8: torch.Tensor, normaliser: float | None = None) -> torch.Tensor:
     """``skimage.measure.shannon_entropy(map8) / log2(h*w)`` of each uint8 map [N, h, w]: float64 [N].
+    With ``normaliser``, divided by that constant instead of ``log2(h*w)``.
 
     Batched with one ``bincount`` over (map, value) pairs. An all-zero map scores 0; the measure
     marks empty maps NaN itself. 1x1 maps give NaN.
@@ -77,7 +83,7 @@ def histogram_entropy(maps8: torch.Tensor) -> torch.Tensor:
     p = np.arange(hw + 1) / float(hw)
     with np.errstate(invalid="ignore", divide="ignore"):
         plogp = np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0)
-        norm = np.log2(hw)
+        norm = np.log2(hw) if normaliser is None else float(normaliser)
     ent = np.empty(n, dtype=np.float64)
     offsets = 256 * np.arange(_ENTROPY_CHUNK)[:, None]
     for start in range(0, n, _ENTROPY_CHUNK):
@@ -113,7 +119,8 @@ class EntropyMeasure(Measure):
     """Spatial (default) and histogram (paper) entropy of the clean native maps.
 
     Params: ``bootstrap_resamples`` (the job's resample count; the engine passes it), ``bins``
-    (histogram bins over [0, 1], 20).
+    (histogram bins over [0, 1], 20), ``histogram_normaliser`` (None = ``log2(h*w)``; the paper
+    profile: 5.614).
 
     Columns: ``spatial``, ``histogram`` [N, K] float64; ``empty``, ``predicted`` [N, K];
     ``label`` [N] (-1 unknown); ``native_is_input_size`` [N] bool; ``cells`` [N] (h*w).
@@ -123,14 +130,20 @@ class EntropyMeasure(Measure):
     variants = {"entropy.spatial": ("default", "lower"), "entropy.histogram": ("paper", "lower")}
 
     def default_params(self) -> dict[str, Any]:
-        return {"bootstrap_resamples": DEFAULT_RESAMPLES, "bins": 20}
+        return {"bootstrap_resamples": DEFAULT_RESAMPLES, "bins": 20, "histogram_normaliser": None}
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        norm = self.params["histogram_normaliser"]
+        if norm is not None and (isinstance(norm, bool) or not isinstance(norm, int | float) or not norm > 0):
+            raise BadInput(f"histogram_normaliser must be a number > 0 or null (log2 of the map's cells), got {norm!r}")
 
     def per_image(self, ctx: BatchContext) -> Columns:
         n = len(ctx.keys)
         spatial, hist, empty, pred = [], [], [], []
         for res in ctx.clean:  # loop over runs; each step is batched over the images
             emp = is_empty(res.native).cpu().numpy()
-            he = histogram_entropy(to_uint8(res.native)).numpy()
+            he = histogram_entropy(to_uint8_truncated(res.native), self.params["histogram_normaliser"]).numpy()
             he[emp] = np.nan
             spatial.append(spatial_entropy(res.native).numpy())
             hist.append(he)
@@ -170,10 +183,13 @@ class EntropyMeasure(Measure):
                 details["known_flaw"] = HISTOGRAM_FLAW
             if input_size:
                 details["note"] = INPUT_SIZE_NOTE
+            norm = self.params["histogram_normaliser"] if key == "histogram" else None
             params = {
                 "map": "input-size" if input_size else "native",
-                "normalisation": "log2(h*w)",
+                "normalisation": "log2(h*w)" if norm is None else float(norm),
                 "bootstrap_resamples": reps,
             }
+            if key == "histogram":
+                params["map_8bit"] = "truncated (the authors' to_pil_image)"
             out.append(self.result(variant, s, params, details, per_image, n_empty=n_empty))
         return out

@@ -6,11 +6,15 @@ record, per image:
 
 - ``score``: the probability of the *clean* image's target class on the noisy image (so the curve
   shows how much belief in the original decision survives the noise; the target re-decided on noise
-  would hide a flipped decision);
+  would hide a flipped decision), or the paper's PAScore under ``score: pascore``;
 - ``entropy``: the spatial entropy of the noisy native map (as ``entropy.spatial``);
-- ``ssim``: SSIM (data range 255) between the noisy image's 8-bit native map and the clean one.
+- ``ssim``: SSIM (data range 255) between the noisy image's 8-bit native map and the clean one
+  (the authors' truncated 8-bit maps).
 
-Amount 0 reuses the clean pass (SSIM 1). The noise of an image is a pure function of its seed and
+The noisy image is made as in the authors' ``noise-varying-intensities.py``: the 8-bit image as
+``skimage`` sees it (``x * (1/255)``), the noise, then ``(noisy * 255).astype(uint8)``, which
+truncates. That round trip lowers 24 of the 256 values by one, so amount 0 is a salience pass of its
+own (its SSIM is close to, not exactly, 1). The noise of an image is a pure function of its seed and
 the amount value (not its index, so adding an amount to the list leaves the others unchanged).
 
 Summaries: per-amount means with CIs, and the area under each curve over the amounts (trapezoid,
@@ -31,10 +35,11 @@ import numpy as np
 import torch
 
 from service.errors import BadInput
-from service.measures.base import BatchContext, Columns, Measure, MeasureResult
+from service.measures.base import BatchContext, Columns, Measure, MeasureResult, score_description
 from service.measures.entropy import INPUT_SIZE_NOTE, spatial_entropy
-from service.ops.maps import is_empty, to_uint8
+from service.ops.maps import is_empty
 from service.ops.noise import salt_and_pepper
+from service.ops.paper import from_images8, quantise_like_skimage, skimage_float, to_images8, to_uint8_truncated
 from service.ops.random import stream_id
 from service.ops.ssim import ssim
 from service.stats import DEFAULT_RESAMPLES, row_nanmean, summarize_runs, trapezoid_auc
@@ -51,11 +56,6 @@ def noise_stream(amount: float) -> int:
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy()
 
-
-def target_scores(ctx: BatchContext, run: int, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Probability of ``targets`` under ``logits`` for one run: [N]."""
-    probs = ctx.probabilities_fn(run, logits)
-    return probs.gather(1, targets.view(-1, 1).to(probs.device)).squeeze(1)
 
 
 class NoiseMeasure(Measure):
@@ -88,30 +88,30 @@ class NoiseMeasure(Measure):
         return {"amounts": list(PAPER_AMOUNTS), "salt_vs_pepper": 0.5, "bootstrap_resamples": DEFAULT_RESAMPLES}
 
     def passes_per_image(self, n_runs: int) -> dict[str, int]:
-        noisy = sum(1 for a in self.params["amounts"] if a > 0)
-        return {"salience": n_runs * noisy, "forward": 0}
+        # Amount 0 is a pass too: the authors' 8-bit round trip changes the image (see per_image).
+        return {"salience": n_runs * len(self.params["amounts"]), "forward": 0}
 
     def per_image(self, ctx: BatchContext) -> Columns:
         n, k = len(ctx.keys), ctx.n_runs
         amounts = self.params["amounts"]
         out = {c: np.full((n, k, len(amounts)), np.nan) for c in CURVES}
-        clean8 = [to_uint8(r.native) for r in ctx.clean]
+        clean8 = [to_uint8_truncated(r.native) for r in ctx.clean]
         clean_empty = [is_empty(r.native).cpu().numpy() for r in ctx.clean]
+        # The authors' pipeline: the 8-bit image as skimage sees it (x * 1/255), the noise, then
+        # (noisy * 255).astype(uint8), truncating, so even amount 0 changes some pixels by one.
+        base = skimage_float(to_images8(ctx.images))
         # Amounts outside, runs inside: each noisy batch is made once and shared by all runs.
         for j, amount in enumerate(amounts):
-            noisy = None
+            noisy = base
             if amount > 0:
                 noisy = salt_and_pepper(
-                    ctx.images, amount, ctx.image_seeds, noise_stream(amount), float(self.params["salt_vs_pepper"])
+                    base, amount, ctx.image_seeds, noise_stream(amount), float(self.params["salt_vs_pepper"])
                 )
+            noisy_images = from_images8(quantise_like_skimage(noisy), ctx.images)
             for r, clean in enumerate(ctx.clean):
-                if noisy is None:
-                    score, res = clean.scores, clean
-                    sim = np.ones(n)
-                else:
-                    res = ctx.salience_fn(r, noisy)
-                    score = target_scores(ctx, r, res.logits, clean.targets)
-                    sim = ssim(to_uint8(res.native), clean8[r], 255.0).numpy()
+                res = ctx.salience_fn(r, noisy_images)
+                score = ctx.score_of(r, res.logits, clean.targets)
+                sim = ssim(to_uint8_truncated(res.native), clean8[r], 255.0).numpy()
                 empty = is_empty(res.native).cpu().numpy()
                 sim[empty | clean_empty[r]] = np.nan
                 out["score"][:, r, j] = _np(score)
@@ -136,7 +136,7 @@ class NoiseMeasure(Measure):
             "headline": "area under the mean-SSIM curve over the amounts (per image, then averaged)",
             "curves": curves,
             "areas": areas,
-            "score": "probability of the clean image's target class on the noisy image",
+            "score": f"{score_description(self.pascore_class)}, on the noisy image",
             "empty_maps_per_amount": [
                 int(np.isnan(np.asarray(cols["entropy"])[:, :, j]).sum()) for j in range(len(amounts))
             ],
@@ -151,6 +151,8 @@ class NoiseMeasure(Measure):
                     "amounts": amounts.tolist(),
                     "salt_vs_pepper": float(self.params["salt_vs_pepper"]),
                     "map": "8-bit native",
+                    "map_8bit": "truncated (the authors' to_pil_image)",
+                    "image_8bit": "(random_noise(x / 255) * 255).astype(uint8), truncated, at every amount",
                     "data_range": 255,
                     "bootstrap_resamples": reps,
                 },

@@ -1,8 +1,9 @@
 """(d) Stability of salience across a family of independently trained runs.
 
 For every image and every pair of runs (i < j, in lexicographic order), the similarity of their
-8-bit native maps: SSIM with data range 255 (``stability.ssim``, paper) or Pearson r of the same
-8-bit maps (``stability.pearson``, extra). Higher = more stable.
+8-bit native maps (the authors' 8-bit maps, truncated: ``service.ops.paper.to_uint8_truncated``):
+SSIM with data range 255 (``stability.ssim``, paper) or Pearson r of the same 8-bit maps
+(``stability.pearson``, extra). Higher = more stable.
 
 Each run is also compared with the family's mean map of the image: the mean of the runs' min-max
 maps (over the runs whose map is not empty), turned into an 8-bit map. The run whose maps are least
@@ -22,7 +23,8 @@ import torch
 
 from service.measures.base import BatchContext, Columns, Measure, MeasureResult
 from service.measures.entropy import INPUT_SIZE_NOTE
-from service.ops.maps import is_empty, minmax01, to_uint8
+from service.ops.maps import is_empty, minmax01
+from service.ops.paper import to_uint8_truncated
 from service.ops.ssim import pearson, ssim
 from service.stats import DEFAULT_RESAMPLES, as_float, row_nanmean, summarize
 
@@ -45,7 +47,7 @@ def family_mean_map8(natives: list[torch.Tensor], empty: torch.Tensor) -> torch.
     for k, nat in enumerate(natives):
         acc = acc + minmax01(nat) * keep[:, k].view(-1, 1, 1)
     count = keep.sum(dim=1).clamp_min(1.0)  # integers: exact whatever the order
-    return to_uint8(acc / count.view(-1, 1, 1))
+    return to_uint8_truncated(acc / count.view(-1, 1, 1))
 
 
 class StabilityMeasure(Measure):
@@ -76,7 +78,7 @@ class StabilityMeasure(Measure):
         }
         if k < 2:
             return cols
-        maps8 = [to_uint8(m) for m in natives]
+        maps8 = [to_uint8_truncated(m) for m in natives]
         pairs = run_pairs(k)
         # One batched call per pair (P <= 1225 for 50 runs); memory stays at one batch of maps.
         s_pairs = np.stack([ssim(maps8[i], maps8[j], 255.0).numpy() for i, j in pairs], axis=1)
@@ -101,6 +103,7 @@ class StabilityMeasure(Measure):
         input_size = bool(np.any(cols["native_is_input_size"]))
         params = {
             "map": "input-size 8-bit" if input_size else "native 8-bit",
+            "map_8bit": "truncated (the authors' to_pil_image)",
             "data_range": 255,
             "bootstrap_resamples": reps,
         }

@@ -21,9 +21,10 @@ from service.errors import ModelRefused, ModelRuntimeError
 from service.models.base import Model, OutputNotFinite, is_out_of_memory
 from service.models.capabilities import capability_table
 from service.models.metadata import ModelMetadata
-from service.models.onnx_head import find_head
+from service.models.onnx_head import find_head, module_calls
 from service.models.onnx_model import OnnxModel
 from service.models.onnx_validate import validate_onnx
+from service.models.torchcam_layer import torchcam_candidate
 
 
 def file_sha256(path: Path) -> str:
@@ -153,6 +154,7 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
         threads=threads,
     )
     model.onnx_head = find_head(proto, model.output_name)
+    model.torchcam_layer = torchcam_candidate(*module_calls(proto))
     _probe(model, fixed or 2, path.name)
     return model
 
@@ -200,10 +202,16 @@ def _metadata(meta: ModelMetadata | None, proto: onnx.ModelProto, dims: list, na
 
 def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.device) -> Model:
     # Imported here: torch.export's deserializer pulls in torch._dynamo (seconds), which ONNX runs never need.
-    from service.models.pt2_model import Pt2Model, analyse_graph, load_exported_program
+    from service.models.pt2_model import (
+        Pt2Model,
+        analyse_graph,
+        graph_shapes,
+        load_exported_program,
+    )
 
+    calls: dict[str, tuple[str, ...]] = {}
     try:
-        ep = load_exported_program(path)
+        ep = load_exported_program(path, calls)
     except ModelRefused:
         raise
     except Exception as exc:
@@ -245,6 +253,7 @@ def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.de
         device=device,
         gm=gm,
         auto_layer=layer,
+        torchcam_layer=torchcam_candidate(graph_shapes(gm), calls),
         head_chain=chain,
         pool_desc=pool,
     )

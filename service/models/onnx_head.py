@@ -11,6 +11,7 @@ row itself: that is the one-forward-pass fast path for CAM and Grad-CAM.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -204,4 +205,45 @@ def find_head(model: onnx.ModelProto, output: str) -> OnnxHead | None:
                 return None
         nodes.append(node)
         name = data_inputs[0]
+    return None
+
+
+def module_calls(model: onnx.ModelProto) -> tuple[list[tuple[str, tuple[int, ...] | None]], dict[str, tuple[str, ...]]]:
+    """Each node's output with its static shape, in graph order, and the PyTorch module scopes it was
+    exported from: from the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata, or the legacy
+    exporter's node names (``/features/norm5/BatchNormalization``). For ``layer: torchcam``
+    (``pt2_model.torchcam_candidate``). Names are only read as text."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shapes then come from the graph's own value_info only
+        inferred = model
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims) if dims else None
+    nodes: list[tuple[str, tuple[int, ...] | None]] = []
+    calls: dict[str, tuple[str, ...]] = {}
+    for node in model.graph.node:
+        if len(node.output) != 1:
+            continue
+        out = node.output[0]
+        nodes.append((out, shapes.get(out)))
+        props = {p.key: p.value for p in node.metadata_props}
+        scopes: list[str] = []
+        raw = props.get("pkg.torch.onnx.name_scopes", "")
+        if raw and len(raw) < 10_000:
+            scopes = re.findall(r"'([A-Za-z0-9_.]*)'", raw)[:-1]  # the last entry names the op itself
+        elif node.name.startswith("/"):
+            parts = node.name.split("/")[1:-1]
+            scopes = ["", *("/".join(parts[: i + 1]) for i in range(len(parts)))]  # unique per module
+        if scopes:
+            calls[out] = tuple(scopes)
+    return nodes, calls
+
+
+def relu_into(model: onnx.ModelProto, tensor: str) -> str | None:
+    """The input of the Relu node that produces ``tensor``, if one does."""
+    for node in model.graph.node:
+        if node.op_type == "Relu" and list(node.output) == [tensor]:
+            return node.input[0]
     return None

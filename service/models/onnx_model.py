@@ -20,7 +20,8 @@ import torch
 
 from service.errors import BadInput, ModelRuntimeError
 from service.models.base import Forward, HeadInfo, Model, check_outputs, is_out_of_memory
-from service.models.onnx_head import OnnxHead
+from service.models.onnx_head import OnnxHead, relu_into
+from service.models.torchcam_layer import TorchCamLayer
 
 _ARENA_LOCK = threading.Lock()
 _arena_registered: int | None = None
@@ -63,6 +64,7 @@ class OnnxModel(Model):
     fixed_batch: int | None = None
     threads: int = 0
     onnx_head: OnnxHead | None = None
+    torchcam_layer: str | None = None  # TorchCAM's default target layer (pt2_model.torchcam_candidate)
     _sessions: dict[tuple[str, ...], ort.InferenceSession] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _head_info: HeadInfo | None = None
@@ -132,6 +134,8 @@ class OnnxModel(Model):
                 )
             return self.onnx_head.layer
         assert self.proto is not None
+        if layer == "torchcam":
+            return self._torchcam_layer()
         names = {o for n in self.proto.graph.node for o in n.output}
         if layer not in names:
             raise BadInput(
@@ -139,6 +143,30 @@ class OnnxModel(Model):
                 f"node outputs, e.g. {sorted(names)[-5:]}"
             )
         return layer
+
+    def _torchcam_layer(self) -> str:
+        if self.torchcam_layer is None:
+            raise BadInput(
+                "layer 'torchcam' needs the module names of the PyTorch model this graph was exported from "
+                "(the exporters' name scopes), which this graph does not carry; name a tensor with layer=<tensor name>"
+            )
+        if self.onnx_head is None or self.torchcam_layer not in (self.onnx_head.layer, self.pre_relu_layer):
+            raise BadInput(
+                f"layer 'torchcam' picks {self.torchcam_layer!r}, which does not feed the global average pool "
+                "(directly or through one ReLU), so Grad-CAM on this ONNX graph cannot differentiate it without "
+                "autograd; upload the .pt2 export of the model for TorchCAM's layer"
+            )
+        # ONNX keeps no in-place flag; a ReLU right after TorchCAM's layer is taken as torchvision's
+        # in-place one (DenseNet), see TorchCamLayer.
+        return TorchCamLayer(self.torchcam_layer, relu_after=self.torchcam_layer == self.pre_relu_layer)
+
+    @property
+    def pre_relu_layer(self) -> str | None:
+        """The input of a ReLU whose output feeds the global pool (DenseNet's ``features`` before its
+        functional ReLU), or None."""
+        if self.onnx_head is None or self.proto is None:
+            return None
+        return relu_into(self.proto, self.onnx_head.layer)
 
     def head(self, layer: str) -> HeadInfo | None:
         h = self.onnx_head

@@ -23,6 +23,7 @@ from torch.export.pt2_archive import _package as pt2
 from service.errors import BadInput, ModelRefused
 from service.models import pt2_validate as pt2v
 from service.models.base import Forward, HeadInfo, Model, check_outputs
+from service.models.torchcam_layer import TorchCamLayer
 
 _POOL_TARGETS = {"aten.mean.dim", "aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default"}
 _SHAPE_OPS = {
@@ -41,9 +42,12 @@ _SHAPE_OPS = {
 _LINEAR_OPS = {"aten.linear.default", "aten.addmm.default", "aten.mm.default"}
 
 
-def load_exported_program(path: Path) -> torch.export.ExportedProgram:
+def load_exported_program(
+    path: Path, calls: dict[str, tuple[str, ...]] | None = None
+) -> torch.export.ExportedProgram:
     """Deserialize a ``.pt2`` archive without unpickling; raise ModelRefused when it would need to,
-    or when its JSON holds anything torch would turn into code (see ``pt2_validate``)."""
+    or when its JSON holds anything torch would turn into code (see ``pt2_validate``). ``calls``, when
+    given, is filled with each node's module calls (``pt2_validate.module_calls``)."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
@@ -70,6 +74,8 @@ def load_exported_program(path: Path) -> torch.export.ExportedProgram:
             continue
         obj = pt2v.load_json(reader.read_bytes(member), member, path.name)
         if member == models[0]:
+            if calls is not None:
+                calls.update(pt2v.module_calls(obj))
             program = pt2v.check_program_json(obj, member, path.name)
         else:
             pt2v.check_generic(obj, member, path.name)
@@ -116,7 +122,9 @@ class _Tap(torch.nn.Module):
         if self.cut:
             x = x.detach().requires_grad_(True)
         self._local.value = x
-        return x
+        # The graph goes on with a copy: an in-place op after the tapped node (DenseNet's relu_ after
+        # norm5, TorchCAM's layer) must neither change the kept activation nor touch a grad leaf.
+        return x.clone()
 
     def take(self) -> torch.Tensor | None:
         value = getattr(self._local, "value", None)
@@ -144,6 +152,7 @@ def _tapped_program(gm: torch.fx.GraphModule, layer: str, cut: bool) -> tuple[to
 class Pt2Model(Model):
     gm: torch.fx.GraphModule | None = None
     auto_layer: str | None = None
+    torchcam_layer: str | None = None  # TorchCAM's default target layer (see torchcam_candidate)
     head_chain: list[str] | None = None
     pool_desc: str = ""
     format: str = "pt2"
@@ -193,6 +202,16 @@ class Pt2Model(Model):
                     "chosen automatically; name a 4-D activation with layer=<graph node name>"
                 )
             return self.auto_layer
+        if layer == "torchcam":
+            if self.torchcam_layer is None:
+                raise BadInput(
+                    "layer 'torchcam' needs the program's module structure (nn_module_stack), which this .pt2 "
+                    "does not carry, or no module outputs a 4-D activation; name a node with layer=<graph node name>"
+                )
+            assert self.gm is not None
+            node = next(n for n in self.gm.graph.nodes if n.name == self.torchcam_layer)
+            inplace = any(str(u.target) == "aten.relu_.default" for u in node.users)
+            return TorchCamLayer(self.torchcam_layer, relu_after=inplace)
         names = [n.name for n in self.gm.graph.nodes if n.op == "call_function"]
         if layer not in names:
             raise BadInput(
@@ -243,6 +262,23 @@ def analyse_graph(gm: torch.fx.GraphModule) -> tuple[str | None, list[str], str]
         chain.append(target)
         cur = data[0] if data else None
     return None, [], ""
+
+
+def graph_shapes(gm: torch.fx.GraphModule) -> list[tuple[str, tuple[int, ...] | None]]:
+    """(name, static output shape or None) of every call_function node, in order (batch dim kept as -1)."""
+    out: list[tuple[str, tuple[int, ...] | None]] = []
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        val = n.meta.get("val")
+        shape = None
+        if isinstance(val, torch.Tensor):
+            try:
+                shape = tuple(int(d) if i else -1 for i, d in enumerate(val.shape))
+            except (TypeError, ValueError):  # symbolic spatial size: not a fixed map
+                shape = None
+        out.append((n.name, shape))
+    return out
 
 
 def _is_global(node: torch.fx.Node) -> bool:

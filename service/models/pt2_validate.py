@@ -563,6 +563,35 @@ def check_payload_config(cfg: Any, member: str, fname: str) -> None:
             raise ModelRefused(f"{fname}: {member}: {fqn!r} has no tensor metadata")
 
 
+_MODULE_PART = re.compile(r"^[A-Za-z0-9_.@]{0,300}$")
+
+
+def module_calls(program: Any) -> dict[str, tuple[str, ...]]:
+    """Which module calls each node's output belongs to, from the ``nn_module_stack`` metadata that
+    ``check_program_json`` drops: output name -> the stack's call keys (outermost first), e.g.
+    ``("L__self__", "L__self__features", "L__self__features.norm5")``.
+
+    Only read as text: each entry is ``key,path,type`` joined by ``;``; keys must be dotted
+    identifiers (with torch's ``@n`` call counters), the type is never looked at, and a node whose
+    metadata does not parse simply has no entry. Used for TorchCAM's layer rule (``layer: torchcam``).
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    graph = program.get("graph_module", {}).get("graph", {}) if isinstance(program, dict) else {}
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    for node in nodes if isinstance(nodes, list) else []:
+        meta = node.get("metadata") if isinstance(node, dict) else None
+        stack = meta.get("nn_module_stack") if isinstance(meta, dict) else None
+        outputs = node.get("outputs") if isinstance(node, dict) else None
+        if not isinstance(stack, str) or not isinstance(outputs, list) or len(outputs) != 1:
+            continue
+        tensor = outputs[0].get("as_tensor") if isinstance(outputs[0], dict) else None
+        name = tensor.get("name") if isinstance(tensor, dict) else None
+        keys = [entry.split(",", 2)[0] for entry in stack.split(";")] if len(stack) < 100_000 else []
+        if isinstance(name, str) and keys and all(_MODULE_PART.match(k) for k in keys):
+            out[name] = tuple(keys)
+    return out
+
+
 def check_program_json(program: Any, member: str, fname: str) -> dict[str, Any]:
     """Check the serialized ExportedProgram ``program`` (parsed JSON) and return it without node
     metadata, ready for ``_dict_to_dataclass``. Raises ModelRefused naming the first bad field."""

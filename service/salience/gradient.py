@@ -20,22 +20,31 @@ if TYPE_CHECKING:
     from service.models.onnx_model import OnnxModel
 
 
+def _pool_gradient(model: OnnxModel, pooled_input: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """d class_logit / d z, z = the global mean of the pool's input: [N, K]."""
+    assert model.onnx_head is not None
+    head = model.head(model.onnx_head.layer)
+    if head is not None:  # linear head: the gradient is the weight row, no autograd at all
+        return model.class_weights(head, targets)
+    fn = model.onnx_head.as_torch()
+    z = pooled_input.mean(dim=(2, 3)).detach().requires_grad_(True)
+    with torch.enable_grad():
+        sel = model.class_logit(fn(z), targets).sum()
+        (dz,) = torch.autograd.grad(sel, z)
+    return dz
+
+
 def _head_gradient(
     model: OnnxModel, act: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, layer: str
 ) -> torch.Tensor:
-    """d class_logit / d A for every cell, [N, K, 1, 1] (constant over space under GAP)."""
+    """d class_logit / d A for every cell: [N, K, 1, 1] at the pool's input (constant over space under
+    GAP), [N, K, h, w] at the input of a ReLU that feeds the pool (``1[A > 0]`` times that)."""
     hw = act.shape[2] * act.shape[3]
-    head = model.head(layer)
-    if head is not None:  # linear head: the gradient is the weight row, no autograd at all
-        dz = model.class_weights(head, targets)
-    else:
-        assert model.onnx_head is not None
-        fn = model.onnx_head.as_torch()
-        z = act.mean(dim=(2, 3)).detach().requires_grad_(True)
-        with torch.enable_grad():
-            sel = model.class_logit(fn(z), targets).sum()
-            (dz,) = torch.autograd.grad(sel, z)
-    return (dz / hw)[:, :, None, None]
+    assert model.onnx_head is not None
+    if layer != model.onnx_head.layer and layer == model.pre_relu_layer:
+        post = torch.relu(act)
+        return (act > 0).to(act.dtype) * (_pool_gradient(model, post, targets) / hw)[:, :, None, None]
+    return (_pool_gradient(model, act, targets) / hw)[:, :, None, None]
 
 
 def _autograd_activation(
@@ -64,8 +73,12 @@ def _activation_and_grad(
         f = model.forward(images, layer)
         assert f.activation is not None
         targets = targets_for(model, f.logits, fixed)
-        return f.activation, _head_gradient(model, f.activation, f.logits, targets, layer), f.logits
-    return _autograd_activation(model, images, fixed, layer, chunk)
+        act, grad, logits = f.activation, _head_gradient(model, f.activation, f.logits, targets, layer), f.logits
+    else:
+        act, grad, logits = _autograd_activation(model, images, fixed, layer, chunk)
+    if getattr(layer, "relu_after", False):  # layer: torchcam, as TorchCAM sees it (TorchCamLayer)
+        act = torch.relu(act)
+    return act, grad, logits
 
 
 @register("gradcam", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
