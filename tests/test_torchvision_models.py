@@ -69,3 +69,30 @@ def test_onnx_gradcam_matches_pt2_autograd(exported: dict[tuple[str, str], Path]
             if ref[i].sum() > 0:
                 r = torch.corrcoef(torch.stack([got[i].flatten(), ref[i].flatten()]))[0, 1]
                 assert r >= 0.9999, (arch, fmt, float(r))
+
+
+@pytest.mark.parametrize("arch", ["densenet121", "resnet50"])
+def test_layer_torchcam_gives_torchcam_0_3_2_default_gradcam(exported: dict[tuple[str, str], Path], arch: str) -> None:
+    """The paper's maps came from TorchCAM 0.3.2's ``GradCAM(model)`` with its default layer. For DenseNet-121
+    that is ``features`` (before the functional in-place ReLU, which TorchCAM's kept activation then sees);
+    for ResNet-50, ``layer4``. ``layer: torchcam`` gives the same maps on every export."""
+    from torchcam.methods import GradCAM
+
+    torch.manual_seed(0)  # the fixture's weights
+    net = getattr(torchvision.models, arch)(weights=None, num_classes=2).eval()
+    images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    mean, std = (torch.tensor(META[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    extractor = GradCAM(net, input_shape=(3, SIZE, SIZE))
+    assert extractor.target_names == (["features"] if arch == "densenet121" else ["layer4"])
+    ref = []
+    for x in (images - mean) / std:  # one image at a time, as the authors' generate-cams.py
+        out = net(x[None])
+        ref.append(extractor(out.squeeze(0).argmax().item(), out)[0].squeeze(0).detach())
+    extractor.remove_hooks()
+    theirs = torch.stack(ref).flatten(1).double()
+    for fmt in FORMATS:
+        res = compute_salience(load_model(exported[(arch, fmt)]), images, "gradcam", "predicted", "torchcam")
+        ours = res.native.flatten(1).double()
+        for i in range(len(images)):
+            r = torch.corrcoef(torch.stack([ours[i], theirs[i]]))[0, 1].item()
+            assert r >= 0.9999, (arch, fmt, i, r)
