@@ -84,13 +84,27 @@ class DevServer:
         if rc != 0:
             log.error("benchmark generation failed (exit %d); built-in datasets will be missing", rc)
 
-    def register_builtins(self) -> None:
-        from service.builtins import register_builtins
+    def _redis(self, redis_url: str) -> Any:
+        import redis
+
+        from service.settings import Settings
+
+        url = Settings(redis_url=redis_url).redis_py_url
+        return redis.Redis.from_url(url, socket_connect_timeout=5)
+
+    def register_builtins(self, redis_url: str) -> None:
+        from service.builtins import register_with_status
         from service.store import ArtifactStore, Registry
 
         t = time.time()
         s = self.settings
-        summary = register_builtins(Registry(ArtifactStore(s.store_url)), s.benchmark_data_dir, s.benchmark_models_dir)
+        summary = register_with_status(
+            self._redis(redis_url),
+            s.key_prefix,
+            Registry(ArtifactStore(s.store_url)),
+            s.benchmark_data_dir,
+            s.benchmark_models_dir,
+        )
         log.info(
             "built-ins: %d models, datasets %s (%.1f s)", len(summary["models"]), summary["datasets"], time.time() - t
         )
@@ -121,6 +135,10 @@ class DevServer:
         s = self.settings
         s.var_dir.mkdir(parents=True, exist_ok=True)
         redis_url = self.start_redis()
+        if s.register_builtins:  # before the API starts: a status left by an earlier run must not say ready
+            from service.builtins import publish_status
+
+            publish_status(self._redis(redis_url), s.key_prefix, "registering", "registering (starting)")
         env = self.child_env(redis_url)
         py = sys.executable
         self.spawn(
@@ -142,7 +160,7 @@ class DevServer:
         try:
             if s.register_builtins:
                 self.ensure_benchmark()
-                self.register_builtins()
+                self.register_builtins(redis_url)
             ready = self.wait_ready()
         except KeyboardInterrupt:
             self.stopping.set()

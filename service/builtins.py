@@ -21,9 +21,12 @@ Run it alone with ``python -m service.builtins``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,13 +69,51 @@ def benchmark_stamp(data_dir: Path) -> str | None:
     return hashlib.sha256(meta.read_bytes()).hexdigest() if meta.is_file() else None
 
 
-def register_builtins(registry: Registry, data_dir: Path, models_dir: Path) -> dict[str, Any]:
-    """Register whatever of the benchmark exists; returns what was registered and what was missing."""
+STATUS_KEY = "builtins:status"  # under the key prefix: what /readyz reports while built-ins register
+Progress = Callable[[str], None]
+
+
+def publish_status(redis: Any, prefix: str, state: str, detail: str) -> None:
+    """Tell every API instance how registration stands (``state``: registering, ready or failed)."""
+    redis.set(f"{prefix}{STATUS_KEY}", json.dumps({"state": state, "detail": detail, "at": time.time()}))
+
+
+def read_status(redis: Any, prefix: str) -> dict[str, Any] | None:
+    raw = redis.get(f"{prefix}{STATUS_KEY}")
+    return json.loads(raw) if raw else None
+
+
+def register_with_status(
+    redis: Any, prefix: str, registry: Registry, data_dir: Path, models_dir: Path
+) -> dict[str, Any]:
+    """``register_builtins``, publishing its progress and outcome for ``/readyz``."""
+    publish_status(redis, prefix, "registering", "registering (starting)")
+    try:
+        summary = register_builtins(
+            registry, data_dir, models_dir, lambda d: publish_status(redis, prefix, "registering", d)
+        )
+    except Exception as exc:
+        publish_status(redis, prefix, "failed", f"failed: {type(exc).__name__}: {str(exc)[:300]}")
+        raise
+    done = f"{len(summary['models'])} models, {len(summary['datasets'])} datasets"
+    publish_status(redis, prefix, "ready", done + (f"; missing: {summary['missing']}" if summary["missing"] else ""))
+    return summary
+
+
+def register_builtins(
+    registry: Registry, data_dir: Path, models_dir: Path, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Register whatever of the benchmark exists; returns what was registered and what was missing.
+    ``progress`` gets a line such as ``"registering (3 of 4 datasets)"`` as registration goes."""
     summary: dict[str, Any] = {"models": [], "datasets": [], "missing": []}
+    say = progress or (lambda _: None)
     files = family_files(models_dir)
+    n_models = sum(len(runs) for runs in files.values())
+    say(f"registering (inspecting {n_models} models)")
     described = _describe_new(registry, [p for runs in files.values() for _, p in runs])
     for family, runs in files.items():
         for run, path in runs:
+            say(f"registering ({len(summary['models'])} of {n_models} models)")
             ident = model_id(family, run)
             rec = registry.get_model(ident)
             if rec is None or rec["sha256"] != sha256_file(path):
@@ -94,7 +135,8 @@ def register_builtins(registry: Registry, data_dir: Path, models_dir: Path) -> d
     if not summary["models"]:
         summary["missing"].append(f"no model families under {models_dir} (expected <family>/run<k>.onnx)")
     stamp = benchmark_stamp(data_dir)
-    for ident, folder in BUILTIN_DATASETS.items():
+    for i, (ident, folder) in enumerate(BUILTIN_DATASETS.items()):
+        say(f"registering ({i} of {len(BUILTIN_DATASETS)} datasets)")
         root = data_dir / folder
         if stamp is None or not root.is_dir():
             summary["missing"].append(
@@ -149,8 +191,13 @@ def main() -> int:
     from service.store import ArtifactStore
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import redis
+
     s = Settings()
-    summary = register_builtins(Registry(ArtifactStore(s.store_url)), s.benchmark_data_dir, s.benchmark_models_dir)
+    r = redis.Redis.from_url(s.redis_py_url, socket_connect_timeout=5)
+    summary = register_with_status(
+        r, s.key_prefix, Registry(ArtifactStore(s.store_url)), s.benchmark_data_dir, s.benchmark_models_dir
+    )
     print(f"built-in models: {len(summary['models'])}, datasets: {summary['datasets']}")
     for m in summary["missing"]:
         print(f"missing: {m}", file=sys.stderr)

@@ -10,6 +10,7 @@ from api.deps import ServicesDep
 from api.metrics import render
 from api.problems import problem_responses
 from api.schemas import Health
+from service.builtins import read_status
 
 router = APIRouter(tags=["health"], responses=problem_responses(503))
 
@@ -22,25 +23,51 @@ def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Health,
-    summary="Readiness: Redis answers and at least one worker answers a ping",
+    summary="Readiness: this instance can serve what it advertises",
+    description="200 only when Redis answers, a worker consumes the job queue and the inspection queue, the "
+    "artifact store answers, and (with ETM_REGISTER_BUILTINS) the built-ins are registered. Otherwise 503, with "
+    "`checks` saying what is missing, e.g. `\"builtins\": \"registering (3 of 4 datasets)\"`. `/healthz` is the "
+    "liveness check.",
     responses={503: {"model": Health, "description": "Not ready; `checks` says what is missing."}},
 )
 def readyz(services: ServicesDep) -> Response:
+    s = services.settings
     checks: dict[str, object] = {}
     try:
         services.redis.ping()
         checks["redis"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
         checks["redis"] = f"unreachable: {type(exc).__name__}: {exc}"
+    ok = checks["redis"] == "ok"
     workers: list[str] = []
-    if checks["redis"] == "ok":
+    if ok:
+        consumed: set[str] = set()
         try:
-            replies = services.celery.control.ping(timeout=1.0, limit=1) or []
-            workers = sorted(name for r in replies for name in r)
+            # Every worker's queues (one broadcast, 1 s): a worker of the wrong queue would take no job.
+            replies = services.celery.control.inspect(timeout=1.0).active_queues() or {}
+            workers = sorted(replies)
+            consumed = {q["name"] for qs in replies.values() for q in qs if isinstance(q, dict) and "name" in q}
         except Exception as exc:  # noqa: BLE001
             checks["workers_error"] = f"{type(exc).__name__}: {exc}"
+        missing = [q for q in dict.fromkeys((s.job_queue, s.inspect_queue)) if q not in consumed]
+        checks["queues"] = "ok" if not missing else f"no worker consumes {missing}"
+        ok = not missing
+        if s.register_builtins:
+            status = read_status(services.redis, s.key_prefix)
+            if status is None:
+                checks["builtins"] = (
+                    "not registered (run `python -m service.builtins`, or set ETM_REGISTER_BUILTINS=false)"
+                )
+            else:
+                checks["builtins"] = "ok" if status["state"] == "ready" else status["detail"]
+            ok = ok and checks["builtins"] == "ok"
     checks["workers"] = workers
-    ok = checks["redis"] == "ok" and bool(workers)
+    try:
+        services.store.exists("healthz-probe")
+        checks["store"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["store"] = f"unreachable: {type(exc).__name__}: {exc}"
+        ok = False
     body = Health(status="ready" if ok else "not ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
