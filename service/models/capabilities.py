@@ -9,9 +9,16 @@ from __future__ import annotations
 from service.models.base import Capability, Model
 
 
+def _is_pt2(model: Model) -> bool:
+    # Imported only for a model that is not ONNX: pt2_model pulls in torch._dynamo through torch.export's
+    # archive reader, about 2.5 s of every sandboxed inspection or job on an ONNX model.
+    from service.models.pt2_model import Pt2Model
+
+    return isinstance(model, Pt2Model)
+
+
 def capability_table(model: Model) -> dict[str, Capability]:
     from service.models.onnx_model import OnnxModel
-    from service.models.pt2_model import Pt2Model
 
     caps: list[Capability] = []
     if isinstance(model, OnnxModel):
@@ -50,7 +57,7 @@ def capability_table(model: Model) -> dict[str, Capability]:
         )
         caps.append(Capability("integrated_gradients", False, f"integrated_gradients: {grad_why}"))
         caps.append(Capability("smoothgrad", False, f"smoothgrad: {grad_why}"))
-    elif isinstance(model, Pt2Model):
+    elif _is_pt2(model):
         if model.auto_layer is None:
             why = "no global average pool before the output; name a 4-D layer (layer=<node name>)"
             caps.append(Capability("gradcam", True, f"gradcam: autograd; {why}"))
