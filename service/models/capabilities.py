@@ -6,10 +6,15 @@ reason given here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeGuard
+
 from service.models.base import Capability, Model
 
+if TYPE_CHECKING:
+    from service.models.pt2_model import Pt2Model
 
-def _is_pt2(model: Model) -> bool:
+
+def _is_pt2(model: Model) -> TypeGuard[Pt2Model]:
     # Imported only for a model that is not ONNX: pt2_model pulls in torch._dynamo through torch.export's
     # archive reader, about 2.5 s of every sandboxed inspection or job on an ONNX model.
     from service.models.pt2_model import Pt2Model
