@@ -23,7 +23,6 @@ device.
 from __future__ import annotations
 
 import numpy as np
-import scipy.ndimage
 import torch
 from PIL import Image
 
@@ -82,6 +81,8 @@ def paper_blur_levels(up8: torch.Tensor, mode: str, smooth_sigma: float = 5.0) -
         raise ValueError(f"mode must be 'background' or 'object', got {mode!r}")
     if up8.dtype != torch.uint8 or up8.ndim != 3:
         raise ValueError(f"expected uint8 maps [N, H, W], got {up8.dtype} {tuple(up8.shape)}")
+    import scipy.ndimage  # here: only the blur needs it, not every model process
+
     m = up8.detach().cpu().numpy()
     if mode == "object":
         m = np.uint8(255) - m
@@ -105,6 +106,8 @@ def paper_blur(images8: torch.Tensor, levels: torch.Tensor, scale: float = 1.0) 
         raise ValueError(f"expected uint8 images [N, C, H, W], got {images8.dtype} {tuple(images8.shape)}")
     if levels.shape != (images8.shape[0], *images8.shape[-2:]):
         raise ValueError(f"levels {tuple(levels.shape)} do not match images {tuple(images8.shape)}")
+    import scipy.ndimage
+
     src = images8.detach().cpu().numpy()
     lv = levels.detach().cpu().numpy()
     out = src.copy()
