@@ -24,7 +24,9 @@ So: ``expr_str`` must match the grammar torch.export emits (sympy ``srepr`` of i
 size symbols, see ``check_sym_expr``), guards a small Python grammar (``check_guard``), every name an
 ASCII identifier, every FQN dotted identifier parts, every node target an operator in
 ``ALLOWED_OPS`` (or integer arithmetic on symbolic sizes), pytree specs plain tuples/lists/dicts,
-and node metadata is dropped (nothing here needs it). The program is then deserialized from the
+and node metadata is dropped before torch sees it (``module_calls`` reads the module keys of
+``nn_module_stack`` from the raw JSON as plain, pattern-checked text, for ``layer: torchcam``; the
+types named there are never resolved). The program is then deserialized from the
 checked dict itself (never re-read from the file), and the deserialized graph is checked again
 (``check_program``).
 
