@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	# Test reference only: TorchCAM 0.3.2, the version the paper's authors used. Its metadata caps torch
-	# below 2.0, but the pure-Python code runs on 2.14, so it is installed without its dependencies.
+	@# Test reference only: TorchCAM 0.3.2, the version the paper's authors used. Its metadata caps torch
+	@# below 2.0, but the pure-Python code runs on 2.14, so it is installed without its dependencies.
 	$(PY) -m pip install -q --no-deps 'torchcam==0.3.2'
 	touch $(STAMP)
 
