@@ -271,12 +271,8 @@ def graph_shapes(gm: torch.fx.GraphModule) -> list[tuple[str, tuple[int, ...] | 
         if n.op != "call_function":
             continue
         val = n.meta.get("val")
-        shape = None
-        if isinstance(val, torch.Tensor):
-            try:
-                shape = tuple(int(d) if i else -1 for i, d in enumerate(val.shape))
-            except (TypeError, ValueError):  # symbolic spatial size: not a fixed map
-                shape = None
+        # Symbolic sizes stay -1: int() on a SymInt would add a guard that fixes the batch size.
+        shape = tuple(d if isinstance(d, int) else -1 for d in val.shape) if isinstance(val, torch.Tensor) else None
         out.append((n.name, shape))
     return out
 
