@@ -29,6 +29,7 @@ from service.ops.random import (
     mix64_int,
     stream_id,
 )
+from tests.helpers import authors_code
 
 # ----------------------------------------------------------------------------------------------
 # keyed random numbers
@@ -263,27 +264,7 @@ def _salient_maps(n: int, h: int, w: int) -> torch.Tensor:
     return torch.round(maps / maps.amax((1, 2), keepdim=True) * 255).to(torch.uint8)
 
 
-# The paper's degradation, transcribed from the authors' Measures/Degradation/main.py (commit 86318cc).
-def _authors_get_curve(max_blur, val, order=4):  # noqa: ANN001, ANN202
-    return (1 / (max_blur ** (order - 1))) * (val**order)
-
-
-def _authors_blur_image(im, stacked_img, max_blur, curved):  # noqa: ANN001, ANN202
-    blurred_im = im.copy()
-    stacked_img = gaussian_filter(stacked_img, 5)
-    scaled_img = stacked_img / (stacked_img.max() / max_blur)
-    scaled_img = np.around(scaled_img, decimals=1)
-    for scaled_val in np.unique(scaled_img):
-        blur_amount = round(max_blur - scaled_val, 1)
-        if curved:
-            blur_amount = _authors_get_curve(max_blur, blur_amount, order=4)
-        if blur_amount != 0:
-            indices = np.where(scaled_img == scaled_val)
-            qwerty = gaussian_filter(im, blur_amount)
-            blurred_im[indices] = qwerty[indices]
-    return blurred_im, scaled_img
-
-
+# The reference: the authors' blur_image (tests/helpers/authors_code.py).
 @pytest.mark.parametrize("mode", ["background", "object"])
 def test_paper_blur_is_the_authors_blur_image_bit_for_bit(mode: str) -> None:
     maps8 = _salient_maps(3, 32, 36)
@@ -296,7 +277,7 @@ def test_paper_blur_is_the_authors_blur_image_bit_for_bit(mode: str) -> None:
         stacked = cam if mode == "background" else 255 - cam
         ref_levels = None
         for c in range(3):
-            ref, ref_levels = _authors_blur_image(images8[n, c].numpy(), stacked, 10, True)
+            ref, ref_levels = authors_code.blur_image(images8[n, c].numpy(), stacked, 10, True)
             assert np.array_equal(out[n, c].numpy(), ref), (n, c)
         assert np.array_equal(levels[n].numpy() / 10, ref_levels)
     # Background mode keeps the most salient pixel; object mode blurs it the most of all its pixels (the
@@ -310,7 +291,7 @@ def test_paper_blur_levels_and_sigmas() -> None:
     assert torch.equal(paper_blur(images8, torch.full((2, 16, 16), 100)), images8)
     full = paper_blur(images8, torch.zeros(2, 16, 16, dtype=torch.long))
     assert np.array_equal(full.numpy(), gaussian_filter(images8.numpy(), 10.0, axes=(2, 3)))
-    assert [level_sigma(q) for q in (0, 50, 100)] == [10.0, _authors_get_curve(10, 5.0), 0.0]
+    assert [level_sigma(q) for q in (0, 50, 100)] == [10.0, authors_code.get_curve(10, 5.0), 0.0]
     # A map without salience has no levels (the authors' code would divide by 0): level 0, and callers
     # exclude the image.
     assert paper_blur_levels(torch.zeros(1, 8, 8, dtype=torch.uint8), "background").eq(0).all()

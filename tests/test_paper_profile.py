@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.ndimage
 import skimage.measure
 import skimage.metrics
 import torch
@@ -32,6 +31,7 @@ from service.evaluation import run_inset
 from service.models.pt2_model import load_exported_program
 from service.ops.paper import paper_blur_levels, to_uint8_truncated, upscale_bicubic
 from service.spec import EvaluationSpec
+from tests.helpers import authors_code
 
 N_IMAGES = 12
 RUNS = 2
@@ -49,26 +49,6 @@ def _module(pt2: Path) -> FaceNet:
 def _transform(image: Image.Image) -> torch.Tensor:  # transforms.ToTensor() then Normalize(MEAN, STD)
     x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
     return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-
-
-def _get_curve(max_blur, val, order=4):  # noqa: ANN001, ANN202
-    return (1 / (max_blur ** (order - 1))) * (val**order)
-
-
-def _blur_image(im, stacked_img, max_blur, curved):  # noqa: ANN001, ANN202
-    blurred_im = im.copy()
-    stacked_img = scipy.ndimage.gaussian_filter(stacked_img, 5)
-    scaled_img = stacked_img / (stacked_img.max() / max_blur)
-    scaled_img = np.around(scaled_img, decimals=1)
-    for scaled_val in np.unique(scaled_img):
-        blur_amount = round(max_blur - scaled_val, 1)
-        if curved:
-            blur_amount = _get_curve(max_blur, blur_amount, order=4)
-        if blur_amount != 0:
-            indices = np.where(scaled_img == scaled_val)
-            qwerty = scipy.ndimage.gaussian_filter(im, blur_amount)
-            blurred_im[indices] = qwerty[indices]
-    return blurred_im, scaled_img
 
 
 def _authors(net: FaceNet, files: list[Path]) -> dict[str, list]:
@@ -95,7 +75,7 @@ def _authors(net: FaceNet, files: list[Path]) -> dict[str, list]:
             out["score0"].append(sigmoid(net(_transform(salted).unsqueeze(0))).numpy()[:, 1][0])
         for where in ("background", "object"):
             stacked = upscaled if where == "background" else 255 - upscaled
-            channels = [_blur_image(arr[:, :, c].copy(), stacked, 10, True) for c in range(3)]
+            channels = [authors_code.blur_image(arr[:, :, c].copy(), stacked, 10, True) for c in range(3)]
             blurred = Image.fromarray(np.stack([c[0] for c in channels], axis=-1))
             with torch.no_grad():
                 score = sigmoid(net(_transform(blurred).unsqueeze(0))).numpy()[:, 1][0]

@@ -21,7 +21,7 @@ from service.errors import ModelRefused, ModelRuntimeError
 from service.models.base import Model, OutputNotFinite, is_out_of_memory
 from service.models.capabilities import capability_table
 from service.models.metadata import ModelMetadata
-from service.models.onnx_head import find_head, module_calls
+from service.models.onnx_head import find_head, module_calls, relu_into
 from service.models.onnx_model import OnnxModel
 from service.models.onnx_validate import validate_onnx
 from service.models.torchcam_layer import torchcam_candidate
@@ -155,6 +155,7 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
     )
     model.onnx_head = find_head(proto, model.output_name)
     model.torchcam_layer = torchcam_candidate(*module_calls(proto))
+    model.pre_relu_layer = relu_into(proto, model.onnx_head.layer) if model.onnx_head else None
     _probe(model, fixed or 2, path.name)
     return model
 

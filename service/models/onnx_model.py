@@ -20,7 +20,7 @@ import torch
 
 from service.errors import BadInput, ModelRuntimeError
 from service.models.base import Forward, HeadInfo, Model, check_outputs, is_out_of_memory
-from service.models.onnx_head import OnnxHead, relu_into
+from service.models.onnx_head import OnnxHead
 from service.models.torchcam_layer import TorchCamLayer
 
 _ARENA_LOCK = threading.Lock()
@@ -65,6 +65,9 @@ class OnnxModel(Model):
     threads: int = 0
     onnx_head: OnnxHead | None = None
     torchcam_layer: str | None = None  # TorchCAM's default target layer (pt2_model.torchcam_candidate)
+    # The input of a ReLU whose output feeds the global pool (DenseNet's ``features`` before its
+    # functional ReLU), or None; set at load.
+    pre_relu_layer: str | None = None
     _sessions: dict[tuple[str, ...], ort.InferenceSession] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _head_info: HeadInfo | None = None
@@ -159,14 +162,6 @@ class OnnxModel(Model):
         # ONNX keeps no in-place flag; a ReLU right after TorchCAM's layer is taken as torchvision's
         # in-place one (DenseNet), see TorchCamLayer.
         return TorchCamLayer(self.torchcam_layer, relu_after=self.torchcam_layer == self.pre_relu_layer)
-
-    @property
-    def pre_relu_layer(self) -> str | None:
-        """The input of a ReLU whose output feeds the global pool (DenseNet's ``features`` before its
-        functional ReLU), or None."""
-        if self.onnx_head is None or self.proto is None:
-            return None
-        return relu_into(self.proto, self.onnx_head.layer)
 
     def head(self, layer: str) -> HeadInfo | None:
         h = self.onnx_head
