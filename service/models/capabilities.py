@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, TypeGuard
 from service.models.base import Capability, Model
 
 if TYPE_CHECKING:
+    from service.models.onnx_model import OnnxModel
     from service.models.pt2_model import Pt2Model
 
 
@@ -22,40 +23,72 @@ def _is_pt2(model: Model) -> TypeGuard[Pt2Model]:
     return isinstance(model, Pt2Model)
 
 
+_LAYOUTS = {"tokens": "patch tokens as a grid", "nhwc": "channels-last map", "nchw": "feature map"}
+
+
+def _not_linear(chain: str) -> str:
+    return (
+        f"the logits are not a linear function of the pooled target ({chain}), so there are no class weights "
+        "to read; Grad-CAM gives the exact gradient instead"
+    )
+
+
+def _onnx_subgraph_caps(model: OnnxModel) -> list[Capability]:
+    """Grad-CAM by head-only autograd through the nodes after the target (``onnx_subgraph``)."""
+    target = model.token_target
+    if model.onnx_head is not None:
+        layer, how = model.onnx_head.layer, f"{model.onnx_head.pool}, head {model.onnx_head.chain}"
+    else:
+        assert target is not None
+        layer, how = target.layer, f"{target.how} ({_LAYOUTS[target.kind]})"
+    head = model.subgraph(layer)
+    caps = []
+    if head.unsupported:
+        why = (
+            f"the nodes after {layer!r} contain {head.unsupported}, which cannot be differentiated without the "
+            "network; upload the .pt2 export for gradient methods"
+        )
+        caps += [Capability(m, False, f"{m}: {why}") for m in ("gradcam", "gradcam++")]
+    else:
+        reason = f"one forward pass plus autograd on the {head.summary} after {layer!r}: {how}"
+        caps += [Capability(m, True, f"{m}: {reason}") for m in ("gradcam", "gradcam++")]
+    chain = model.onnx_head.chain if model.onnx_head is not None else " -> ".join(target.head if target else [])
+    caps.append(Capability("cam", False, f"cam: {_not_linear(chain)}"))
+    caps.append(Capability("scorecam", True, f"scorecam: forward passes on masks from {layer!r}"))
+    return caps
+
+
 def capability_table(model: Model) -> dict[str, Capability]:
     from service.models.onnx_model import OnnxModel
 
     caps: list[Capability] = []
     if isinstance(model, OnnxModel):
         head = model.onnx_head
-        if head is None:
-            no_layer = "no global average pool before the output, so no target layer is found automatically"
-            caps += [Capability(m, False, f"{m}: {no_layer}") for m in ("gradcam", "cam", "gradcam++")]
-            caps.append(
-                Capability(
-                    "scorecam",
-                    True,
-                    "scorecam: needs a named 4-D layer (layer=<tensor name>); forward passes only",
-                )
-            )
-        else:
+        if head is not None and (head.linear or not head.unsupported):
             where = f"{head.pool} on {head.layer!r}, head {head.chain}"
             if head.linear:
                 caps.append(Capability("gradcam", True, f"gradcam: fast path, GAP+linear head found: {where}"))
                 caps.append(Capability("cam", True, f"cam: GAP+linear head: {where}"))
                 caps.append(Capability("gradcam++", True, f"gradcam++: fast path from the head's weights: {where}"))
-            elif not head.unsupported:
+            else:
                 reason = f"one forward pass plus autograd on the head only: {where}"
                 caps.append(Capability("gradcam", True, f"gradcam: {reason}"))
                 caps.append(Capability("gradcam++", True, f"gradcam++: {reason}"))
                 caps.append(Capability("cam", False, f"cam: needs a linear head after the pool, found {head.chain}"))
-            else:
-                why = (
-                    f"the head after {head.pool} contains {sorted(set(head.unsupported))}, which cannot be "
-                    "differentiated without the network; upload the .pt2 export for gradient methods"
-                )
-                caps += [Capability(m, False, f"{m}: {why}") for m in ("gradcam", "gradcam++", "cam")]
             caps.append(Capability("scorecam", True, f"scorecam: forward passes on masks from {head.layer!r}"))
+        elif head is not None or model.token_target is not None:
+            caps += _onnx_subgraph_caps(model)
+        else:
+            no_layer = (
+                "no global average pool, token mean or class-token read-out before the output, so no target "
+                "layer is found automatically; name one with layer=<tensor name>"
+            )
+            caps += [
+                Capability(m, True, f"{m}: head-only autograd after a named layer; {no_layer}")
+                for m in ("gradcam", "gradcam++")
+            ]
+            caps.append(Capability("cam", False, f"cam: {no_layer}"))
+            caps.append(Capability("scorecam", True, f"scorecam: forward passes only; {no_layer}"))
         grad_why = (
             "needs input gradients through the whole network, unavailable for an ONNX graph (ONNX "
             "Runtime has no autograd); upload the .pt2 export to use it"
@@ -64,34 +97,25 @@ def capability_table(model: Model) -> dict[str, Capability]:
         caps.append(Capability("smoothgrad", False, f"smoothgrad: {grad_why}"))
     elif _is_pt2(model):
         if model.auto_layer is None:
-            why = "no global average pool before the output; name a 4-D layer (layer=<node name>)"
-            caps.append(Capability("gradcam", True, f"gradcam: autograd; {why}"))
-            caps.append(Capability("gradcam++", True, f"gradcam++: autograd; {why}"))
+            why = "no global average pool, token mean or class-token read-out before the output; name a layer"
+            caps.append(Capability("gradcam", True, f"gradcam: autograd; {why} (layer=<node name>)"))
+            caps.append(Capability("gradcam++", True, f"gradcam++: autograd; {why} (layer=<node name>)"))
             caps.append(Capability("cam", False, f"cam: {why} and a linear head"))
             caps.append(Capability("scorecam", True, f"scorecam: {why}"))
         else:
-            where = f"{model.pool_desc}, target layer {model.auto_layer!r}"
+            layout = "" if model.auto_kind == "nchw" else f" ({_LAYOUTS[model.auto_kind]})"
+            where = f"{model.pool_desc}, target layer {model.auto_layer!r}{layout}"
             caps.append(Capability("gradcam", True, f"gradcam: autograd, {where}"))
             caps.append(Capability("gradcam++", True, f"gradcam++: autograd, {where}"))
+            chain = " -> ".join(model.head_chain or []) or "(none)"
             if model.head_is_linear:
-                caps.append(
-                    Capability(
-                        "cam",
-                        True,
-                        f"cam: GAP+linear head ({' -> '.join(model.head_chain or [])}), "
-                        "weights read as the constant head gradient",
-                    )
-                )
+                reason = f"cam: pool + linear head ({chain}), weights read as the constant head gradient"
+                caps.append(Capability("cam", True, reason))
             else:
-                caps.append(
-                    Capability(
-                        "cam",
-                        False,
-                        "cam: needs a linear head after the pool, found "
-                        f"{' -> '.join(model.head_chain or []) or '(none)'}",
-                    )
-                )
-            caps.append(Capability("scorecam", True, f"scorecam: forward passes on masks from {model.auto_layer!r}"))
+                caps.append(Capability("cam", False, f"cam: {_not_linear(chain)}"))
+            caps.append(
+                Capability("scorecam", True, f"scorecam: forward passes on masks from {model.auto_layer!r}{layout}")
+            )
         caps.append(Capability("integrated_gradients", True, "integrated_gradients: autograd on the input"))
         caps.append(Capability("smoothgrad", True, "smoothgrad: autograd on the input"))
     caps.append(Capability("rise", True, "rise: black-box, forward passes on random masks"))

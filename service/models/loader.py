@@ -21,8 +21,9 @@ from service.errors import ModelRefused, ModelRuntimeError
 from service.models.base import Model, OutputNotFinite, is_out_of_memory
 from service.models.capabilities import capability_table
 from service.models.metadata import ModelMetadata
-from service.models.onnx_head import find_head, module_calls, relu_into
+from service.models.onnx_head import find_head, inferred_values, module_calls, relu_into
 from service.models.onnx_model import OnnxModel
+from service.models.onnx_subgraph import token_target
 from service.models.onnx_validate import validate_onnx
 from service.models.torchcam_layer import torchcam_candidate
 
@@ -154,7 +155,10 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
         threads=threads,
     )
     model.onnx_head = find_head(proto, model.output_name)
-    model.torchcam_layer = torchcam_candidate(*module_calls(proto))
+    shapes, model.value_types = inferred_values(proto)
+    if model.onnx_head is None:
+        model.token_target = token_target(proto, model.output_name, shapes)
+    model.torchcam_layer = torchcam_candidate(*module_calls(proto, shapes))
     model.pre_relu_layer = relu_into(proto, model.onnx_head.layer) if model.onnx_head else None
     _probe(model, fixed or 2, path.name)
     return model
@@ -208,6 +212,7 @@ def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.de
         analyse_graph,
         graph_shapes,
         load_exported_program,
+        token_target,
     )
 
     calls: dict[str, tuple[str, ...]] = {}
@@ -247,6 +252,9 @@ def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.de
     except ValueError as exc:
         raise ModelRefused(str(exc)) from exc
     layer, chain, pool = analyse_graph(gm)
+    kind = "nchw"
+    if layer is None and (found := token_target(gm)) is not None:
+        layer, chain, pool, kind = found.layer, found.head, found.how, found.kind
     return Pt2Model(
         sha256=sha,
         metadata=meta,
@@ -254,6 +262,7 @@ def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.de
         device=device,
         gm=gm,
         auto_layer=layer,
+        auto_kind=kind,
         torchcam_layer=torchcam_candidate(graph_shapes(gm), calls),
         head_chain=chain,
         pool_desc=pool,

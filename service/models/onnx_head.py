@@ -208,19 +208,30 @@ def find_head(model: onnx.ModelProto, output: str) -> OnnxHead | None:
     return None
 
 
-def module_calls(model: onnx.ModelProto) -> tuple[list[tuple[str, tuple[int, ...] | None]], dict[str, tuple[str, ...]]]:
-    """Each node's output with its static shape, in graph order, and the PyTorch module scopes it was
-    exported from: from the dynamo exporter's ``pkg.torch.onnx.name_scopes`` metadata, or the legacy
-    exporter's node names (``/features/norm5/BatchNormalization``). For ``layer: torchcam``
-    (``pt2_model.torchcam_candidate``). Names are only read as text."""
+def inferred_values(model: onnx.ModelProto) -> tuple[dict[str, tuple[int, ...] | None], dict[str, int]]:
+    """The static shape (unknown sizes as -1) and element type of every tensor ONNX shape inference
+    can tell; without inference (it fails on some graphs), those the graph's own value_info gives."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shapes then come from the graph's own value_info only
+    except Exception:
         inferred = model
     shapes: dict[str, tuple[int, ...] | None] = {}
+    types: dict[str, int] = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.output]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims) if dims else None
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return shapes, types
+
+
+def module_calls(
+    model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None]
+) -> tuple[list[tuple[str, tuple[int, ...] | None]], dict[str, tuple[str, ...]]]:
+    """Each node's output with its static shape (``inferred_values``), in graph order, and the PyTorch
+    module scopes it was exported from: from the dynamo exporter's ``pkg.torch.onnx.name_scopes``
+    metadata, or the legacy exporter's node names (``/features/norm5/BatchNormalization``). For
+    ``layer: torchcam`` (``pt2_model.torchcam_candidate``). Names are only read as text."""
     nodes: list[tuple[str, tuple[int, ...] | None]] = []
     calls: dict[str, tuple[str, ...]] = {}
     for node in model.graph.node:

@@ -11,6 +11,7 @@ whole network are reported as unavailable on ONNX, never substituted.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,10 @@ import torch
 
 from service.errors import BadInput, ModelRuntimeError
 from service.models.base import Forward, HeadInfo, Model, check_outputs, is_out_of_memory
+from service.models.layouts import Kind, Layout, infer_layout
 from service.models.onnx_head import OnnxHead
+from service.models.onnx_subgraph import SubgraphHead, head_subgraph
+from service.models.target_search import Target
 from service.models.torchcam_layer import TorchCamLayer
 
 _ARENA_LOCK = threading.Lock()
@@ -68,6 +72,11 @@ class OnnxModel(Model):
     # The input of a ReLU whose output feeds the global pool (DenseNet's ``features`` before its
     # functional ReLU), or None; set at load.
     pre_relu_layer: str | None = None
+    # Found by target_search when the graph has no global average pool (transformers), or None.
+    token_target: Target | None = None
+    # Element type of every tensor (from shape inference), for extra session outputs; FLOAT if unknown.
+    value_types: dict[str, int] = field(default_factory=dict)
+    _subgraphs: dict[str, SubgraphHead] = field(default_factory=dict)
     _sessions: dict[tuple[str, ...], ort.InferenceSession] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _head_info: HeadInfo | None = None
@@ -85,7 +94,8 @@ class OnnxModel(Model):
                 proto = onnx.ModelProto()
                 proto.CopyFrom(self.proto)
                 for name in extra:
-                    proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+                    kind = self.value_types.get(name, onnx.TensorProto.FLOAT)
+                    proto.graph.output.append(onnx.helper.make_tensor_value_info(name, kind, None))
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = self.threads
                 opts.inter_op_num_threads = 1
@@ -100,14 +110,15 @@ class OnnxModel(Model):
                 )
             return self._sessions[extra]
 
-    def forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
-        x = self.preprocess(images).cpu().numpy()
-        extra = (layer,) if layer else ()
+    def _outputs(self, x: np.ndarray, extra: tuple[str, ...]) -> list[np.ndarray]:
+        """The logits (float32) and the ``extra`` tensors (their own dtype) for the preprocessed ``x``."""
         sess = self._session(extra)
         outputs = [self.output_name, *extra]
         chunk = self.fixed_batch or max(len(x), 1)
-        logits, acts = [], []
+        parts: list[list[np.ndarray]] = [[] for _ in outputs]
+        sizes: list[int] = []
         for i in range(0, len(x), chunk):
+            sizes.append(len(x[i : i + chunk]))
             try:
                 res = sess.run(outputs, {self.input_name: x[i : i + chunk]})
             except Exception as exc:  # ONNX Runtime raises one generic type (Fail, RuntimeException...)
@@ -118,24 +129,84 @@ class OnnxModel(Model):
                     f"ONNX Runtime failed to run the model on a batch of {len(x[i : i + chunk])} images: "
                     f"{_first_line(exc)}"
                 ) from exc
-            logits.append(np.asarray(res[0], dtype=np.float32))
-            if layer:
-                acts.append(np.asarray(res[1], dtype=np.float32))
-        out = torch.from_numpy(np.concatenate(logits))
-        act = torch.from_numpy(np.concatenate(acts)) if layer else None
-        if act is not None and act.ndim != 4:
-            raise BadInput(f"layer {layer!r} is not a 4-D activation (shape {tuple(act.shape)})")
+            for j, r in enumerate(res):
+                parts[j].append(np.asarray(r, dtype=np.float32) if j == 0 else np.asarray(r))
+        # A tensor without a batch axis (a shape, say) is the same for every chunk: keep one.
+        return [
+            np.concatenate(p) if all(a.ndim and len(a) == n for a, n in zip(p, sizes, strict=True)) else p[0]
+            for p in parts
+        ]
+
+    def layout(self, layer: str, shape: tuple[int, ...]) -> Layout:
+        """How ``layer``'s activation of ``shape`` maps onto the image (see ``layouts``)."""
+        target = self.token_target
+        hint: Kind | None = target.kind if target is not None and target.layer == layer else None
+        size = tuple(self.metadata.input_size)
+        found = infer_layout(shape, size, hint)  # type: ignore[arg-type]
+        if found is None:
+            raise BadInput(
+                f"layer {layer!r} gives an activation of shape {list(shape)}, which is neither a feature map "
+                f"[N, K, h, w] / [N, h, w, K] nor a token sequence [N, T, K] whose patch grid fits "
+                f"{size[0]}x{size[1]} images"
+            )
+        return found
+
+    def forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
+        x = self.preprocess(images).cpu().numpy()
+        res = self._outputs(x, (layer,) if layer else ())
+        out = torch.from_numpy(res[0])
+        act = None
+        if layer:
+            raw = torch.from_numpy(res[1].astype(np.float32, copy=False))
+            act = self.layout(layer, tuple(raw.shape)).to_grid(raw)
         check_outputs(out, len(x), self.num_outputs, act)
         return Forward(out, act)
 
+    def subgraph(self, layer: str) -> SubgraphHead:
+        """The head of ``layer`` for head-only autograd (``onnx_subgraph``), built once per layer."""
+        if layer not in self._subgraphs:
+            assert self.proto is not None
+            self._subgraphs[layer] = head_subgraph(self.proto, layer, self.output_name)
+        return self._subgraphs[layer]
+
+    def head_gradient(
+        self, images: torch.Tensor, layer: str, targets_of: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A, d class_logit / d A, logits), A as ``[N, K, h, w]``: one ONNX Runtime pass for A, the logits
+        and the head's other inputs, then autograd through the head alone."""
+        head = self.subgraph(layer)
+        if head.unsupported:
+            raise BadInput(
+                f"Grad-CAM at {layer!r} needs autograd through the rest of this ONNX graph, which contains "
+                f"{head.unsupported}; upload the .pt2 export of the model or pick a later layer"
+            )
+        x = self.preprocess(images).cpu().numpy()
+        side = [n for n in head.side if n != self.input_name]
+        res = self._outputs(x, (layer, *side))
+        logits = torch.from_numpy(res[0])
+        raw = torch.from_numpy(res[1].astype(np.float32, copy=False))
+        values = {n: torch.from_numpy(np.ascontiguousarray(v)) for n, v in zip(side, res[2:], strict=True)}
+        if self.input_name in head.side:
+            values[self.input_name] = torch.from_numpy(x)
+        layout = self.layout(layer, tuple(raw.shape))
+        grid = layout.to_grid(raw).detach().requires_grad_(True)
+        targets = targets_of(logits)
+        with torch.enable_grad():
+            out = head.logits(layout.from_grid(grid, raw), values)
+            (grad,) = torch.autograd.grad(self.class_logit(out, targets).sum(), grid)
+        check_outputs(logits, len(x), self.num_outputs, grid.detach())
+        return grid.detach(), grad, logits
+
     def resolve_layer(self, layer: str) -> str:
         if layer == "auto":
-            if self.onnx_head is None:
-                raise BadInput(
-                    "no global average pooling found before the output, so the target layer cannot "
-                    "be chosen automatically; name a 4-D activation with layer=<tensor name>"
-                )
-            return self.onnx_head.layer
+            if self.onnx_head is not None:
+                return self.onnx_head.layer
+            if self.token_target is not None:
+                return self.token_target.layer
+            raise BadInput(
+                "no global average pooling, token mean or class-token read-out found before the output, so the "
+                "target layer cannot be chosen automatically; name an activation with layer=<tensor name>"
+            )
         assert self.proto is not None
         if layer == "torchcam":
             return self._torchcam_layer()

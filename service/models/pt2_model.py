@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from torch.export.pt2_archive import _package as pt2
 from service.errors import BadInput, ModelRefused
 from service.models import pt2_validate as pt2v
 from service.models.base import Forward, HeadInfo, Model, check_outputs
+from service.models.layouts import Kind, Layout, infer_layout
+from service.models.target_search import GraphNode, Target, find_target
 from service.models.torchcam_layer import TorchCamLayer
 
 _POOL_TARGETS = {"aten.mean.dim", "aten.adaptive_avg_pool2d.default", "aten._adaptive_avg_pool2d.default"}
@@ -109,21 +112,27 @@ def _refuse_pickled_payloads(reader: pt2.PT2ArchiveReader, model_name: str, file
 
 
 class _Tap(torch.nn.Module):
-    """Inserted after the target node: keeps its activation (per thread) for the caller. With ``cut``
-    the rest of the graph reads a detached copy that requires grad, so ``d logit / d A`` is
-    differentiated through the layers after A only (the layers before it need no autograd)."""
+    """Inserted after the target node: keeps its activation (per thread), as ``[N, K, h, w]``, for the
+    caller. With ``cut`` the rest of the graph reads a copy rebuilt from a detached grid that requires
+    grad, so ``d logit / d A`` is differentiated through the layers after A only (the layers before it
+    need no autograd) and, for tokens or a channels-last map, with respect to the grid itself."""
 
-    def __init__(self, cut: bool) -> None:
+    def __init__(self, cut: bool, layout: Callable[[tuple[int, ...]], Layout]) -> None:
         super().__init__()
         self.cut = cut
+        self.layout = layout
         self._local = threading.local()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layout = self.layout(tuple(x.shape))
+        grid = layout.to_grid(x)
         if self.cut:
-            x = x.detach().requires_grad_(True)
-        self._local.value = x
+            grid = grid.detach().requires_grad_(True)
+        self._local.value = grid
         # The graph goes on with a copy: an in-place op after the tapped node (DenseNet's relu_ after
         # norm5, TorchCAM's layer) must neither change the kept activation nor touch a grad leaf.
+        if self.cut:
+            return layout.from_grid(grid, x.detach()).clone()
         return x.clone()
 
     def take(self) -> torch.Tensor | None:
@@ -132,13 +141,15 @@ class _Tap(torch.nn.Module):
         return value
 
 
-def _tapped_program(gm: torch.fx.GraphModule, layer: str, cut: bool) -> tuple[torch.fx.GraphModule, _Tap]:
+def _tapped_program(
+    gm: torch.fx.GraphModule, layer: str, cut: bool, layout: Callable[[tuple[int, ...]], Layout]
+) -> tuple[torch.fx.GraphModule, _Tap]:
     """A compiled copy of the program with a ``_Tap`` after ``layer``: one generated forward instead
     of ``fx.Interpreter``'s node-by-node Python. The weights are shared with ``gm``, not copied, and
     the rewrite is our own code on an already-checked graph, so the safe-loading rules still hold."""
     graph = copy.deepcopy(gm.graph)
     tapped = torch.fx.GraphModule(gm, graph)
-    tap = _Tap(cut)
+    tap = _Tap(cut, layout)
     tapped.add_submodule("_etm_tap", tap)
     node = next(n for n in graph.nodes if n.name == layer)
     with graph.inserting_after(node):
@@ -152,6 +163,8 @@ def _tapped_program(gm: torch.fx.GraphModule, layer: str, cut: bool) -> tuple[to
 class Pt2Model(Model):
     gm: torch.fx.GraphModule | None = None
     auto_layer: str | None = None
+    # How the auto layer's activation lies (see layouts); "nchw" for a CNN's pooled feature map.
+    auto_kind: Kind = "nchw"
     torchcam_layer: str | None = None  # TorchCAM's default target layer (see torchcam_candidate)
     head_chain: list[str] | None = None
     pool_desc: str = ""
@@ -163,18 +176,34 @@ class Pt2Model(Model):
     def supports_autograd(self) -> bool:
         return True
 
+    def _layout(self, layer: str) -> Callable[[tuple[int, ...]], Layout]:
+        hint: Kind | None = self.auto_kind if layer == self.auto_layer else None
+        size = tuple(self.metadata.input_size)
+
+        def layout(shape: tuple[int, ...]) -> Layout:
+            found = infer_layout(shape, size, hint)  # type: ignore[arg-type]
+            if found is None:
+                raise BadInput(
+                    f"layer {layer!r} gives a {len(shape)}-D activation {list(shape)}, which is neither a feature "
+                    f"map [N, K, h, w] / [N, h, w, K] nor a token sequence [N, T, K] whose patch grid fits "
+                    f"{size[0]}x{size[1]} images"
+                )
+            return found
+
+        return layout
+
     def _run(self, x: torch.Tensor, layer: str | None, cut: bool = False) -> Forward:
         assert self.gm is not None
         if layer is None:
             out = self.gm(x)
             return Forward(_first(out))
         if (layer, cut) not in self._taps:
-            self._taps[(layer, cut)] = _tapped_program(self.gm, layer, cut)
+            self._taps[(layer, cut)] = _tapped_program(self.gm, layer, cut, self._layout(layer))
         program, tap = self._taps[(layer, cut)]
         out = program(x)
         act = tap.take()
         if act is None or act.ndim != 4:
-            raise BadInput(f"layer {layer!r} did not produce a 4-D activation")
+            raise BadInput(f"layer {layer!r} did not produce an activation")
         return Forward(_first(out), act)
 
     def forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
@@ -186,8 +215,8 @@ class Pt2Model(Model):
 
     def autograd_forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
         """Without ``layer``: ``images`` may require grad; gradients flow through preprocessing to
-        them. With ``layer``: the activation is a leaf that requires grad and the graph after it is
-        differentiable (the head only); nothing before it is (the images get no gradient)."""
+        them. With ``layer``: the activation (as a grid, see ``layouts``) is a leaf that requires grad
+        and the graph after it is differentiable (the head only); nothing before it is."""
         with torch.enable_grad():
             f = self._run(self.preprocess(images), layer, cut=layer is not None)
         check_outputs(f.logits, len(images), self.num_outputs, f.activation)
@@ -198,8 +227,8 @@ class Pt2Model(Model):
         if layer == "auto":
             if self.auto_layer is None:
                 raise BadInput(
-                    "no global average pooling found before the output, so the target layer cannot be "
-                    "chosen automatically; name a 4-D activation with layer=<graph node name>"
+                    "no global average pooling, token mean or class-token read-out found before the output, so "
+                    "the target layer cannot be chosen automatically; name an activation with layer=<graph node name>"
                 )
             return self.auto_layer
         if layer == "torchcam":
@@ -212,11 +241,15 @@ class Pt2Model(Model):
             node = next(n for n in self.gm.graph.nodes if n.name == self.torchcam_layer)
             inplace = any(str(u.target) == "aten.relu_.default" for u in node.users)
             return TorchCamLayer(self.torchcam_layer, relu_after=inplace)
-        names = [n.name for n in self.gm.graph.nodes if n.op == "call_function"]
-        if layer not in names:
+        shapes = dict(graph_shapes(self.gm))
+        if layer not in shapes:
+            names = list(shapes)
             raise BadInput(
                 f"layer {layer!r} is not a node of this program; use 'auto' or a node name such as {names[-6:]}"
             )
+        shape = shapes[layer]
+        if shape is not None and -1 not in shape[1:]:
+            self._layout(layer)(shape)  # a clear refusal now, not in the middle of a job
         return layer
 
     def head(self, layer: str) -> HeadInfo | None:
@@ -226,6 +259,8 @@ class Pt2Model(Model):
     @property
     def head_is_linear(self) -> bool:
         chain = self.head_chain or []
+        if self.auto_kind != "nchw":  # found by target_search: its kinds, from the target on
+            return [k for k in chain if k != "shape"] == ["mean", "linear"]
         return (
             bool(chain)
             and all(op in _SHAPE_OPS | _LINEAR_OPS or op == "aten.add.Tensor" for op in chain)
@@ -262,6 +297,67 @@ def analyse_graph(gm: torch.fx.GraphModule) -> tuple[str | None, list[str], str]
         chain.append(target)
         cur = data[0] if data else None
     return None, [], ""
+
+
+_KINDS = {
+    **{t: "shape" for t in _SHAPE_OPS},
+    **{t: "linear" for t in _LINEAR_OPS},
+    "aten.layer_norm.default": "norm",
+    "aten.native_layer_norm.default": "norm",
+    "aten.permute.default": "permute",
+    "aten.transpose.int": "permute",
+    "aten.mean.dim": "mean",
+    "aten.select.int": "select",
+    "aten.slice.Tensor": "slice",
+    "aten._softmax.default": "softmax",
+    "aten.softmax.int": "softmax",
+    "aten.scaled_dot_product_attention.default": "attention",
+    "aten.unsqueeze.default": "shape",
+    "aten.squeeze.default": "shape",
+    "aten.expand.default": "shape",
+    "aten.unbind.int": "shape",
+    **{f"aten.{op}.default": "activation" for op in ("gelu", "relu", "silu", "tanh", "sigmoid", "hardswish")},
+}
+
+
+def graph_nodes(gm: torch.fx.GraphModule) -> tuple[dict[str, GraphNode], list[str], str]:
+    """The program as ``target_search`` sees it: (nodes by name, topological order, output node name)."""
+    const: set[str] = set()
+    nodes: dict[str, GraphNode] = {}
+    order: list[str] = []
+    shapes = dict(graph_shapes(gm))
+    for n in gm.graph.nodes:
+        if n.op in ("get_attr",):
+            const.add(n.name)
+        if n.op != "call_function":
+            continue
+        data = [a.name for a in n.all_input_nodes if a.name not in const]
+        if not data and n.all_input_nodes:
+            const.add(n.name)
+            continue
+        target = str(n.target)
+        kind = _KINDS.get(target, "other")
+        if target in ("aten.add.Tensor", "aten.sub.Tensor", "aten.mul.Tensor", "aten.div.Tensor"):
+            kind = "add" if len(data) > 1 else "affine"
+        elif target == "<built-in function getitem>":
+            kind = "shape"
+        elif kind == "linear" and len(data) > 1:
+            kind = "matmul"  # two data inputs (q @ k^T), not a projection with a constant weight
+        node = GraphNode(n.name, kind, data, shapes.get(n.name))
+        if kind == "mean":
+            node.dims = tuple(int(d) for d in (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", ())))
+        elif kind == "select":
+            node.axis, node.index = int(n.args[1]), int(n.args[2])
+        nodes[n.name] = node
+        order.append(n.name)
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    first = out_node.all_input_nodes[0].name if out_node.all_input_nodes else ""
+    return nodes, order, first
+
+
+def token_target(gm: torch.fx.GraphModule) -> Target | None:
+    """``target_search.find_target`` on this program."""
+    return find_target(*graph_nodes(gm))
 
 
 def graph_shapes(gm: torch.fx.GraphModule) -> list[tuple[str, tuple[int, ...] | None]]:

@@ -2,7 +2,10 @@
 
 ONNX models: Grad-CAM and Grad-CAM++ need only ``d logit / d A`` at the target layer, which for a
 global-average-pool head is ``d logit / d z`` spread over the ``h*w`` cells. For a linear head that
-is the weight row (the one-forward-pass fast path); otherwise autograd runs on the small head alone.
+is the weight row (the one-forward-pass fast path); otherwise autograd runs on the small head alone,
+and for any other head (a LayerNorm after the pool, a transformer's last block) on the nodes after
+the target (``onnx_subgraph``). Token and channels-last activations arrive as ``[N, K, h, w]`` grids
+(``layouts``), so every formula below reads the same for CNNs and transformers.
 ``.pt2`` models use autograd from the target activation through the rest of the network (the
 reference the fast path is tested against). IG and SmoothGrad need input gradients, so only ``.pt2`` models offer them.
 """
@@ -70,10 +73,14 @@ def _activation_and_grad(
     model: Model, images: torch.Tensor, fixed: int | None, layer: str, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if model.format == "onnx":  # by name: importing OnnxModel would load ONNX Runtime in the API
-        f = model.forward(images, layer)
-        assert f.activation is not None
-        targets = targets_for(model, f.logits, fixed)
-        act, grad, logits = f.activation, _head_gradient(model, f.activation, f.logits, targets, layer), f.logits
+        head = model.onnx_head
+        if head is not None and not head.unsupported and layer in (head.layer, model.pre_relu_layer):
+            f = model.forward(images, layer)
+            assert f.activation is not None
+            targets = targets_for(model, f.logits, fixed)
+            act, grad, logits = f.activation, _head_gradient(model, f.activation, f.logits, targets, layer), f.logits
+        else:  # any other head (LayerNorm after the pool, a transformer's last block): head-only autograd
+            act, grad, logits = model.head_gradient(images, layer, lambda lg: targets_for(model, lg, fixed))
     else:
         act, grad, logits = _autograd_activation(model, images, fixed, layer, chunk)
     if getattr(layer, "relu_after", False):  # layer: torchcam, as TorchCAM sees it (TorchCamLayer)
