@@ -37,13 +37,13 @@ import torch
 from service.datasets import Dataset, content_sha256, iter_batches, open_dataset
 from service.datasets.batches import Batch
 from service.errors import BadInput, Canceled, ModelRuntimeError
-from service.measures import MEASURES
+from service.measures import MEASURES, needs_salience
 from service.measures.base import BatchContext, Columns, Measure
 from service.measures.oos_set import inset_state, inset_sums
 from service.models.base import Model, ModelOutOfMemory, OutputNotFinite, is_out_of_memory, release_memory
 from service.models.loader import load_model
 from service.report import EvaluationResult, build_report
-from service.salience.registry import compute_salience
+from service.salience.registry import compute_salience, forward_only
 from service.spec import EvaluationSpec
 
 ProgressFn = Callable[[str, int, int], None]
@@ -172,7 +172,7 @@ def load_families(spec: EvaluationSpec, resolver: Resolver) -> list[Family]:
                 f"candidate {cand.name!r} mixes input sizes {sorted(sizes)}; runs of one family must "
                 "share the input size so their maps can be compared"
             )
-        for m in models:
+        for m in models if needs_salience(spec.measures) else ():  # accuracy alone runs no method
             cap = m.capabilities.get(spec.method)
             if cap is None or not cap.available:
                 raise BadInput(f"candidate {cand.name!r}: {cap.reason if cap else spec.method + ' unavailable'}")
@@ -228,7 +228,15 @@ def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any
         except ModelRuntimeError as exc:
             raise _named_fault(exc, fam, run, batch.keys) from exc
 
-    clean = [salience(r, images) for r in range(len(fam.models))]
+    def clean_pass(run: int) -> Any:
+        if needs_salience(spec.measures):
+            return salience(run, images)
+        try:
+            return forward_only(fam.models[run], images, spec.target)
+        except ModelRuntimeError as exc:
+            raise _named_fault(exc, fam, run, batch.keys) from exc
+
+    clean = [clean_pass(r) for r in range(len(fam.models))]
     return BatchContext(
         keys=list(batch.keys),
         images=images,
@@ -273,7 +281,8 @@ def _score_batch(
     """
     ctx = _context(spec, fam, batch, inset)
     cols = {name: (m.per_image_ood(ctx) if inset is not None else m.per_image(ctx)) for name, m in measures.items()}
-    return cols, (inset_sums(ctx) if inset is None else None)
+    # The in-set mean map (for oos.set) exists only where maps were computed.
+    return cols, (inset_sums(ctx) if inset is None and needs_salience(spec.measures) else None)
 
 
 def _fitting(
@@ -434,8 +443,11 @@ def finish(
     if spec.ood_dataset is not None:
         ood_ds = resolver.dataset(spec.ood_dataset, spec.ood_split)
     if ood_ds is not None and any(ood_measures.values()):
-        state = {}
+        state: dict[str, dict[str, Any]] = {}
         for fam in families:
+            if fam.name not in parts[0].inset_sums:  # no maps were computed (accuracy only)
+                state[fam.name] = {}
+                continue
             s = sum(p.inset_sums[fam.name][0].astype(np.int64) for p in parts)
             c = sum(p.inset_sums[fam.name][1].astype(np.int64) for p in parts)
             state[fam.name] = inset_state(torch.from_numpy(np.asarray(s)), torch.from_numpy(np.asarray(c)))

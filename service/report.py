@@ -112,6 +112,9 @@ def build_report(
 ) -> EvaluationResult:
     import torch
 
+    from service.measures import needs_salience
+
+    k_clean = "salience" if needs_salience(spec.measures) else "forward"  # accuracy alone: forward passes only
     candidates = []
     flat: dict[str, list[MeasureResult]] = {}
     for fam in families:
@@ -124,7 +127,7 @@ def build_report(
                 "n_runs": len(fam.models),
                 "runs": [{"run": i, **m.describe()} for i, m in enumerate(fam.models)],
                 "measures": {r.name: r.as_dict() for r in rs},
-                "passes_per_image": {"clean": {"salience": len(fam.models), "forward": 0}, **passes},
+                "passes_per_image": {"clean": {"salience": 0, "forward": 0, k_clean: len(fam.models)}, **passes},
             }
         )
     report = {

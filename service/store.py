@@ -1200,7 +1200,7 @@ class Registry:
             BadInput: a split that does not exist, mixed input sizes, bad measure or method parameters,
                 an unknown target class, text that is not valid UTF-8.
         """
-        from service.measures import MEASURES
+        from service.measures import MEASURES, needs_salience
         from service.salience.registry import check_method_params
 
         check_utf8(spec.canonical(), "the job")  # a job record no response can encode would break GET /v1/jobs
@@ -1223,8 +1223,9 @@ class Registry:
         assert dataset is not None
         recs: dict[str, dict[str, Any]] = {i: r for i, r in models.items() if r is not None}
 
+        uses_method = needs_salience(spec.measures)  # an accuracy-only job runs no salience method
         for cand in spec.candidates:
-            for mid in cand.models:
+            for mid in cand.models if uses_method else ():
                 cap = recs[mid]["capabilities"].get(spec.method)
                 if cap is None or not cap["available"]:
                     reason = cap["reason"] if cap else f"{spec.method} is not available"

@@ -188,6 +188,21 @@ def compute_salience(
     )
 
 
+def forward_only(model: Model, images: torch.Tensor, target: str | int = "predicted") -> SalienceResult:
+    """The clean pass of a job whose measures need no map (accuracy only): logits, targets, scores and
+    predictions from one forward pass, and 1x1 zero maps that no measure reads. No method runs, so none
+    has to be available on the model."""
+    fixed = resolve_target(model, target)
+    logits = model.logits(images.to(model.device, torch.float32)).detach()
+    predicted = model.predicted(logits)
+    targets = predicted if fixed is None else torch.full_like(predicted, fixed)
+    scores = model.probabilities(logits).gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1)
+    empty = torch.zeros(len(images), 1, 1, device=logits.device)
+    return SalienceResult(
+        native=empty, upsampled=empty, logits=logits, targets=targets, scores=scores, predicted=predicted
+    )
+
+
 def targets_for(model: Model, logits: torch.Tensor, fixed: int | None) -> torch.Tensor:
     predicted = model.predicted(logits)
     return predicted if fixed is None else torch.full_like(predicted, fixed)
