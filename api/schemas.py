@@ -18,6 +18,12 @@ class Capability(BaseModel):
     reason: str = Field(..., description="Why the method can or cannot run on this model.")
 
 
+class ModelWarning(BaseModel):
+    code: str = Field(..., examples=["mean_std_0_255"])
+    message: str = Field(..., description="What looks wrong in the metadata, from the metadata and the probe batch.")
+    fix: str = Field(..., description="The likely fix.")
+
+
 class ModelOut(BaseModel):
     """A registered model."""
 
@@ -33,6 +39,11 @@ class ModelOut(BaseModel):
     )
     num_outputs: int
     capabilities: dict[str, Capability] = Field(..., description="Salience method -> availability and reason.")
+    warnings: list[ModelWarning] = Field(
+        default_factory=list,
+        description="Likely metadata mistakes (e.g. mean/std on the 0-255 scale, outputs that are probabilities "
+        "already), each with its fix; the model is registered all the same. Rules: docs/MODELS.md.",
+    )
     builtin: bool = False
     family: str | None = Field(None, description="Built-in models: the family (training recipe).")
     run: int | None = Field(None, description="Built-in models: the run index within the family.")

@@ -150,6 +150,7 @@ def cmd_models_push(args: argparse.Namespace) -> int:
     else:
         _err(f"{'registered' if model.created else 'already registered'} {model.filename} ({model.format}, "
              f"{model.bytes} bytes) as {model.id}")
+        _print_warnings(model.raw.get("warnings") or [])
         print(model.id)
     return EXIT_OK
 
@@ -417,6 +418,13 @@ def comparison_table(report: Report, include_all: bool = False) -> str:
     return out + "\n" + "\n".join(footer)
 
 
+def _print_warnings(warnings: Sequence[dict[str, Any]]) -> None:
+    """Likely metadata mistakes on stderr, each with its fix (a model's or a report's ``warnings``)."""
+    for w in warnings:
+        where = f"candidate {w['candidate']!r} run {w['run']}: " if "candidate" in w else ""
+        _err(f"warning: {where}{w.get('message', '')} [{w.get('code', '')}]\n    fix: {w.get('fix', '')}")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     with _client(args) as c:
         report = _report_after_wait(args, c)
@@ -424,6 +432,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _print_json(report.raw.get("comparison"))
     else:
         print(comparison_table(report, args.all))
+        _print_warnings(report.raw.get("warnings") or [])
     return EXIT_OK
 
 

@@ -38,6 +38,14 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
     return update, close
 
 
+def print_warnings(warnings: Sequence[dict[str, Any]], stream: Any = None) -> None:
+    """Likely metadata mistakes on stderr, each with its fix (the report's ``warnings``; docs/MODELS.md)."""
+    stream = stream or sys.stderr
+    for w in warnings:
+        where = f"candidate {w['candidate']!r} run {w['run']}: " if "candidate" in w else ""
+        print(f"etm: warning: {where}{w['message']} [{w['code']}]\n    fix: {w['fix']}", file=stream)
+
+
 def _parse_candidate(text: str) -> dict[str, object]:
     if "=" not in text:
         raise BadInput(f"--candidate {text!r} must look like NAME=model1.onnx[,model2.onnx,...]")
@@ -145,6 +153,7 @@ def cmd_salience(args: argparse.Namespace) -> int:
         finally:
             close()
         out = copy_out(outcome.scratch / "out", "maps.npz", Path(args.out))
+    print_warnings(outcome.result.get("warnings") or [])
     print(f"wrote {outcome.result.get('n_images')} maps to {out}", file=sys.stderr)
     return 0
 
@@ -180,9 +189,10 @@ def _write_result(produced: Path, out: Path) -> None:
     """report.json and per_image.csv from the sandbox's folder; the report appears last, when complete."""
     from service.sandbox.files import copy_out
 
-    json.loads(copy_out(produced, "report.json", out / "report.json.tmp").read_text())
+    report = json.loads(copy_out(produced, "report.json", out / "report.json.tmp").read_text())
     copy_out(produced, "per_image.csv", out / "per_image.csv")
     (out / "report.json.tmp").replace(out / "report.json")
+    print_warnings(report.get("warnings") or [])
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -55,7 +55,7 @@ from service.spec import EvaluationSpec
 CHUNK = 1 << 20
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 DATASET_HASH_VERSION = "etm-dataset-splits-v1"
-CACHE_KEY_VERSION = "etm-result-v1"
+CACHE_KEY_VERSION = "etm-result-v2"  # v2: reports carry warnings (schema 1.1); v1 results lack them
 MAX_ID_CHARS = 200  # longest quoted model/dataset id looked up in the registry (file names stop at 255 bytes)
 
 
@@ -1098,6 +1098,7 @@ class Registry:
             "metadata": desc["metadata"],
             "num_outputs": desc["num_outputs"],
             "capabilities": desc["capabilities"],
+            "warnings": desc.get("warnings", []),  # likely metadata mistakes (service.models.checks)
             "builtin": builtin,
             "created_at": iso(now()),
             **(extra or {}),

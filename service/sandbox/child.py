@@ -136,7 +136,7 @@ def _salience(req: dict[str, Any]) -> dict[str, Any]:
         targets=torch.cat(targets).numpy(),
         scores=torch.cat(scores).numpy(),
     )
-    return {"files": ["maps.npz"], "n_images": len(ds)}
+    return {"files": ["maps.npz"], "n_images": len(ds), "warnings": model.load_warnings()}
 
 
 _OPS = {"inspect": _inspect, "evaluate": _evaluate, "salience": _salience}
