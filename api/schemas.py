@@ -146,12 +146,24 @@ class JobRequest(EvaluationSpec):
     )
 
 
+class ProgressStep(BaseModel):
+    """Inside one long salience call (Score-CAM's masked passes), which the stage's count moves past only at
+    the end of its batch."""
+
+    method: str = Field(..., examples=["scorecam"])
+    done: int = Field(..., description="Units done in this call (Score-CAM: masked forward passes).")
+    total: int
+    eta_seconds: float | None = Field(None, description="Remaining time of this call at its rate so far.")
+    updated_at: str | None = None
+
+
 class Progress(BaseModel):
     stage: str = Field(..., description="queued, loading, in-set, out-of-set, artifacts or done")
     done: int
     total: int
     fraction: float = Field(..., ge=0, le=1, description="Overall fraction of the job done.")
     updated_at: str | None = None
+    step: ProgressStep | None = Field(None, description="While a running job is inside one long salience call.")
 
 
 class JobLinks(BaseModel):

@@ -79,6 +79,16 @@ def ci_text(ci: Any) -> str:
 # -- progress --------------------------------------------------------------------------------------
 
 
+def _step_text(job: Job) -> str:
+    """Inside one long salience call: its passes and the remaining time (``progress.step``)."""
+    step = (job.raw.get("progress") or {}).get("step") if hasattr(job, "raw") else None
+    if not isinstance(step, dict):
+        return ""
+    eta = step.get("eta_seconds")
+    left = f", {eta:.0f} s left" if isinstance(eta, (int, float)) else ""
+    return f" ({step.get('method')} {step.get('done')}/{step.get('total')} passes{left})"
+
+
 def progress_printer(job_id: str, stream: Any = None) -> tuple[Callable[[Job], None], Callable[[], None]]:
     """A progress bar on stderr (tqdm on a terminal; one line per stage/10% step in logs)."""
     stream = stream or sys.stderr
@@ -100,7 +110,7 @@ def progress_printer(job_id: str, stream: Any = None) -> tuple[Callable[[Job], N
                 bar = state["bar"] = tqdm(total=100, file=stream, unit="%", desc=job_id, leave=True,
                                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
             bar.n = pct
-            bar.set_postfix_str(f"{job.status} {p.stage} {p.done}/{p.total}", refresh=False)
+            bar.set_postfix_str(f"{job.status} {p.stage} {p.done}/{p.total}{_step_text(job)}", refresh=False)
             bar.refresh()
             return
         key = (job.status, p.stage, pct // 10)

@@ -22,12 +22,20 @@ from service.errors import BadInput
 def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
     from tqdm import tqdm
 
+    from service.salience.progress import STEP_PREFIX
+
     bars: dict[str, tqdm] = {}
 
     def update(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
+        step = stage.startswith(STEP_PREFIX)  # inside one long salience call (Score-CAM's masked passes)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", file=sys.stderr, leave=True)
+            desc = f"  {stage[len(STEP_PREFIX):]} (this call)" if step else stage
+            bar = bars[stage] = tqdm(
+                total=total, desc=desc, unit="pass" if step else "img", file=sys.stderr, leave=not step
+            )
+        elif done < bar.n or total != bar.total:  # the next call: its own elapsed time and ETA
+            bar.reset(total=total)
         bar.n = done
         bar.refresh()
 
