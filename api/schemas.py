@@ -18,6 +18,12 @@ class Capability(BaseModel):
     reason: str = Field(..., description="Why the method can or cannot run on this model.")
 
 
+class ModelWarning(BaseModel):
+    code: str = Field(..., examples=["mean_std_0_255"])
+    message: str = Field(..., description="What looks wrong in the metadata, from the metadata and the probe batch.")
+    fix: str = Field(..., description="The likely fix.")
+
+
 class ModelOut(BaseModel):
     """A registered model."""
 
@@ -33,6 +39,11 @@ class ModelOut(BaseModel):
     )
     num_outputs: int
     capabilities: dict[str, Capability] = Field(..., description="Salience method -> availability and reason.")
+    warnings: list[ModelWarning] = Field(
+        default_factory=list,
+        description="Likely metadata mistakes (e.g. mean/std on the 0-255 scale, outputs that are probabilities "
+        "already), each with its fix; the model is registered all the same. Rules: docs/MODELS.md.",
+    )
     builtin: bool = False
     family: str | None = Field(None, description="Built-in models: the family (training recipe).")
     run: int | None = Field(None, description="Built-in models: the run index within the family.")
@@ -135,12 +146,24 @@ class JobRequest(EvaluationSpec):
     )
 
 
+class ProgressStep(BaseModel):
+    """Inside one long salience call (Score-CAM's masked passes), which the stage's count moves past only at
+    the end of its batch."""
+
+    method: str = Field(..., examples=["scorecam"])
+    done: int = Field(..., description="Units done in this call (Score-CAM: masked forward passes).")
+    total: int
+    eta_seconds: float | None = Field(None, description="Remaining time of this call at its rate so far.")
+    updated_at: str | None = None
+
+
 class Progress(BaseModel):
     stage: str = Field(..., description="queued, loading, in-set, out-of-set, artifacts or done")
     done: int
     total: int
     fraction: float = Field(..., ge=0, le=1, description="Overall fraction of the job done.")
     updated_at: str | None = None
+    step: ProgressStep | None = Field(None, description="While a running job is inside one long salience call.")
 
 
 class JobLinks(BaseModel):

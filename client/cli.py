@@ -79,6 +79,16 @@ def ci_text(ci: Any) -> str:
 # -- progress --------------------------------------------------------------------------------------
 
 
+def _step_text(job: Job) -> str:
+    """Inside one long salience call: its passes and the remaining time (``progress.step``)."""
+    step = (job.raw.get("progress") or {}).get("step") if hasattr(job, "raw") else None
+    if not isinstance(step, dict):
+        return ""
+    eta = step.get("eta_seconds")
+    left = f", {eta:.0f} s left" if isinstance(eta, (int, float)) else ""
+    return f" ({step.get('method')} {step.get('done')}/{step.get('total')} passes{left})"
+
+
 def progress_printer(job_id: str, stream: Any = None) -> tuple[Callable[[Job], None], Callable[[], None]]:
     """A progress bar on stderr (tqdm on a terminal; one line per stage/10% step in logs)."""
     stream = stream or sys.stderr
@@ -100,7 +110,7 @@ def progress_printer(job_id: str, stream: Any = None) -> tuple[Callable[[Job], N
                 bar = state["bar"] = tqdm(total=100, file=stream, unit="%", desc=job_id, leave=True,
                                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
             bar.n = pct
-            bar.set_postfix_str(f"{job.status} {p.stage} {p.done}/{p.total}", refresh=False)
+            bar.set_postfix_str(f"{job.status} {p.stage} {p.done}/{p.total}{_step_text(job)}", refresh=False)
             bar.refresh()
             return
         key = (job.status, p.stage, pct // 10)
@@ -150,6 +160,7 @@ def cmd_models_push(args: argparse.Namespace) -> int:
     else:
         _err(f"{'registered' if model.created else 'already registered'} {model.filename} ({model.format}, "
              f"{model.bytes} bytes) as {model.id}")
+        _print_warnings(model.raw.get("warnings") or [])
         print(model.id)
     return EXIT_OK
 
@@ -417,6 +428,13 @@ def comparison_table(report: Report, include_all: bool = False) -> str:
     return out + "\n" + "\n".join(footer)
 
 
+def _print_warnings(warnings: Sequence[dict[str, Any]]) -> None:
+    """Likely metadata mistakes on stderr, each with its fix (a model's or a report's ``warnings``)."""
+    for w in warnings:
+        where = f"candidate {w['candidate']!r} run {w['run']}: " if "candidate" in w else ""
+        _err(f"warning: {where}{w.get('message', '')} [{w.get('code', '')}]\n    fix: {w.get('fix', '')}")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     with _client(args) as c:
         report = _report_after_wait(args, c)
@@ -424,6 +442,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         _print_json(report.raw.get("comparison"))
     else:
         print(comparison_table(report, args.all))
+        _print_warnings(report.raw.get("warnings") or [])
     return EXIT_OK
 
 

@@ -100,8 +100,11 @@ def compute_artifacts(
 
     out: dict[str, bytes] = {"curves.json": json.dumps(curves(report), indent=1, sort_keys=True).encode()}
     # The evaluation's own choice of images (split, max_images subset), so overlays show evaluated images.
+    from service.measures import needs_salience
+
     ds = _dataset(spec, resolver)
-    idx = overlay_indices(len(ds), spec.overlays)
+    # A job of salience-free measures (accuracy) computed no map and may use a method the model cannot run.
+    idx = overlay_indices(len(ds), spec.overlays) if needs_salience(spec.measures) else []
     index: dict[str, Any] = {
         "method": spec.method,
         "layer": spec.layer,

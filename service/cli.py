@@ -22,12 +22,20 @@ from service.errors import BadInput
 def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
     from tqdm import tqdm
 
+    from service.salience.progress import STEP_PREFIX
+
     bars: dict[str, tqdm] = {}
 
     def update(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
+        step = stage.startswith(STEP_PREFIX)  # inside one long salience call (Score-CAM's masked passes)
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", file=sys.stderr, leave=True)
+            desc = f"  {stage[len(STEP_PREFIX):]} (this call)" if step else stage
+            bar = bars[stage] = tqdm(
+                total=total, desc=desc, unit="pass" if step else "img", file=sys.stderr, leave=not step
+            )
+        elif done < bar.n or total != bar.total:  # the next call: its own elapsed time and ETA
+            bar.reset(total=total)
         bar.n = done
         bar.refresh()
 
@@ -36,6 +44,14 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
             bar.close()
 
     return update, close
+
+
+def print_warnings(warnings: Sequence[dict[str, Any]], stream: Any = None) -> None:
+    """Likely metadata mistakes on stderr, each with its fix (the report's ``warnings``; docs/MODELS.md)."""
+    stream = stream or sys.stderr
+    for w in warnings:
+        where = f"candidate {w['candidate']!r} run {w['run']}: " if "candidate" in w else ""
+        print(f"etm: warning: {where}{w['message']} [{w['code']}]\n    fix: {w['fix']}", file=stream)
 
 
 def _parse_candidate(text: str) -> dict[str, object]:
@@ -145,6 +161,7 @@ def cmd_salience(args: argparse.Namespace) -> int:
         finally:
             close()
         out = copy_out(outcome.scratch / "out", "maps.npz", Path(args.out))
+    print_warnings(outcome.result.get("warnings") or [])
     print(f"wrote {outcome.result.get('n_images')} maps to {out}", file=sys.stderr)
     return 0
 
@@ -180,9 +197,10 @@ def _write_result(produced: Path, out: Path) -> None:
     """report.json and per_image.csv from the sandbox's folder; the report appears last, when complete."""
     from service.sandbox.files import copy_out
 
-    json.loads(copy_out(produced, "report.json", out / "report.json.tmp").read_text())
+    report = json.loads(copy_out(produced, "report.json", out / "report.json.tmp").read_text())
     copy_out(produced, "per_image.csv", out / "per_image.csv")
     (out / "report.json.tmp").replace(out / "report.json")
+    print_warnings(report.get("warnings") or [])
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

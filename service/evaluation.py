@@ -37,18 +37,20 @@ import torch
 from service.datasets import Dataset, content_sha256, iter_batches, open_dataset
 from service.datasets.batches import Batch
 from service.errors import BadInput, Canceled, ModelRuntimeError
-from service.measures import MEASURES
+from service.measures import MEASURES, needs_salience
 from service.measures.base import BatchContext, Columns, Measure
 from service.measures.oos_set import inset_state, inset_sums
+from service.models import checks
 from service.models.base import Model, ModelOutOfMemory, OutputNotFinite, is_out_of_memory, release_memory
 from service.models.loader import load_model
 from service.report import EvaluationResult, build_report
-from service.salience.registry import compute_salience
+from service.salience.registry import compute_salience, forward_only
 from service.spec import EvaluationSpec
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
 log = logging.getLogger(__name__)
+CHECKS = "_checks"  # the columns behind the report's warnings; not a measure, not in per_image.csv
 
 
 @dataclass
@@ -172,7 +174,7 @@ def load_families(spec: EvaluationSpec, resolver: Resolver) -> list[Family]:
                 f"candidate {cand.name!r} mixes input sizes {sorted(sizes)}; runs of one family must "
                 "share the input size so their maps can be compared"
             )
-        for m in models:
+        for m in models if needs_salience(spec.measures) else ():  # accuracy alone runs no method
             cap = m.capabilities.get(spec.method)
             if cap is None or not cap.available:
                 raise BadInput(f"candidate {cand.name!r}: {cap.reason if cap else spec.method + ' unavailable'}")
@@ -228,7 +230,15 @@ def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any
         except ModelRuntimeError as exc:
             raise _named_fault(exc, fam, run, batch.keys) from exc
 
-    clean = [salience(r, images) for r in range(len(fam.models))]
+    def clean_pass(run: int) -> Any:
+        if needs_salience(spec.measures):
+            return salience(run, images)
+        try:
+            return forward_only(fam.models[run], images, spec.target)
+        except ModelRuntimeError as exc:
+            raise _named_fault(exc, fam, run, batch.keys) from exc
+
+    clean = [clean_pass(r) for r in range(len(fam.models))]
     return BatchContext(
         keys=list(batch.keys),
         images=images,
@@ -273,7 +283,46 @@ def _score_batch(
     """
     ctx = _context(spec, fam, batch, inset)
     cols = {name: (m.per_image_ood(ctx) if inset is not None else m.per_image(ctx)) for name, m in measures.items()}
-    return cols, (inset_sums(ctx) if inset is None else None)
+    if inset is None:
+        cols[CHECKS] = _check_columns(fam, ctx)
+    # The in-set mean map (for oos.set) exists only where maps were computed.
+    return cols, (inset_sums(ctx) if inset is None and needs_salience(spec.measures) else None)
+
+
+def _check_columns(fam: Family, ctx: BatchContext) -> Columns:
+    """Per image and run ([N, K]), what the report's metadata warnings are computed from (service.models.checks):
+    the normalised inputs and the raw outputs of the clean pass. Columns like the measures' so shards merge."""
+    per_run: dict[str, list[np.ndarray]] = {}
+    for r, (model, res) in enumerate(zip(fam.models, ctx.clean, strict=True)):
+        got = checks.input_columns(model.preprocess(ctx.images)) | checks.output_columns(
+            res.logits, ctx.probabilities_fn(r, res.logits), res.predicted
+        )
+        for k, v in got.items():
+            per_run.setdefault(k, []).append(v)
+    return {k: np.stack(v, axis=1) for k, v in per_run.items()}
+
+
+def run_warnings(
+    families: list[Family], columns: dict[str, dict[str, Columns]], results: dict[str, dict[str, list[Any]]]
+) -> list[dict[str, Any]]:
+    """The report's warnings: each run's load warnings, then those from the job's numbers (service.models.checks)."""
+    out: list[dict[str, Any]] = []
+    for fam in families:
+        acc = {r.name: r for r in results.get(fam.name, {}).get("accuracy", [])}
+        bal, auc = acc.get("accuracy.balanced"), acc.get("accuracy.auroc")
+        for run, model in enumerate(fam.models):
+            pair = None
+            if bal is not None and auc is not None and bal.per_run and auc.per_run:
+                pair = (bal.per_run[run]["value"], auc.per_run[run]["value"])
+            n = bal.n if bal is not None else 0
+            where = {"candidate": fam.name, "run": run, "model": fam.refs[run] if run < len(fam.refs) else ""}
+            diag = columns[fam.name].get(CHECKS, {})
+            for source, ws in (
+                ("load", model.load_warnings()),
+                ("job", checks.job_warnings(model.metadata, model.num_outputs, diag, run, pair, n)),
+            ):
+                out += [{**where, "source": source, **w} for w in ws]
+    return out
 
 
 def _fitting(
@@ -434,8 +483,11 @@ def finish(
     if spec.ood_dataset is not None:
         ood_ds = resolver.dataset(spec.ood_dataset, spec.ood_split)
     if ood_ds is not None and any(ood_measures.values()):
-        state = {}
+        state: dict[str, dict[str, Any]] = {}
         for fam in families:
+            if fam.name not in parts[0].inset_sums:  # no maps were computed (accuracy only)
+                state[fam.name] = {}
+                continue
             s = sum(p.inset_sums[fam.name][0].astype(np.int64) for p in parts)
             c = sum(p.inset_sums[fam.name][1].astype(np.int64) for p in parts)
             state[fam.name] = inset_state(torch.from_numpy(np.asarray(s)), torch.from_numpy(np.asarray(c)))
@@ -470,6 +522,7 @@ def finish(
         columns,
         seconds,
         measures={f.name: make_measures(spec, f) for f in families},
+        warnings=run_warnings(families, columns, results),
     )
 
 

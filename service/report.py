@@ -25,7 +25,7 @@ from service.measures.base import Columns, Measure, MeasureResult
 from service.spec import EvaluationSpec
 
 SCHEMA = "https://explain-to-me.dev/schemas/report.json"
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"  # 1.1.0: warnings (likely metadata mistakes), top level and per run
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "openapi" / "report.schema.json"
 _LIBS = ("explain-to-me", "torch", "onnxruntime", "onnx", "numpy", "scipy", "scikit-image", "pillow")
 
@@ -69,6 +69,8 @@ class EvaluationResult:
             k_runs = 1
             scalar: dict[str, np.ndarray] = {}
             for fam, cols in fams.items():
+                if fam.startswith("_"):  # the plan's own columns (the warnings' diagnostics), not a measure's
+                    continue
                 for col, arr in cols.items():
                     if arr.ndim in (1, 2) and arr.dtype.kind in "fiub" and len(arr) == len(self.keys):
                         scalar[f"{fam}.{col}"] = arr
@@ -109,9 +111,13 @@ def build_report(
     columns: dict[str, dict[str, Columns]],
     seconds: dict[str, float],
     measures: dict[str, dict[str, Measure]],
+    warnings: list[dict[str, Any]] | None = None,
 ) -> EvaluationResult:
     import torch
 
+    from service.measures import needs_salience
+
+    k_clean = "salience" if needs_salience(spec.measures) else "forward"  # accuracy alone: forward passes only
     candidates = []
     flat: dict[str, list[MeasureResult]] = {}
     for fam in families:
@@ -124,7 +130,7 @@ def build_report(
                 "n_runs": len(fam.models),
                 "runs": [{"run": i, **m.describe()} for i, m in enumerate(fam.models)],
                 "measures": {r.name: r.as_dict() for r in rs},
-                "passes_per_image": {"clean": {"salience": len(fam.models), "forward": 0}, **passes},
+                "passes_per_image": {"clean": {"salience": 0, "forward": 0, k_clean: len(fam.models)}, **passes},
             }
         )
     report = {
@@ -135,6 +141,8 @@ def build_report(
         "ood_dataset": ood.describe() if ood is not None else None,
         "candidates": candidates,
         "comparison": compare(flat, spec.seed, spec.bootstrap_resamples),
+        # Likely metadata mistakes, each with its fix (service.models.checks; docs/MODELS.md).
+        "warnings": warnings or [],
         "provenance": {
             "measures_version": MEASURES_VERSION,
             "libraries": library_versions(),

@@ -236,6 +236,8 @@ class _Page:
 
     def nav(self) -> str:
         items = [("summary", "Summary"), ("ranking", "Ranking"), ("measures", "All measures")]
+        if self.r.get("warnings"):
+            items.insert(0, ("warnings", f"Warnings ({len(self.r['warnings'])})"))
         if self.overlays.get("overlays"):
             items.append(("overlays", "Salience overlays"))
         if self._curve_measures():
@@ -287,6 +289,28 @@ class _Page:
         return (
             f'<section id="summary"><h2>Summary</h2><p class="lead">{verdict}</p>'
             f'<div class="cards">{"".join(cards)}</div></section>'
+        )
+
+    def warnings_section(self) -> str:
+        """Likely metadata mistakes, first thing after the header: numbers from wrong metadata are not to be read."""
+        ws = list(self.r.get("warnings") or [])
+        if not ws:
+            return ""
+        def who(c: str) -> str:
+            return self.chip(c) if c in self.color else _e(c)
+
+        rows = "".join(
+            f'<tr><th scope="row">{who(str(w.get("candidate", "")))} <span class="muted">run '
+            f'{_e(w.get("run", "?"))}</span></th><td><code>{_e(w.get("code", ""))}</code></td>'
+            f'<td>{_e(w.get("message", ""))}<div class="fix"><b>Fix:</b> {_e(w.get("fix", ""))}</div></td></tr>'
+            for w in ws
+        )
+        return (
+            '<section id="warnings" class="warnings"><h2>Warnings</h2><p class="lead">The numbers say the metadata '
+            "of these models is likely wrong; their measures may describe a misread model. Each warning names the "
+            'likely fix (rules: docs/MODELS.md, "Metadata warnings").</p>'
+            '<div class="scroll"><table><thead><tr><th>candidate</th><th>check</th><th>what and fix</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table></div></section>"
         )
 
     def ranking(self) -> str:
@@ -681,6 +705,7 @@ class _Page:
             self.header(),
             self.nav(),
             '<main class="wrap">',
+            self.warnings_section(),
             self.summary(),
             self.ranking(),
             self.measures_table(),
@@ -771,6 +796,9 @@ th,td{padding:8px 12px;border-bottom:1px solid var(--line);text-align:left;verti
 thead th{font-size:.78rem;text-transform:uppercase;letter-spacing:.05em;color:var(--muted);background:#fafbfc}
 tbody tr:last-child th,tbody tr:last-child td{border-bottom:none}
 th[scope=row]{font-weight:600;white-space:nowrap}
+.warnings h2{color:#9a5200}
+.warnings .scroll{border-color:#f0c88a;background:#fffaf2}
+.fix{margin-top:4px;font-size:.9rem}
 .note{font-weight:400;font-size:.8rem;color:var(--muted);white-space:normal;max-width:260px}
 .dir{font-size:.8rem;color:var(--muted);white-space:nowrap}
 .ranks{display:flex;flex-wrap:wrap;gap:8px}

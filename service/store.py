@@ -55,7 +55,7 @@ from service.spec import EvaluationSpec
 CHUNK = 1 << 20
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 DATASET_HASH_VERSION = "etm-dataset-splits-v1"
-CACHE_KEY_VERSION = "etm-result-v1"
+CACHE_KEY_VERSION = "etm-result-v2"  # v2: reports carry warnings (schema 1.1); v1 results lack them
 MAX_ID_CHARS = 200  # longest quoted model/dataset id looked up in the registry (file names stop at 255 bytes)
 
 
@@ -1098,6 +1098,7 @@ class Registry:
             "metadata": desc["metadata"],
             "num_outputs": desc["num_outputs"],
             "capabilities": desc["capabilities"],
+            "warnings": desc.get("warnings", []),  # likely metadata mistakes (service.models.checks)
             "builtin": builtin,
             "created_at": iso(now()),
             **(extra or {}),
@@ -1200,7 +1201,7 @@ class Registry:
             BadInput: a split that does not exist, mixed input sizes, bad measure or method parameters,
                 an unknown target class, text that is not valid UTF-8.
         """
-        from service.measures import MEASURES
+        from service.measures import MEASURES, needs_salience
         from service.salience.registry import check_method_params
 
         check_utf8(spec.canonical(), "the job")  # a job record no response can encode would break GET /v1/jobs
@@ -1223,8 +1224,9 @@ class Registry:
         assert dataset is not None
         recs: dict[str, dict[str, Any]] = {i: r for i, r in models.items() if r is not None}
 
+        uses_method = needs_salience(spec.measures)  # an accuracy-only job runs no salience method
         for cand in spec.candidates:
-            for mid in cand.models:
+            for mid in cand.models if uses_method else ():
                 cap = recs[mid]["capabilities"].get(spec.method)
                 if cap is None or not cap["available"]:
                     reason = cap["reason"] if cap else f"{spec.method} is not available"

@@ -245,6 +245,36 @@ def test_bad_jobs_are_422_with_actionable_messages(kit: ServiceKit, ids: dict[st
     assert r.status_code == 415 and r.headers["content-type"] == "application/problem+json"
 
 
+def test_accuracy_only_job_needs_no_salience_method(kit: ServiceKit, ids: dict[str, Any], tmp_path: Path) -> None:
+    """gradcam (the default) is refused on a model without a global pool; accuracy alone never runs it."""
+    import torch
+
+    from tests.helpers.tiny import NoPoolNet, export
+
+    torch.manual_seed(0)
+    path = export(NoPoolNet(), tmp_path / "nopool.onnx", "onnx-legacy")
+    # Also a metadata mistake: mean/std on the 0-255 scale is warned at upload and in the report, not refused.
+    meta = json.loads(sidecar(path)) | {"mean": [127.5] * 3, "std": [128.0] * 3}
+    up = kit.upload_model(path, metadata=json.dumps(meta))
+    assert up.status_code == 201, up.text
+    assert up.json()["capabilities"]["gradcam"]["available"] is False
+    assert [w["code"] for w in up.json()["warnings"]] == ["mean_std_0_255"]
+    cand = [{"name": "np", "models": [up.json()["id"]]}]
+    refused = kit.submit(body(ids, candidates=cand, measures=["accuracy", "entropy"]))
+    assert refused.status_code == 422 and "no global average pool" in refused.json()["detail"]
+    r = kit.submit(body(ids, candidates=cand, measures=["accuracy"]))
+    assert r.status_code == 202, r.text
+    job = kit.wait(r.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    report = kit.client.get(job["links"]["report"]).json()
+    jsonschema.validate(report, json.loads(SCHEMA_FILE.read_text()))
+    assert report["candidates"][0]["measures"]["accuracy"]["n"] == 16
+    codes = {(w["source"], w["code"]) for w in report["warnings"]}
+    assert {("load", "mean_std_0_255"), ("job", "inputs_nearly_constant")} <= codes
+    index = kit.client.get(f"/v1/jobs/{job['id']}/artifacts/overlays.json").json()
+    assert index["overlays"] == {}  # no maps were computed, so no overlays
+
+
 def test_model_refusals_and_http_errors_are_problems(kit: ServiceKit, tmp_path: Path) -> None:
     import pickle
 

@@ -163,3 +163,28 @@ def test_exit_code_2_on_bad_input(tmp_path: Path, family_onnx: list[Path], datas
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+@pytest.fixture(scope="module")
+def nopool_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ONNX model without a global pool: the default method (gradcam) is refused on it."""
+    import torch
+
+    from tests.helpers.tiny import NoPoolNet, export
+
+    torch.manual_seed(0)
+    return export(NoPoolNet(), tmp_path_factory.mktemp("nopool") / "nopool.onnx", "onnx-legacy")
+
+
+def test_accuracy_only_needs_no_salience_method(tmp_path: Path, nopool_onnx: Path, dataset_dir: Path) -> None:
+    common = ["--candidate", f"np={nopool_onnx}", "--dataset", str(dataset_dir), "--bootstrap", "100"]
+    _etm("score", *common, "--measures", "accuracy", "--out", str(tmp_path / "acc"))
+    report = json.loads((tmp_path / "acc" / "report.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    fam = report["candidates"][0]
+    assert fam["measures"]["accuracy"]["value"] is not None and fam["measures"]["accuracy"]["n"] == 24
+    assert fam["passes_per_image"]["clean"] == {"salience": 0, "forward": 1}
+    assert report["candidates"][0]["runs"][0]["capabilities"]["gradcam"]["available"] is False
+    # A measure that needs maps still refuses the method, with the capability table's reason.
+    r = _run_cli("score", *common, "--measures", "accuracy,entropy", "--out", str(tmp_path / "ent"))
+    assert r.returncode == 2 and "no global average pool" in r.stderr

@@ -10,8 +10,8 @@ import pytest
 
 from service.settings import Settings
 from tests.servicekit import RedisServer
-from workers.jobs import WorkerEnv, plan_shards, run_job
-from workers.records import JobStore, new_job_id
+from workers.jobs import Progress, WorkerEnv, plan_shards, run_job
+from workers.records import JobStore, new_job_id, public_job
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,24 @@ def test_plan_shards_is_batch_aligned_and_bounded() -> None:
     assert plan_shards(10_000, 64, 100, 32) == 32
     assert plan_shards(24, 16, 4, 32) == 2  # never more shards than batches
 
+
+
+def test_progress_inside_one_salience_call_has_an_eta(env: WorkerEnv) -> None:
+    """Score-CAM's masked passes (stage ``step:scorecam`` from the sandbox) land in ``progress.step`` with an
+    ETA, beside the stage's own progress, which they neither replace nor move."""
+    jid = _job(env.jobs, status="running")
+    progress = Progress(env.jobs, jid, interval=0.0, has_ood=False, inset_total=16)
+    progress("in-set", 8, 16)
+    before = env.jobs.get(jid)["progress"]
+    progress("step:scorecam", 0, 400)
+    time.sleep(0.05)
+    progress("step:scorecam", 100, 400)
+    job = public_job(env.jobs.get(jid))
+    step = job["progress"]["step"]
+    assert step["method"] == "scorecam" and (step["done"], step["total"]) == (100, 400)
+    assert step["eta_seconds"] is not None and step["eta_seconds"] > 0  # 3x the time the first 100 took
+    assert {k: job["progress"][k] for k in ("stage", "done", "total", "fraction")} == {
+        k: before[k] for k in ("stage", "done", "total", "fraction")
+    }
+    env.jobs.transition(jid, "succeeded", ("running",))
+    assert "step" not in public_job(env.jobs.get(jid))["progress"]  # only while it runs

@@ -24,6 +24,7 @@ import redis
 from pydantic import ValidationError
 
 from service.errors import BadInput, Canceled, ModelRuntimeError
+from service.salience.progress import STEP_PREFIX
 from service.sandbox import Outcome, SandboxCrashed, SandboxTimeout, SandboxUnavailable, limits_for
 from service.sandbox import calls as sandbox_calls
 from service.sandbox.calls import Inputs
@@ -129,9 +130,15 @@ class Progress:
         self.ranges = {"in-set": (0.0, a), "out-of-set": (a, b), "artifacts": (b, 1.0)}
         self.stage: str | None = None
         self.last = 0.0
+        self.step_key: tuple[str, int] | None = None
+        self.step_start = self.step_last = 0.0
+        self.step_done = 0
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         t = time.monotonic()
+        if stage.startswith(STEP_PREFIX):
+            self._step(stage[len(STEP_PREFIX):], done, total, t)
+            return
         if stage == self.stage and done < total and t - self.last < self.interval:
             return
         self.stage, self.last = stage, t
@@ -143,6 +150,25 @@ class Progress:
                 frac = lo + (hi - lo) * (done / total if total else 1.0)
                 self.jobs.write_progress(self.job_id, stage, done, total, frac)
         except redis.RedisError as exc:  # progress is best effort; the job goes on
+            log.warning("job %s: progress not written: %s", self.job_id, exc)
+
+
+    def _step(self, method: str, done: int, total: int, t: float) -> None:
+        """Progress inside one salience call, kept apart from ``progress`` (its own field: concurrent shards
+        never read-modify-write the combined progress) with the call's ETA at its rate so far."""
+        key = (method, total)
+        if key != self.step_key or done < self.step_done:  # a new call
+            self.step_key, self.step_start, self.step_last = key, t, 0.0
+        self.step_done = done
+        if done < total and t - self.step_last < self.interval:
+            return
+        self.step_last = t
+        elapsed = t - self.step_start
+        eta = round(elapsed / done * (total - done), 1) if done > 0 and elapsed > 0 else None
+        step = {"method": method, "done": done, "total": total, "eta_seconds": eta, "updated_at": time.time()}
+        try:
+            self.jobs.set_fields(self.job_id, step=step)
+        except redis.RedisError as exc:
             log.warning("job %s: progress not written: %s", self.job_id, exc)
 
 

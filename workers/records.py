@@ -385,6 +385,9 @@ def public_job(job: dict[str, Any]) -> dict[str, Any]:
     prog = dict(job.get("progress") or {"stage": "queued", "done": 0, "total": 0, "fraction": 0.0})
     if "updated_at" in prog:
         prog["updated_at"] = _iso(prog["updated_at"])
+    step = job.get("step")
+    if job["status"] == "running" and isinstance(step, dict):  # inside one long salience call (workers.jobs)
+        prog["step"] = {**step, "updated_at": _iso(step.get("updated_at"))}
     base = f"/v1/jobs/{jid}"
     links = {"self": base, "cancel": f"{base}/cancel"}
     if job["status"] == "succeeded":

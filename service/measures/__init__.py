@@ -27,4 +27,11 @@ MEASURES: dict[str, type[Measure]] = {
 }
 
 # Bump when a change alters any reported number: it is part of the result-cache key.
-MEASURES_VERSION = "1.1.0"  # 1.1.0: the paper variants follow the authors' 8-bit arithmetic
+# 1.1.0: the paper variants follow the authors' 8-bit arithmetic; 1.2.0: Score-CAM weighs at most 256 channels
+# per image by default (max_channels).
+MEASURES_VERSION = "1.2.0"
+
+
+def needs_salience(measures: list[str]) -> bool:
+    """Whether a job of these measure families computes salience maps (and so needs its method to run)."""
+    return any(MEASURES[m].needs_salience for m in measures)

@@ -81,6 +81,7 @@ class AccuracyMeasure(Measure):
         "accuracy.ood.auroc": ("extra", "higher"),
     }
     needs_ood = True
+    needs_salience = False  # logits and predictions only: an accuracy-only job runs no salience method
     positive_index: int | None = None
 
     def default_params(self) -> dict[str, Any]:

@@ -138,11 +138,15 @@ class Measure(ABC):
         name: the family, e.g. ``"entropy"``.
         variants: variant name -> (kind, direction), e.g. ``{"entropy.spatial": ("default", "lower")}``.
         needs_ood: True when the measure runs on the out-of-set dataset (``oos.set``).
+        needs_salience: False when ``per_image`` reads only ``clean[r].logits``/``.predicted`` (no maps).
     """
 
     name: str = ""
     variants: dict[str, tuple[str, Direction]] = {}
     needs_ood: bool = False
+    # False for measures that read only the clean forward pass (accuracy): a job of only those computes no
+    # salience, so it needs no method the model can run.
+    needs_salience: bool = True
     # Set by the plan from the job (``EvaluationSpec.score``), for the report: see BatchContext.
     pascore_class: int | None = None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -128,6 +129,8 @@ class Model(ABC):
     device: torch.device
     format: str = ""
     capabilities: dict[str, Capability] = field(default_factory=dict)
+    # Likely metadata mistakes (service.models.checks); None until the probe batch has run.
+    warnings: list[dict[str, Any]] | None = None
 
     # -- preprocessing -------------------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -174,11 +177,13 @@ class Model(ABC):
         if act == "sigmoid":  # one output: P(class 1)
             p1 = torch.sigmoid(logits.float()[:, :1])
             return torch.cat([1 - p1, p1], dim=1)
+        if act == "none":  # the outputs are probabilities already; one output is P(class 1)
+            return torch.cat([1 - logits.float(), logits.float()], dim=1) if self.num_outputs == 1 else logits.float()
         return torch.sigmoid(logits.float())  # sigmoid_per_logit: the paper's PAScore
 
     def predicted(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.num_outputs == 1:
-            return (logits[:, 0] > 0).long()
+        if self.num_outputs == 1:  # a logit decides at 0, a probability (score_activation none) at 0.5
+            return (logits[:, 0] > (0.5 if self.metadata.score_activation == "none" else 0)).long()
         return logits.argmax(dim=1)
 
     def class_logit(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -198,6 +203,20 @@ class Model(ABC):
     def n_classes(self) -> int:
         return 2 if self.num_outputs == 1 else self.num_outputs
 
+    def load_warnings(self) -> list[dict[str, Any]]:
+        """Likely metadata mistakes (``service.models.checks.load_warnings``), from the loader's probe batch or,
+        when the loader did not keep it, from one probe batch run now."""
+        if self.warnings is None:
+            from service.models.checks import load_warnings, probe_images
+
+            outputs: torch.Tensor | None
+            try:
+                outputs = self.forward(probe_images(2, *self.metadata.input_size)).logits
+            except ModelRuntimeError:  # NaN/Inf on blank images is for real images to judge
+                outputs = None
+            self.warnings = load_warnings(self.metadata, self.num_outputs, outputs)
+        return self.warnings
+
     def describe(self) -> dict[str, object]:
         return {
             "sha256": self.sha256,
@@ -206,4 +225,5 @@ class Model(ABC):
             "num_outputs": self.num_outputs,
             "device": str(self.device),
             "capabilities": {k: v.as_dict() for k, v in self.capabilities.items()},
+            "warnings": self.load_warnings(),
         }

@@ -166,12 +166,16 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
 
 def _probe(model: OnnxModel, n: int, name: str) -> None:
     """Run blank images once, so that an output whose real shape contradicts the graph is refused at upload,
-    not in the middle of a job. NaN/Inf on blank images is not judged here: real images decide that."""
+    not in the middle of a job. NaN/Inf on blank images is not judged here: real images decide that. The
+    outputs also tell whether the metadata is likely wrong (``model.warnings``: service.models.checks)."""
+    from service.models.checks import load_warnings, probe_images
+
     h, w = model.metadata.input_size
     try:
-        model.forward(torch.zeros(n, 3, h, w))
+        out = model.forward(probe_images(n, h, w)).logits  # black to white: two rows tell probabilities apart
+        model.warnings = load_warnings(model.metadata, model.num_outputs, out)
     except OutputNotFinite:
-        pass
+        model.warnings = load_warnings(model.metadata, model.num_outputs, None)
     except ModelRuntimeError as exc:
         raise ModelRefused(f"{name} fails on a probe batch of {n} blank {h}x{w} images: {exc}") from exc
     except Exception as exc:

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ScoreActivation = Literal["softmax", "sigmoid", "sigmoid_per_logit"]
+# none: the outputs are probabilities already (the graph ends in a softmax or sigmoid); they are used as they are.
+ScoreActivation = Literal["softmax", "sigmoid", "sigmoid_per_logit", "none"]
 
 
 class ModelMetadata(BaseModel):
@@ -67,8 +68,10 @@ class ModelMetadata(BaseModel):
                 f"metadata lists {len(names)} class_names but the model has {num_outputs} output(s) "
                 f"({n_classes} classes)"
             )
-        if num_outputs == 1 and self.score_activation != "sigmoid":
-            raise ValueError("a model with one output needs score_activation 'sigmoid'")
+        if num_outputs == 1 and self.score_activation not in ("sigmoid", "none"):
+            raise ValueError(
+                "a model with one output needs score_activation 'sigmoid' (a logit) or 'none' (a probability)"
+            )
         return self.model_copy(update={"class_names": names, "positive_class": self.positive_class or names[-1]})
 
     @property

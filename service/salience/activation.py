@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from service.models.base import Model
+from service.salience.progress import report_step
 from service.salience.registry import Param, register, targets_for
 
 
@@ -31,13 +32,37 @@ def cam(
     return torch.relu(torch.einsum("nk,nkhw->nhw", grad.sum(dim=(2, 3)), act)), logits
 
 
-@register("scorecam", has_native=True, params={"batch": Param(64, int, 1, 4096)})
+# Channels Score-CAM weighs per image by default: one masked forward pass each, so the budget bounds the cost
+# (ResNet-50's 2048 channels at 224 px are 2048 passes per image). 0 or null: every channel.
+SCORECAM_MAX_CHANNELS = 256
+
+
+@register(
+    "scorecam",
+    has_native=True,
+    params={
+        "batch": Param(64, int, 1, 4096),
+        "max_channels": Param(SCORECAM_MAX_CHANNELS, int, 0, 100_000, nullable=True),
+    },
+)
 def scorecam(
-    model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, batch: int
+    model: Model,
+    images: torch.Tensor,
+    *,
+    fixed: int | None,
+    layer: str,
+    seeds: torch.Tensor,
+    batch: int,
+    max_channels: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Score-CAM (Wang et al. 2020): each channel, upsampled and min-max scaled to [0, 1], masks the
     (normalised) input; the target probability on the masked input weights the channel. Masking is
-    applied in normalised space, so masked-out pixels take the dataset mean colour."""
+    applied in normalised space, so masked-out pixels take the dataset mean colour.
+
+    ``max_channels``: per image, only the channels with the highest mean activation are weighed (the
+    others get weight 0); 0, null or at least the channel count: all of them, exactly as without a budget.
+    Masked passes run ``batch`` at a time; each chunk is reported to ``report_step`` (progress with an ETA).
+    """
     f = model.forward(images, layer)
     act = f.activation
     assert act is not None
@@ -47,15 +72,26 @@ def scorecam(
     mean = torch.tensor(model.metadata.mean, device=images.device).view(1, 3, 1, 1)
     if model.metadata.channel_order == "BGR":
         mean = mean.flip(1)
-    weights = torch.empty(n, k)
+    keep = k if not max_channels or max_channels >= k else max_channels
+    weights = torch.zeros(n, k)
+    done, total = 0, n * keep
     for i in range(n):
-        up = F.interpolate(act[i : i + 1].transpose(0, 1), size=(h, w), mode="bilinear", align_corners=False)
+        a = act[i]
+        # Stable sort: ties keep channel order, so the kept set does not depend on the sort's whims.
+        idx = None if keep == k else torch.argsort(a.mean(dim=(1, 2)), descending=True, stable=True)[:keep].cpu()
+        sel = act[i : i + 1].transpose(0, 1) if idx is None else a[idx.to(a.device)][:, None]
+        up = F.interpolate(sel, size=(h, w), mode="bilinear", align_corners=False)
         lo = up.amin(dim=(2, 3), keepdim=True)
         hi = up.amax(dim=(2, 3), keepdim=True)
         masks = torch.where(hi > lo, (up - lo) / (hi - lo + 1e-12), torch.zeros_like(up)).to(images.device)
-        for j in range(0, k, batch):
+        for j in range(0, keep, batch):
             m = masks[j : j + batch]
             masked = mean + m * (images[i : i + 1] - mean)
-            probs = model.probabilities(model.forward(masked).logits)
-            weights[i, j : j + batch] = probs[:, int(targets[i])].cpu()
+            probs = model.probabilities(model.forward(masked).logits)[:, int(targets[i])].cpu()
+            if idx is None:
+                weights[i, j : j + batch] = probs
+            else:
+                weights[i, idx[j : j + batch]] = probs
+            done += len(m)
+            report_step("scorecam", done, total)
     return torch.relu(torch.einsum("nk,nkhw->nhw", weights.to(act.device), act)), f.logits

@@ -28,7 +28,8 @@ class Param:
     """One parameter of a salience method, declared once: its default, its type and what it may be.
 
     ``kind`` is ``int`` (a JSON integer, not a boolean), ``float`` (any finite JSON number) or ``str``
-    (one of ``choices``). Numbers lie in ``[lo, hi]``; ``lo_open`` excludes ``lo`` itself.
+    (one of ``choices``). Numbers lie in ``[lo, hi]``; ``lo_open`` excludes ``lo`` itself. ``nullable``
+    also accepts JSON null (the method says what null means).
     """
 
     default: Any
@@ -37,8 +38,12 @@ class Param:
     hi: float | None = None
     lo_open: bool = False
     choices: tuple[str, ...] = ()
+    nullable: bool = False
 
     def allowed(self) -> str:
+        return self._allowed() + (" or null" if self.nullable else "")
+
+    def _allowed(self) -> str:
         if self.kind is str:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         what = "an integer" if self.kind is int else "a number"
@@ -48,6 +53,8 @@ class Param:
         return f"{what} {lo}" if self.lo is not None else what
 
     def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
         if self.kind is str:
             return isinstance(value, str) and value in self.choices
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -185,6 +192,21 @@ def compute_salience(
         scores=scores.detach(),
         predicted=predicted,
         native_is_input_size=not has_native,
+    )
+
+
+def forward_only(model: Model, images: torch.Tensor, target: str | int = "predicted") -> SalienceResult:
+    """The clean pass of a job whose measures need no map (accuracy only): logits, targets, scores and
+    predictions from one forward pass, and 1x1 zero maps that no measure reads. No method runs, so none
+    has to be available on the model."""
+    fixed = resolve_target(model, target)
+    logits = model.logits(images.to(model.device, torch.float32)).detach()
+    predicted = model.predicted(logits)
+    targets = predicted if fixed is None else torch.full_like(predicted, fixed)
+    scores = model.probabilities(logits).gather(1, targets.view(-1, 1).to(logits.device)).squeeze(1)
+    empty = torch.zeros(len(images), 1, 1, device=logits.device)
+    return SalienceResult(
+        native=empty, upsampled=empty, logits=logits, targets=targets, scores=scores, predicted=predicted
     )
 
 

@@ -34,6 +34,26 @@ def _progress(stage: str, done: int, total: int) -> None:
     protocol.emit({"event": "progress", "stage": stage, "done": int(done), "total": int(total)})
 
 
+class _StepEmitter:
+    """Progress inside one salience call (``service.salience.progress``) as ``step:<method>`` events: the first
+    chunk of a call, its last, and at most one every ``interval`` seconds between (a chunk can take ms)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.last, self.key = interval, 0.0, ("", -1, -1)
+
+    def __call__(self, method: str, done: int, total: int) -> None:
+        import time
+
+        from service.salience.progress import STEP_PREFIX
+
+        now = time.monotonic()
+        new_call = method != self.key[0] or total != self.key[2] or done < self.key[1]
+        self.key = (method, done, total)
+        if new_call or done >= total or now - self.last >= self.interval:
+            self.last = now
+            _progress(STEP_PREFIX + method, done, total)
+
+
 def _inspect(req: dict[str, Any]) -> dict[str, Any]:
     if "items" not in req:
         return _describe(req)
@@ -136,7 +156,7 @@ def _salience(req: dict[str, Any]) -> dict[str, Any]:
         targets=torch.cat(targets).numpy(),
         scores=torch.cat(scores).numpy(),
     )
-    return {"files": ["maps.npz"], "n_images": len(ds)}
+    return {"files": ["maps.npz"], "n_images": len(ds), "warnings": model.load_warnings()}
 
 
 _OPS = {"inspect": _inspect, "evaluate": _evaluate, "salience": _salience}
@@ -154,7 +174,10 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(max(1, int(req.get("threads") or 1)))
-        payload = op(req)
+        from service.salience.progress import step_reporting
+
+        with step_reporting(_StepEmitter()):
+            payload = op(req)
     except Exception as exc:  # noqa: BLE001 - every failure is reported to the parent, as data
         import traceback
 

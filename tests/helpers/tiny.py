@@ -37,6 +37,18 @@ class TinyNet(torch.nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
+class NoPoolNet(torch.nn.Module):
+    """conv(3->4, stride 4) -> relu -> flatten -> linear: no global pool, so ONNX gradcam/cam are refused."""
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
+        self.fc = torch.nn.Linear(4 * (size // 4) ** 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
 def export(module: torch.nn.Module, out: Path, fmt: str, size: int = 32, meta: dict | None = None) -> Path:
     """Export ``module`` as ``onnx`` (dynamo), ``onnx-legacy`` or ``pt2``, with a JSON sidecar."""
     module = module.eval()
