@@ -11,6 +11,8 @@ and by both ONNX exporters.
 
 from __future__ import annotations
 
+import base64
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from service.errors import MethodUnavailable
 from service.models.base import Model
 from service.models.loader import load_model
 from service.salience.registry import compute_salience
+from tests.helpers.tiny import META, export
 from tests.helpers.zoo import FORMATS, ZOO, build, export_all, reshape_transform, target_module
 
 pytest.importorskip("timm")  # a dev dependency; skip only where someone installed without it
@@ -33,10 +36,15 @@ Zoo = dict[str, dict[str, Model]]
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
-    """Every architecture exported three ways and loaded once (loading does not change with use)."""
+def zoo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     out = tmp_path_factory.mktemp("zoo")
-    return {name: {fmt: load_model(p) for fmt, p in export_all(name, out).items()} for name in ZOO}
+    return {name: export_all(name, out) for name in ZOO}
+
+
+@pytest.fixture(scope="module")
+def zoo(zoo_files: dict[str, dict[str, Path]]) -> Zoo:
+    """Every architecture exported three ways and loaded once (loading does not change with use)."""
+    return {name: {fmt: load_model(p) for fmt, p in files.items()} for name, files in zoo_files.items()}
 
 
 def _images(name: str, n: int = 3) -> torch.Tensor:
@@ -211,3 +219,43 @@ def test_models_md_architecture_table_is_generated_from_the_zoo(zoo: Zoo) -> Non
         DOCS.write_text(text.split(BEGIN, 1)[0] + BEGIN + "\n" + table + "\n" + END + text.split(END, 1)[1])
         return
     assert current == table, "docs/MODELS.md's architecture table is stale: rerun with ETM_WRITE_DOCS=1"
+
+
+def test_vit_and_convnext_families_give_every_measure_and_their_overlays(
+    zoo_files: dict[str, dict[str, Path]], zoo: Zoo, tmp_path: Path
+) -> None:
+    """Two 3-run families (ViT on ONNX, ConvNeXt on .pt2), every measure, in one evaluation: finite values,
+    and the report page shows both candidates' overlays."""
+    import json
+
+    from service.artifacts import compute_artifacts
+    from service.evaluation import Resolver, evaluate
+    from service.report_html import render_report_html
+    from service.spec import EvaluationSpec
+    from tests.helpers.tiny import tiny_dataset
+
+    families: dict[str, list[Path]] = {"vit": [zoo_files["vit"]["onnx"]], "convnext": [zoo_files["convnext"]["pt2"]]}
+    resolver = Resolver()
+    resolver.model_cache.update({str(p[0]): zoo[n]["onnx" if n == "vit" else "pt2"] for n, p in families.items()})
+    for seed in (1, 2):  # the other runs of each recipe (the legacy exporter: quick)
+        families["vit"].append(export(build("vit", seed), tmp_path / f"vit{seed}.onnx", "onnx-legacy", 32, META))
+        families["convnext"].append(export(build("convnext", seed), tmp_path / f"cnx{seed}.pt2", "pt2", 96, META))
+    spec = EvaluationSpec.model_validate({
+        "candidates": [{"name": n, "models": [str(p) for p in paths]} for n, paths in families.items()],
+        "dataset": str(tiny_dataset(tmp_path / "data", n_per_class=6, size=64)),
+        "ood_dataset": str(tiny_dataset(tmp_path / "ood", n_per_class=3, size=64, seed=5, masks=False)),
+        "measures": ["all"],
+        "bootstrap_resamples": 100,
+        "overlays": 2,
+    })
+    report = evaluate(spec, resolver).report
+    artifacts = compute_artifacts(spec, report, resolver)
+    for cand in report["candidates"]:
+        values = {k: v["value"] for k, v in cand["measures"].items()}
+        assert len(values) >= 15 and all(math.isfinite(v) for v in values.values()), (cand["name"], values)
+    index = json.loads(artifacts["overlays.json"])
+    page = render_report_html(report, overlays=index, images=artifacts)
+    for name in families:
+        assert len(index["overlays"][name]) == 2
+        for overlay in index["overlays"][name]:
+            assert base64.b64encode(artifacts[overlay["name"]]).decode() in page, (name, overlay)
