@@ -16,7 +16,10 @@ MEASURE_FAMILIES = (
     "agreement",
     "accuracy",
 )
-METHODS = ("gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise")
+METHODS = (
+    "gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise", "rollout",
+    "gradient_rollout",
+)
 
 # ``profile: paper`` replicates Crum et al. in one switch: what it sets where the job leaves a field
 # at its default (fields and measure params the job gives explicitly win). See docs/MEASURES.md.
@@ -53,7 +56,10 @@ class EvaluationSpec(BaseModel):
     ood_split: str | None = None
     measures: list[str] = Field(default_factory=lambda: list(MEASURE_FAMILIES))
     measure_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    method: Literal["gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise"] = "gradcam"
+    method: Literal[
+        "gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise", "rollout",
+        "gradient_rollout",
+    ] = "gradcam"
     method_params: dict[str, Any] = Field(default_factory=dict)
     layer: str = "auto"
     target: Literal["predicted"] | int | str = "predicted"

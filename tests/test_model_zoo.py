@@ -156,6 +156,69 @@ def test_onnx_head_autograd_maps_equal_pt2_autograd(zoo: Zoo, name: str) -> None
                     assert _pearson(got[i], ref[i]) >= 0.9999, (name, fmt, method, i)
 
 
+def _eager_attention(name: str, x: torch.Tensor, grad: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The eager timm model's attention probabilities per block (its own unfused softmax, read by a hook
+    on ``attn_drop``) and, with ``grad``, d logit_1 / d probabilities."""
+    net = build(name)
+    probs: list[torch.Tensor] = []
+    for blk in net.blocks:  # type: ignore[union-attr]
+        blk.attn.fused_attn = False
+        blk.attn.attn_drop.register_forward_hook(lambda mod, inp, out: probs.append(out))
+    with torch.set_grad_enabled(grad):
+        logits = net(x)
+    if not grad:
+        return [p.detach() for p in probs], []
+    grads = torch.autograd.grad(logits[:, 1].sum(), probs)
+    return [p.detach() for p in probs], list(grads)
+
+
+def _straight_rollout(probs: list[torch.Tensor], row: int | None, prefix: int) -> torch.Tensor:
+    """Abnar and Zuidema (2020), written out image by image: A = 0.5 mean_heads(P) + 0.5 I, rows
+    normalised, R = A_L ... A_1; the read-out token's row over the patch tokens."""
+    out = []
+    for i in range(len(probs[0])):
+        t = probs[0].shape[-1]
+        r = torch.eye(t, dtype=torch.float64)
+        for p in probs:
+            a = 0.5 * p[i].double().mean(dim=0) + 0.5 * torch.eye(t, dtype=torch.float64)
+            a = a / a.sum(dim=1, keepdim=True)
+            r = a @ r
+        vec = r[row] if row is not None else r.mean(dim=0)
+        out.append(vec[prefix:])
+    return torch.stack(out)
+
+
+def _straight_gradient_rollout(
+    probs: list[torch.Tensor], grads: list[torch.Tensor], row: int | None, prefix: int
+) -> torch.Tensor:
+    """Chefer et al. (2021): R = I; R += mean_heads((dy/dP * P)^+) R per block; the read-out row."""
+    out = []
+    for i in range(len(probs[0])):
+        t = probs[0].shape[-1]
+        r = torch.eye(t, dtype=torch.float64)
+        for p, g in zip(probs, grads, strict=True):
+            a = (g[i].double() * p[i].double()).clamp(min=0).mean(dim=0)
+            r = r + a @ r
+        vec = r[row] if row is not None else r.mean(dim=0)
+        out.append(vec[prefix:])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    ("name", "row", "prefix"), [("vit", 0, 1), ("deit", 0, 2), ("vit_reg", 0, 5), ("vit_avg", None, 0)]
+)
+def test_attention_rollout_equals_the_papers_formula(zoo: Zoo, name: str, row: int | None, prefix: int) -> None:
+    x = _images(name)
+    probs, grads = _eager_attention(name, zoo[name]["pt2"].preprocess(x), grad=True)
+    expected = _straight_rollout(probs, row, prefix)
+    for fmt in FORMATS:
+        ours = compute_salience(zoo[name][fmt], x, "rollout").native
+        torch.testing.assert_close(ours.flatten(1).double(), expected, atol=1e-6, rtol=0, msg=f"{name} {fmt}")
+    expected = _straight_gradient_rollout(probs, grads, row, prefix)
+    ours = compute_salience(zoo[name]["pt2"], x, "gradient_rollout", target=1).native
+    torch.testing.assert_close(ours.flatten(1).double(), expected, atol=1e-6, rtol=0, msg=name)
+
+
 def _cell(available: bool, reason: str) -> str:
     if not available:
         return "refused"
@@ -187,7 +250,10 @@ def _target(model: Model) -> str:
 
 
 def zoo_table(zoo: Zoo) -> str:
-    methods = ["gradcam", "gradcam++", "cam", "scorecam", "integrated_gradients", "smoothgrad", "rise"]
+    methods = [
+        "gradcam", "gradcam++", "cam", "scorecam", "integrated_gradients", "smoothgrad", "rise", "rollout",
+        "gradient_rollout",
+    ]
     lines = [
         "| architecture | export | target (`layer: auto`) | " + " | ".join(f"`{m}`" for m in methods) + " |",
         "|---|---|---|" + "---|" * len(methods),

@@ -119,4 +119,33 @@ def capability_table(model: Model) -> dict[str, Capability]:
         caps.append(Capability("integrated_gradients", True, "integrated_gradients: autograd on the input"))
         caps.append(Capability("smoothgrad", True, "smoothgrad: autograd on the input"))
     caps.append(Capability("rise", True, "rise: black-box, forward passes on random masks"))
+    caps += _attention_caps(model)
     return {c.method: c for c in caps}
+
+
+def _attention_caps(model: Model) -> list[Capability]:
+    """Attention rollout needs attention over all tokens and a head that reads a class token or their mean."""
+    from service.salience.attention import readout_token
+
+    onnx = model.format == "onnx"
+    blocks = getattr(model, "attention_outputs" if onnx else "attention_layers", [])
+    try:
+        readout = readout_token(model)
+    except Exception as exc:  # BadInput: no token head (a CNN, or Swin's channels-last stages)
+        why = f"{exc}" if blocks else "the model has no attention layers"
+        return [Capability(m, False, f"{m}: {why}") for m in ("rollout", "gradient_rollout")]
+    if not blocks:
+        why = "no attention over the tokens found (fused or softmax)"
+        return [Capability(m, False, f"{m}: {why}") for m in ("rollout", "gradient_rollout")]
+    reads = f"class token {readout}" if readout is not None else "the mean of the tokens"
+    where = f"{len(blocks)} attention blocks, the row of {reads}"
+    caps = [Capability("rollout", True, f"rollout: forward pass, {where}")]
+    if onnx:
+        why = (
+            "needs the gradient at every block's attention, through the whole network, which ONNX Runtime "
+            "cannot give; upload the .pt2 export to use it"
+        )
+        caps.append(Capability("gradient_rollout", False, f"gradient_rollout: {why}"))
+    else:
+        caps.append(Capability("gradient_rollout", True, f"gradient_rollout: autograd, {where}"))
+    return caps

@@ -23,7 +23,7 @@ from service.models.capabilities import capability_table
 from service.models.metadata import ModelMetadata
 from service.models.onnx_head import find_head, inferred_values, module_calls, relu_into
 from service.models.onnx_model import OnnxModel
-from service.models.onnx_subgraph import token_target
+from service.models.onnx_subgraph import attention_outputs, token_target
 from service.models.onnx_validate import validate_onnx
 from service.models.torchcam_layer import torchcam_candidate
 
@@ -158,6 +158,7 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
     shapes, model.value_types = inferred_values(proto)
     if model.onnx_head is None:
         model.token_target = token_target(proto, model.output_name, shapes)
+    model.attention_outputs = attention_outputs(proto, shapes)
     model.torchcam_layer = torchcam_candidate(*module_calls(proto, shapes))
     model.pre_relu_layer = relu_into(proto, model.onnx_head.layer) if model.onnx_head else None
     _probe(model, fixed or 2, path.name)
@@ -211,6 +212,7 @@ def _metadata(meta: ModelMetadata | None, proto: onnx.ModelProto, dims: list, na
 
 def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.device) -> Model:
     # Imported here: torch.export's deserializer pulls in torch._dynamo (seconds), which ONNX runs never need.
+    from service.models.pt2_attention import attention_nodes
     from service.models.pt2_model import (
         Pt2Model,
         analyse_graph,
@@ -256,9 +258,9 @@ def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.de
     except ValueError as exc:
         raise ModelRefused(str(exc)) from exc
     layer, chain, pool = analyse_graph(gm)
-    kind = "nchw"
+    kind, readout = "nchw", None
     if layer is None and (found := token_target(gm)) is not None:
-        layer, chain, pool, kind = found.layer, found.head, found.how, found.kind
+        layer, chain, pool, kind, readout = found.layer, found.head, found.how, found.kind, found.readout
     return Pt2Model(
         sha256=sha,
         metadata=meta,
@@ -267,6 +269,8 @@ def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.de
         gm=gm,
         auto_layer=layer,
         auto_kind=kind,
+        readout_token=readout,
+        attention_layers=attention_nodes(gm),
         torchcam_layer=torchcam_candidate(graph_shapes(gm), calls),
         head_chain=chain,
         pool_desc=pool,

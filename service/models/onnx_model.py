@@ -76,6 +76,8 @@ class OnnxModel(Model):
     token_target: Target | None = None
     # Element type of every tensor (from shape inference), for extra session outputs; FLOAT if unknown.
     value_types: dict[str, int] = field(default_factory=dict)
+    # Softmax outputs [N, heads, T, T]: each block's attention probabilities, for attention rollout.
+    attention_outputs: list[str] = field(default_factory=list)
     _subgraphs: dict[str, SubgraphHead] = field(default_factory=dict)
     _sessions: dict[tuple[str, ...], ort.InferenceSession] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,6 +163,16 @@ class OnnxModel(Model):
             act = self.layout(layer, tuple(raw.shape)).to_grid(raw)
         check_outputs(out, len(x), self.num_outputs, act)
         return Forward(out, act)
+
+    def attention(self, images: torch.Tensor) -> tuple[list[torch.Tensor], None, torch.Tensor]:
+        """Every block's attention probabilities ``[N, heads, T, T]`` and the logits, in one pass (no
+        gradients: ONNX Runtime has none, so gradient-weighted rollout needs the ``.pt2`` export)."""
+        x = self.preprocess(images).cpu().numpy()
+        res = self._outputs(x, tuple(self.attention_outputs))
+        logits = torch.from_numpy(res[0])
+        check_outputs(logits, len(x), self.num_outputs)
+        probs = [r for r in res[1:] if r.ndim == 4 and r.shape[-1] == r.shape[-2]]
+        return [torch.from_numpy(r.astype(np.float32, copy=False)) for r in probs], None, logits
 
     def subgraph(self, layer: str) -> SubgraphHead:
         """The head of ``layer`` for head-only autograd (``onnx_subgraph``), built once per layer."""

@@ -139,3 +139,16 @@ def token_target(model: onnx.ModelProto, output: str, shapes: dict[str, tuple[in
     """``target_search.find_target`` on this graph."""
     nodes, order = graph_nodes(model, shapes)
     return find_target(nodes, order, output)
+
+
+def attention_outputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None]) -> list[str]:
+    """Outputs of the Softmax nodes that may be full attention over a sequence, ``[N, heads, T, T]``
+    (exporters often leave those sizes symbolic; ``OnnxModel.attention`` checks the real shapes)."""
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "Softmax" or not node.output:
+            continue
+        shape = shapes.get(node.output[0])
+        if shape is None or (len(shape) == 4 and (-1 in shape[-2:] or shape[-1] == shape[-2])):
+            out.append(node.output[0])
+    return out

@@ -165,12 +165,16 @@ class Pt2Model(Model):
     auto_layer: str | None = None
     # How the auto layer's activation lies (see layouts); "nchw" for a CNN's pooled feature map.
     auto_kind: Kind = "nchw"
+    # Transformers: the class token the head reads, or None for a mean over tokens (attention rollout).
+    readout_token: int | None = None
+    attention_layers: list[str] = field(default_factory=list)  # nodes with full attention (pt2_attention)
     torchcam_layer: str | None = None  # TorchCAM's default target layer (see torchcam_candidate)
     head_chain: list[str] | None = None
     pool_desc: str = ""
     format: str = "pt2"
     # (layer, cut) -> the tapped program (see _tapped_program), made on first use.
     _taps: dict[tuple[str, bool], tuple[torch.fx.GraphModule, _Tap]] = field(default_factory=dict, repr=False)
+    _attention: tuple[torch.fx.GraphModule, object] | None = field(default=None, repr=False)
 
     @property
     def supports_autograd(self) -> bool:
@@ -221,6 +225,30 @@ class Pt2Model(Model):
             f = self._run(self.preprocess(images), layer, cut=layer is not None)
         check_outputs(f.logits, len(images), self.num_outputs, f.activation)
         return f
+
+    def attention(
+        self, images: torch.Tensor, targets_of: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None, torch.Tensor]:
+        """Every block's attention probabilities ``[N, heads, T, T]``, in order, and the logits. With
+        ``targets_of`` also ``d class_logit / d probabilities`` of each block (through the whole network)."""
+        from service.models.pt2_attention import attention_program
+
+        assert self.gm is not None
+        if self._attention is None:
+            self._attention = attention_program(self.gm)
+        program, keep = self._attention
+        keep.probs = []  # type: ignore[attr-defined]
+        x = self.preprocess(images)
+        if targets_of is None:
+            with torch.no_grad():
+                logits = _first(program(x)).float()
+            return list(keep.probs), None, logits  # type: ignore[attr-defined]
+        with torch.enable_grad():
+            logits = _first(program(x.detach().requires_grad_(True)))
+            probs = list(keep.probs)  # type: ignore[attr-defined]
+            sel = self.class_logit(logits, targets_of(logits.detach())).sum()
+            grads = list(torch.autograd.grad(sel, probs))
+        return [p.detach() for p in probs], [g.detach() for g in grads], logits.detach().float()
 
     def resolve_layer(self, layer: str) -> str:
         assert self.gm is not None

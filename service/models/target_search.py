@@ -47,6 +47,7 @@ class Target:
     kind: Kind
     how: str  # for the capability table
     head: list[str] = field(default_factory=list)  # kinds from the target to the logits, in order
+    readout: int | None = None  # the class token the head reads (None: a mean over tokens)
 
 
 def find_target(nodes: dict[str, GraphNode], order: list[str], output: str) -> Target | None:
@@ -75,6 +76,7 @@ def find_target(nodes: dict[str, GraphNode], order: list[str], output: str) -> T
                 "tokens",
                 f"class token {cur.index} read out; target at the input of the last attention",
                 ["attention", *_kinds(seen)],
+                readout=cur.index,
             )
         if cur.kind not in _THROUGH or not cur.inputs:
             return None

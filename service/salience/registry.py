@@ -3,6 +3,7 @@
 - ``activation``: ``cam``, ``scorecam`` (read the target layer's activations)
 - ``gradient``: ``gradcam`` (default), ``gradcam++``, ``integrated_gradients``, ``smoothgrad``
 - ``perturbation``: ``rise`` (black box)
+- ``attention``: ``rollout``, ``gradient_rollout`` (transformers: every block's attention)
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, A
 
 def _ensure_loaded() -> None:
     # Importing the family modules registers their methods.
-    from service.salience import activation, gradient, perturbation  # noqa: F401
+    from service.salience import activation, attention, gradient, perturbation  # noqa: F401
 
 
 def resolve_target(model: Model, target: str | int) -> int | None:
