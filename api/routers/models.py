@@ -37,7 +37,8 @@ _UPLOAD_BODY = {
                         "metadata": {
                             "type": "string",
                             "description": "Optional JSON object: input_size, channel_order, mean, std, "
-                            "class_names, positive_class, score_activation. Overrides what the file carries.",
+                            "class_names, positive_class, score_activation, input_layout (ONNX: NCHW or NHWC), output "
+                            "(ONNX: the output with the class scores). Overrides what the file carries.",
                         },
                     },
                 }

@@ -126,18 +126,27 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
     dims = _dims(inputs[0])
     if len(dims) != 4:
         raise ModelRefused(
-            f"the model input {inputs[0].name!r} has rank {len(dims)}; an image tensor [N, 3, H, W] is required"
+            f"the model input {inputs[0].name!r} has rank {len(dims)}; an image tensor [N, 3, H, W] "
+            "(or [N, H, W, 3] with input_layout NHWC) is required"
         )
-    if isinstance(dims[1], int) and dims[1] != 3:
-        raise ModelRefused(f"the model input has {dims[1]} channels; 3 (RGB or BGR) are required")
-    if len(proto.graph.output) != 1:
-        raise ModelRefused(f"the model must have one output [N, C], it has {len(proto.graph.output)}")
-    odims = _dims(proto.graph.output[0])
+    meta = _declared_metadata(meta, proto, path.name)
+    # Keras models through tf2onnx take channels-last images: detected from the input, or declared.
+    layout = meta.input_layout if meta and meta.input_layout else ("NHWC" if dims[3] == 3 != dims[1] else "NCHW")
+    channels, hw = (dims[1], dims[2:4]) if layout == "NCHW" else (dims[3], dims[1:3])
+    if isinstance(channels, int) and channels != 3:
+        raise ModelRefused(
+            f"the model input has {channels} channels in its {layout} layout; 3 (RGB or BGR) are required"
+            + ("" if layout == "NHWC" else " (for a channels-last input [N, H, W, 3], set input_layout: NHWC)")
+        )
+    output = _pick_output(proto, meta)
+    odims = _dims(output)
     if len(odims) != 2:
-        raise ModelRefused(f"the model output has rank {len(odims)}; one [N, C] tensor of class scores is required")
+        raise ModelRefused(
+            f"the model output {output.name!r} has rank {len(odims)}; one [N, C] tensor of class scores is required"
+        )
     if not isinstance(odims[1], int):
         raise ModelRefused("the number of classes (output dimension 1) must be fixed in the graph")
-    meta = _metadata(meta, proto, dims, path.name)
+    meta = _metadata(meta, hw, path.name).model_copy(update={"input_layout": layout})
     try:
         meta = meta.resolved(odims[1])
     except ValueError as exc:
@@ -150,7 +159,7 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
         device=torch.device("cpu"),
         proto=proto,
         input_name=inputs[0].name,
-        output_name=proto.graph.output[0].name,
+        output_name=output.name,
         fixed_batch=fixed,
         threads=threads,
     )
@@ -190,7 +199,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
 
 
-def _metadata(meta: ModelMetadata | None, proto: onnx.ModelProto, dims: list, name: str) -> ModelMetadata:
+def _declared_metadata(meta: ModelMetadata | None, proto: onnx.ModelProto, name: str) -> ModelMetadata | None:
+    """The metadata given (argument or sidecar), else the graph's ``metadata_props`` key ``etm``, else None."""
     if meta is None:
         props = {p.key: p.value for p in proto.metadata_props}
         if "etm" in props:
@@ -198,14 +208,34 @@ def _metadata(meta: ModelMetadata | None, proto: onnx.ModelProto, dims: list, na
                 meta = ModelMetadata.from_json_text(props["etm"], f"{name} metadata_props")
             except ValueError as exc:
                 raise ModelRefused(str(exc)) from exc
-    if meta is None:
-        meta = ModelMetadata()
-        if isinstance(dims[2], int) and isinstance(dims[3], int):
-            meta = meta.model_copy(update={"input_size": (dims[2], dims[3])})
-    if isinstance(dims[2], int) and isinstance(dims[3], int) and tuple(meta.input_size) != (dims[2], dims[3]):
+    return meta
+
+
+def _pick_output(proto: onnx.ModelProto, meta: ModelMetadata | None) -> onnx.ValueInfoProto:
+    """The graph output holding the class scores: the only one, or the one ``output`` names."""
+    outputs = list(proto.graph.output)
+    names = [o.name for o in outputs]
+    wanted = meta.output if meta else None
+    if wanted is not None:
+        if wanted not in names:
+            raise ModelRefused(f"metadata output {wanted!r} is not an output of the graph; its outputs are {names}")
+        return outputs[names.index(wanted)]
+    if len(outputs) != 1:
+        raise ModelRefused(
+            f"the model has {len(outputs)} outputs {names}; name the one with the class scores [N, C] in the "
+            "metadata (output: <name>)"
+        )
+    return outputs[0]
+
+
+def _metadata(meta: ModelMetadata | None, hw: list, name: str) -> ModelMetadata:
+    meta = meta or ModelMetadata()
+    if "input_size" not in meta.model_fields_set and isinstance(hw[0], int) and isinstance(hw[1], int):
+        meta = meta.model_copy(update={"input_size": (hw[0], hw[1])})  # not given: the graph's own size
+    if isinstance(hw[0], int) and isinstance(hw[1], int) and tuple(meta.input_size) != (hw[0], hw[1]):
         raise ModelRefused(
             f"metadata input_size {list(meta.input_size)} disagrees with the graph's fixed input "
-            f"size {[dims[2], dims[3]]}"
+            f"size {[hw[0], hw[1]]}"
         )
     return meta
 
@@ -238,6 +268,11 @@ def _load_pt2(path: Path, meta: ModelMetadata | None, sha: str, device: torch.de
     for p in gm.parameters():
         p.requires_grad_(False)
     meta = meta or ModelMetadata()
+    if meta.input_layout == "NHWC" or meta.output is not None:
+        raise ModelRefused(
+            "input_layout NHWC and output are for ONNX graphs; a .pt2 program must take [N, 3, H, W] images and "
+            "return one [N, C] tensor (wrap the model so that it does, then export it)"
+        )
     probe = torch.zeros(2, 3, *meta.input_size, device=device)
     try:
         with torch.no_grad():

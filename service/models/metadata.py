@@ -34,6 +34,14 @@ class ModelMetadata(BaseModel):
         None, description="Class whose probability is the score s(x) for AUROC; defaults to the last class."
     )
     score_activation: ScoreActivation = "softmax"
+    input_layout: Literal["NCHW", "NHWC"] | None = Field(
+        None,
+        description="ONNX only: channels-first [N, 3, H, W] or channels-last [N, H, W, 3] (Keras through "
+        "tf2onnx); detected from the graph's input when not given.",
+    )
+    output: str | None = Field(
+        None, description="ONNX only: the graph output with the class scores, for a model with several outputs."
+    )
 
     @field_validator("std")
     @classmethod

@@ -153,8 +153,15 @@ class OnnxModel(Model):
             )
         return found
 
+    def _feed(self, images: torch.Tensor) -> np.ndarray:
+        """The preprocessed images as the graph takes them (channels-last for an NHWC input)."""
+        x = self.preprocess(images)
+        if self.metadata.input_layout == "NHWC":
+            x = x.permute(0, 2, 3, 1)
+        return np.ascontiguousarray(x.cpu().numpy())
+
     def forward(self, images: torch.Tensor, layer: str | None = None) -> Forward:
-        x = self.preprocess(images).cpu().numpy()
+        x = self._feed(images)
         res = self._outputs(x, (layer,) if layer else ())
         out = torch.from_numpy(res[0])
         act = None
@@ -167,7 +174,7 @@ class OnnxModel(Model):
     def attention(self, images: torch.Tensor) -> tuple[list[torch.Tensor], None, torch.Tensor]:
         """Every block's attention probabilities ``[N, heads, T, T]`` and the logits, in one pass (no
         gradients: ONNX Runtime has none, so gradient-weighted rollout needs the ``.pt2`` export)."""
-        x = self.preprocess(images).cpu().numpy()
+        x = self._feed(images)
         res = self._outputs(x, tuple(self.attention_outputs))
         logits = torch.from_numpy(res[0])
         check_outputs(logits, len(x), self.num_outputs)
@@ -192,7 +199,7 @@ class OnnxModel(Model):
                 f"Grad-CAM at {layer!r} needs autograd through the rest of this ONNX graph, which contains "
                 f"{head.unsupported}; upload the .pt2 export of the model or pick a later layer"
             )
-        x = self.preprocess(images).cpu().numpy()
+        x = self._feed(images)
         side = [n for n in head.side if n != self.input_name]
         res = self._outputs(x, (layer, *side))
         logits = torch.from_numpy(res[0])
