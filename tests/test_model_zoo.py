@@ -24,7 +24,7 @@ from service.models.base import Model
 from service.models.loader import load_model
 from service.salience.registry import compute_salience
 from tests.helpers.tiny import META, export
-from tests.helpers.zoo import FORMATS, ZOO, build, export_all, reshape_transform, target_module
+from tests.helpers.zoo import FORMATS, ZOO, build, export_all, grid_layer, reshape_transform, target_module
 
 pytest.importorskip("timm")  # a dev dependency; skip only where someone installed without it
 CHEAP = {"rise": {"n_masks": 8}, "smoothgrad": {"samples": 2}, "integrated_gradients": {"steps": 4}}
@@ -77,42 +77,6 @@ def test_every_method_runs_or_is_refused_with_its_reason(zoo: Zoo, name: str) ->
         torch.testing.assert_close(logits[fmt], logits["pt2"], atol=1e-4, rtol=1e-3)
 
 
-class _ToGrid(torch.nn.Module):
-    """For Captum, whose LayerGradCam expects [N, K, h, w]: the target's output as a grid (with
-    pytorch-grad-cam's transform), and back, so the layer Captum hooks outputs the grid."""
-
-    def __init__(self, transform: object) -> None:
-        super().__init__()
-        self.transform = transform
-        self.raw: torch.Tensor | None = None
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        self.raw = t
-        return self.transform(t)  # type: ignore[operator]
-
-
-class _FromGrid(torch.nn.Module):
-    def __init__(self, to_grid: _ToGrid) -> None:
-        super().__init__()
-        self.to_grid = [to_grid]  # not a submodule: Captum must hook only _ToGrid
-
-    def forward(self, g: torch.Tensor) -> torch.Tensor:
-        raw = self.to_grid[0].raw
-        assert raw is not None
-        if raw.ndim == 4:  # channels-last stage
-            return g.permute(0, 2, 3, 1)
-        patches = g.permute(0, 2, 3, 1).reshape(g.shape[0], -1, g.shape[1])
-        return torch.cat([raw[:, : raw.shape[1] - patches.shape[1]], patches], dim=1)
-
-
-def _wrap(net: torch.nn.Module, module: torch.nn.Module, transform: object) -> _ToGrid:
-    to_grid = _ToGrid(transform)
-    parent_name, _, attr = next(n for n, m in net.named_modules() if m is module).rpartition(".")
-    parent = net.get_submodule(parent_name)
-    setattr(parent, attr, torch.nn.Sequential(module, to_grid, _FromGrid(to_grid)))
-    return to_grid
-
-
 @pytest.mark.parametrize("name", ["vit", "deit", "vit_reg", "vit_avg", "clip_vit", "swin"])
 def test_token_gradcam_equals_pytorch_grad_cam_and_captum(zoo: Zoo, name: str) -> None:
     from captum.attr import LayerGradCam
@@ -135,7 +99,7 @@ def test_token_gradcam_equals_pytorch_grad_cam_and_captum(zoo: Zoo, name: str) -
     cam.activations_and_grads.release()
 
     net = build(name)
-    captum = LayerGradCam(net, _wrap(net, target_module(name, net), reshape_transform(name)))
+    captum = LayerGradCam(net, grid_layer(net, target_module(name, net), reshape_transform(name)))
     by_captum = captum.attribute(inputs, target=1, relu_attributions=True)[:, 0].detach()
 
     assert ours.shape == theirs.shape == by_captum.shape

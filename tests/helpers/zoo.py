@@ -112,3 +112,42 @@ def reshape_transform(name: str) -> Callable[[torch.Tensor], torch.Tensor] | Non
     if name == "swin":
         return lambda t: t.reshape(t.size(0), t.size(1), t.size(2), t.size(3)).transpose(2, 3).transpose(1, 2)
     return None
+
+
+class _ToGrid(torch.nn.Module):
+    """The target's output as a grid (by pytorch-grad-cam's transform), for Captum, whose ``LayerGradCam``
+    expects a layer that outputs [N, K, h, w]; ``_FromGrid`` turns it back for the rest of the network."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.transform = transform
+        self.raw: torch.Tensor | None = None
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        self.raw = t
+        return self.transform(t)
+
+
+class _FromGrid(torch.nn.Module):
+    def __init__(self, to_grid: _ToGrid) -> None:
+        super().__init__()
+        self.to_grid = [to_grid]  # not a submodule: Captum must hook only _ToGrid
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        raw = self.to_grid[0].raw
+        assert raw is not None
+        if raw.ndim == 4:  # a channels-last stage
+            return g.permute(0, 2, 3, 1)
+        patches = g.permute(0, 2, 3, 1).reshape(g.shape[0], -1, g.shape[1])
+        return torch.cat([raw[:, : raw.shape[1] - patches.shape[1]], patches], dim=1)
+
+
+def grid_layer(
+    net: torch.nn.Module, module: torch.nn.Module, transform: Callable[[torch.Tensor], torch.Tensor] | None
+) -> torch.nn.Module:
+    """Replace ``module`` in ``net`` by ``module -> to grid -> back``; return the to-grid layer to hook."""
+    assert transform is not None
+    to_grid = _ToGrid(transform)
+    parent_name, _, attr = next(n for n, m in net.named_modules() if m is module).rpartition(".")
+    setattr(net.get_submodule(parent_name), attr, torch.nn.Sequential(module, to_grid, _FromGrid(to_grid)))
+    return to_grid
