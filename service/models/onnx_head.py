@@ -23,7 +23,7 @@ from onnx import numpy_helper
 # Ops that only change the shape of the pooled vector [N, K, 1, 1] -> [N, K].
 _RESHAPES = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout"}
 _ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip"}
-_AFFINE = {"Gemm", "MatMul", "Add", "Sub", "Mul", "Div"}
+_AFFINE = {"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "BatchNormalization"}
 HEAD_OPS = _RESHAPES | _ACTIVATIONS | _AFFINE
 
 
@@ -119,6 +119,10 @@ def _apply(
         return y
     if op == "MatMul":
         return x @ val(node.input[1])
+    if op == "BatchNormalization":  # inference mode: an affine map per feature (a BatchNorm1d after the pool)
+        from service.models.onnx_torch import OPS
+
+        return OPS[op](node, [x, *(val(i) for i in node.input[1:5])], 0)  # type: ignore[return-value]
     if op in ("Add", "Sub", "Mul", "Div"):
         y = val(node.input[1])
         return {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](x, y)
@@ -183,7 +187,7 @@ def find_head(model: onnx.ModelProto, output: str) -> OnnxHead | None:
                 not unsupported
                 and all(n.op_type in _RESHAPES | _AFFINE for n in nodes)
                 and sum(n.op_type in ("Gemm", "MatMul") for n in nodes) == 1
-                and all(n.op_type not in ("Mul", "Div") for n in nodes)
+                and all(n.op_type not in ("Mul", "Div") for n in nodes)  # BatchNormalization: affine, so linear
             )
             return OnnxHead(
                 layer=node.input[0],

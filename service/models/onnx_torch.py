@@ -273,6 +273,16 @@ def _gelu(node: onnx.NodeProto, args: list[Value], opset: int) -> torch.Tensor:
     return F.gelu(args[0], approximate="tanh" if approximate in (b"tanh", "tanh") else "none")
 
 
+def _batch_norm(node: onnx.NodeProto, args: list[Value], opset: int) -> torch.Tensor:
+    """Inference-mode BatchNormalization: per channel (axis 1), ``scale (x - mean) / sqrt(var + eps) + B``."""
+    x, scale, bias, mean, var = args[:5]
+    assert x is not None and scale is not None and bias is not None and mean is not None and var is not None
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    eps = float(attr(node, "epsilon", 1e-5))  # type: ignore[arg-type]
+    inv = scale / torch.sqrt(var + eps)
+    return (x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+
+
 def _global_average_pool(node: onnx.NodeProto, args: list[Value], opset: int) -> torch.Tensor:
     x = args[0]
     assert x is not None
@@ -313,6 +323,7 @@ OPS: dict[str, Op] = {
     "Clip": _clip,
     "Softmax": _softmax,
     "LayerNormalization": _layer_norm,
+    "BatchNormalization": _batch_norm,
     "ReduceMean": _reduce("mean"),
     "ReduceSum": _reduce("sum"),
     "GlobalAveragePool": _global_average_pool,

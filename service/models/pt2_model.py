@@ -43,6 +43,8 @@ _SHAPE_OPS = {
     "aten.dropout_.default",
 }
 _LINEAR_OPS = {"aten.linear.default", "aten.addmm.default", "aten.mm.default"}
+# Inference-mode batch norm after the pool (BatchNorm1d heads): an affine map per feature, so still linear.
+_AFFINE_OPS = {"aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"}
 
 
 def load_exported_program(
@@ -291,7 +293,7 @@ class Pt2Model(Model):
             return [k for k in chain if k != "shape"] == ["mean", "linear"]
         return (
             bool(chain)
-            and all(op in _SHAPE_OPS | _LINEAR_OPS or op == "aten.add.Tensor" for op in chain)
+            and all(op in _SHAPE_OPS | _LINEAR_OPS | _AFFINE_OPS or op == "aten.add.Tensor" for op in chain)
             and sum(op in _LINEAR_OPS for op in chain) == 1
         )
 
@@ -322,7 +324,9 @@ def analyse_graph(gm: torch.fx.GraphModule) -> tuple[str | None, list[str], str]
         if target in _POOL_TARGETS and _is_global(cur):
             chain.reverse()
             return data[0].name, chain, f"{target} at node {cur.name!r}"
-        chain.append(target)
+        # A second data input is a second path into the head (an MLP branch added to the linear one), which
+        # makes it non-linear whatever the ops: marked so that head_is_linear says no.
+        chain.append(target if len(data) <= 1 else f"{target} (of two branches)")
         cur = data[0] if data else None
     return None, [], ""
 
