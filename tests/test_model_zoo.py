@@ -289,3 +289,29 @@ def test_vit_and_convnext_families_give_every_measure_and_their_overlays(
         assert len(index["overlays"][name]) == 2
         for overlay in index["overlays"][name]:
             assert base64.b64encode(artifacts[overlay["name"]]).decode() in page, (name, overlay)
+
+
+def test_a_named_token_layer_gives_pytorch_grad_cams_map_on_every_export(zoo: Zoo) -> None:
+    """``layer`` named by the user (the first block's ``norm1``: the first norm of every graph): the token
+    layout is recognised there too, and ONNX differentiates everything after it (nearly the whole graph)."""
+    from pytorch_grad_cam import GradCAM
+
+    x = _images("vit")
+    net = build("vit")
+    cam = GradCAM(model=net, target_layers=[net.blocks[0].norm1], reshape_transform=reshape_transform("vit"))
+    inputs = zoo["vit"]["pt2"].preprocess(x)
+    outputs = cam.activations_and_grads(inputs)
+    net.zero_grad()
+    outputs[:, 1].sum().backward()
+    acts = cam.activations_and_grads.activations[0].numpy()
+    grads = cam.activations_and_grads.gradients[0].numpy()
+    theirs = torch.from_numpy(cam.get_cam_image(inputs, None, None, acts, grads, False)).clamp_min(0)
+    cam.activations_and_grads.release()
+    for fmt, model in zoo["vit"].items():
+        if fmt == "pt2":
+            first = next(n.name for n in model.gm.graph.nodes if str(n.target) == "aten.layer_norm.default")
+        else:
+            first = next(n.output[0] for n in model.proto.graph.node if n.op_type == "LayerNormalization")
+        ours = compute_salience(model, x, "gradcam", target=1, layer=first).native
+        for i in range(len(x)):
+            assert _pearson(ours[i], theirs[i]) >= 0.999, (fmt, first, i)
