@@ -67,7 +67,7 @@ def _figures(quick: bool, n_eval: int | None, scale_ns: list[int] | None) -> dic
             "4": lambda: maps.run(n_maps=2_000, n_anchor=200, reps=1),
             "5": lambda: scaling.run(ns=scale_ns or [64, 128], shard_n=128, quick=True),
             "6": lambda: service_overhead.figure(clients=4, rounds=1, phase_seconds=1.0, think=0.2),
-            "7": lambda: transformer.run(batch=2, size=32, reps=1, tiny=True),
+            "8": lambda: transformer.run(batch=2, size=32, reps=1, tiny=True),
         }
     return {
         "1": lambda: salience.run(),
@@ -76,13 +76,13 @@ def _figures(quick: bool, n_eval: int | None, scale_ns: list[int] | None) -> dic
         "4": lambda: maps.run(),
         "5": lambda: scaling.run(ns=scale_ns, shard_n=500),
         "6": lambda: service_overhead.figure(clients=50, rounds=3, phase_seconds=5.0),
-        "7": lambda: transformer.run(),
+        "8": lambda: transformer.run(),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--only", nargs="*", default=None, help="figures to run (1..7); default all")
+    ap.add_argument("--only", nargs="*", default=None, help="figures to run (1..6, 8; 7 is bench/gpu.sh); default all")
     ap.add_argument("--quick", action="store_true", help="toy sizes: checks only, figures meaningless")
     ap.add_argument("--n-eval", type=int, default=None, help="images for figure 2 (default 256)")
     ap.add_argument("--scale-ns", type=int, nargs="*", default=None, help="N values for figure 5")

@@ -1,4 +1,4 @@
-"""Figure 7: Grad-CAM throughput on ViT-B/16 at 224 px (timm, random weights, 2 classes).
+"""Figure 8: Grad-CAM throughput on ViT-B/16 at 224 px (timm, random weights, 2 classes).
 
 The same rules as figure 1: every contender gets the same images, batch, target classes (ours'
 predicted class) and threads, and its native map must agree with ours (Pearson r >= 0.999 per image).
@@ -81,7 +81,7 @@ def run(batch: int = 8, size: int = 224, reps: int = 3, threads: int = 1, tiny: 
     from service.salience.registry import compute_salience
 
     thread_note = set_threads(threads)
-    rep = Report("7", f"Grad-CAM throughput, {'tiny ViT' if tiny else 'ViT-B/16'} at {size} px, batch {batch}, CPU")
+    rep = Report("8", f"Grad-CAM throughput, {'tiny ViT' if tiny else 'ViT-B/16'} at {size} px, batch {batch}, CPU")
     meta = dict(IMAGENET_META)
     name = f"vit-{'tiny' if tiny else 'b16'}-{size}"
     ours = load_model(export_cached(name, lambda: build_vit_b16(size, tiny), "onnx", size, meta), threads=threads)

@@ -240,6 +240,10 @@ def test_bad_jobs_are_422_with_actionable_messages(kit: ServiceKit, ids: dict[st
     r = kit.submit(body(ids, measures=["degradation"], measure_params={"degradation": {"orders": ["morf", "up"]}}))
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
     assert "orders" in r.json()["detail"] and "['morf', 'lerf', 'random']" in r.json()["detail"]
+    # A typo in a parameter name is refused too (it used to be ignored, and to enter the cache key).
+    r = kit.submit(body(ids, measures=["degradation"], measure_params={"degradation": {"stepz": [0, 50]}}))
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert "'stepz'" in r.json()["detail"] and "'steps'" in r.json()["detail"], r.json()["detail"]
 
     r = kit.client.post("/v1/jobs", content=b"not json", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415 and r.headers["content-type"] == "application/problem+json"

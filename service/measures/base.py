@@ -151,6 +151,10 @@ class Measure(ABC):
     pascore_class: int | None = None
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
+        declared = {"bootstrap_resamples", *self.default_params()}
+        unknown = sorted(set(params or {}) - declared)
+        if unknown:  # a typo would otherwise be ignored, and still enter the cache key
+            raise ValueError(f"unknown parameter(s) {unknown} for {self.name}; accepted: {sorted(declared)}")
         self.params = {**self.default_params(), **(params or {})}
 
     def default_params(self) -> dict[str, Any]:
