@@ -81,13 +81,9 @@ def capability_table(model: Model) -> dict[str, Capability]:
         else:
             no_layer = (
                 "no global average pool, token mean or class-token read-out before the output, so no target "
-                "layer is found automatically; name one with layer=<tensor name>"
+                "layer is found automatically"
             )
-            caps += [
-                Capability(m, True, f"{m}: head-only autograd after a named layer; {no_layer}")
-                for m in ("gradcam", "gradcam++")
-            ]
-            caps.append(Capability("cam", False, f"cam: {no_layer}"))
+            caps += [Capability(m, False, f"{m}: {no_layer}") for m in ("gradcam", "gradcam++", "cam")]
             caps.append(Capability("scorecam", True, f"scorecam: forward passes only; {no_layer}"))
         grad_why = (
             "needs input gradients through the whole network, unavailable for an ONNX graph (ONNX "
