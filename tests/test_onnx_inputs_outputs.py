@@ -74,3 +74,21 @@ def test_several_outputs_need_the_scores_named(tmp_path: Path) -> None:
     x = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(model.logits(x), net(model.preprocess(x)), atol=1e-5, rtol=1e-4)
     assert model.capabilities["cam"].available  # the head is found from the named output
+
+
+def test_a_keras_model_converted_by_tf2onnx_scores_and_explains_as_keras_does() -> None:
+    """A real tf2onnx graph (tests/data/make_keras_onnx.py): channels-last input detected, softmax outputs
+    read as probabilities (score_activation none), and Grad-CAM equal to ``tf.GradientTape``'s."""
+    import numpy as np
+
+    data = Path(__file__).parent / "data"
+    ref = np.load(data / "keras_nhwc_reference.npz")
+    model = load_model(data / "keras_nhwc.onnx")
+    assert model.metadata.input_layout == "NHWC" and tuple(model.metadata.input_size) == (32, 32)
+    assert not [w for w in model.load_warnings() if w["code"] == "outputs_are_probabilities"]
+    images = torch.from_numpy(ref["images"]).permute(0, 3, 1, 2)  # the service's [N, 3, H, W] in [0, 1]
+    torch.testing.assert_close(model.probabilities(model.logits(images)), torch.from_numpy(ref["probs"]),
+                               atol=1e-6, rtol=1e-5)
+    assert "autograd" in model.capabilities["gradcam"].reason  # GAP -> MatMul -> Add -> Softmax: head autograd
+    ours = compute_salience(model, images, "gradcam", target=1).native
+    torch.testing.assert_close(ours, torch.from_numpy(ref["gradcam"]), atol=1e-6, rtol=1e-4)
