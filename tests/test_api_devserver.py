@@ -19,6 +19,8 @@ import jsonschema
 import pytest
 
 from api.examples import EXAMPLE_JOB, curl_submit, example_body
+from benchmark import paths as benchmark_paths
+from benchmark.replicate import ensure_data as ensure_benchmark_data
 from service.report import SCHEMA_FILE
 from tests.helpers import readme_walk
 from tests.servicekit import REPO, free_port
@@ -78,7 +80,7 @@ READY_STARTS = int(os.environ.get("ETM_READY_STARTS", "1"))
 
 
 def _env(tmp: Path, port: int) -> dict[str, str]:
-    shared = REPO / "var" / "benchmark"
+    shared = benchmark_paths.DATA_DIR
     data = shared if (shared / "benchmark.json").is_file() else tmp / "benchmark"  # generated when missing
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETM_")}
     env.update(
@@ -150,6 +152,9 @@ def test_ready_means_the_readme_job_is_accepted_on_every_fresh_start(tmp_path: P
 
 @needs_models
 def test_devserver_runs_the_readme_walk_and_stops_cleanly(tmp_path: Path) -> None:
+    # The shared benchmark data (var/benchmark, which the replication tests read too): on a fresh clone the
+    # start above already proved that the devserver generates it when missing, so it is generated once, here.
+    ensure_benchmark_data()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc, log = _start(tmp_path, port)

@@ -10,9 +10,11 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service.sandbox import Limits, run
@@ -59,7 +61,8 @@ def no_escape(victim: dict[str, Path]) -> None:
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    with ServiceKit(tmp_path_factory.mktemp("hostile"), env={"ETM_AUTH": "keys"}) as k:
+    # Two workers: the uploads below go two at a time (each inspection is a sandboxed process start of seconds).
+    with ServiceKit(tmp_path_factory.mktemp("hostile"), n_workers=2, env={"ETM_AUTH": "keys"}) as k:
         yield k
 
 
@@ -67,12 +70,16 @@ def test_every_hostile_upload_is_refused_and_nothing_escapes(
     kit: ServiceKit, victim: dict[str, Path], tmp_path: Path
 ) -> None:
     client = kit.client_for(kit.create_key("mallory"))
-    answers = {}
-    for name, path in corpus(tmp_path, victim).items():
+
+    def post(path: Path) -> httpx.Response:
         with open(path, "rb") as f:
-            r = client.post("/v1/models", files={"file": (path.name, f, "application/octet-stream")},
-                            data={"metadata": path.with_name(path.name + ".json").read_text()})
-        answers[name] = r
+            return client.post("/v1/models", files={"file": (path.name, f, "application/octet-stream")},
+                               data={"metadata": path.with_name(path.name + ".json").read_text()})
+
+    files = corpus(tmp_path, victim)
+    with ThreadPoolExecutor(max_workers=kit.n_workers) as pool:
+        answers = dict(zip(files, pool.map(post, files.values()), strict=True))
+    for name, r in answers.items():
         assert r.status_code == 422, (name, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/problem+json"), name
         assert SECRET.decode() not in r.text, name

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 
 from service.measures.base import BatchContext
@@ -20,6 +21,7 @@ from service.models.loader import load_model
 from service.ops.geometry import _COMPASS, PAPER_TRANSFORMS, _shift, get_transform, resolve_transforms, shift_pixels
 from service.ops.maps import minmax01
 from service.ops.noise import salt_and_pepper
+from service.ops.paper import level_sigma, paper_blur, paper_blur_levels, paper_blur_many
 from service.ops.random import (
     _GAMMA,
     _M1,
@@ -195,3 +197,38 @@ def test_geometry_measure_equals_the_masked_loop(tmp_path) -> None:
     assert np.isfinite(ref["ssim"]).sum() > 0
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# paper blur shared between runs and modes: one paper_blur per level map (the code before sharing)
+
+
+def test_paper_blur_many_equals_one_paper_blur_per_level_map() -> None:
+    g = torch.Generator().manual_seed(11)
+    images8 = (torch.rand(5, 3, 40, 44, generator=g) * 255).to(torch.uint8)
+    images8[3, :, :12] = 77  # a flat region: where a float sum lands on an integer and truncation decides
+    maps = [(torch.rand(5, 40, 44, generator=g) ** 3 * 255).to(torch.uint8) for _ in range(3)]
+    maps[1][2] = 0  # an empty map: no levels in background mode
+    levels = [paper_blur_levels(m, mode, 3.0) for m in maps for mode in ("background", "object")]
+    levels.append(torch.full((5, 40, 44), 100))  # nothing blurred
+    levels[0][4] = 37  # one image at one level only
+    for scale in (1.0, 0.5):
+        shared = paper_blur_many(images8, levels, scale)
+        assert len(shared) == len(levels)
+        for lv, out in zip(levels, shared, strict=True):
+            assert torch.equal(out, paper_blur(images8, lv, scale))
+    # paper_blur itself is the code before sharing: each level blurred for the images holding it
+    lv = levels[1]
+    src, ref = images8.numpy(), images8.numpy().copy()
+    for q in np.unique(lv.numpy()).tolist():
+        at = lv.numpy() == q
+        rows = np.flatnonzero(at.any(axis=(1, 2)))
+        if level_sigma(q) == 0:
+            continue
+        blurred = scipy.ndimage.gaussian_filter(src[rows], level_sigma(q), axes=(2, 3))
+        sel = np.broadcast_to(at[rows][:, None], blurred.shape)
+        sub = ref[rows]
+        sub[sel] = blurred[sel]
+        ref[rows] = sub
+    assert np.array_equal(paper_blur(images8, lv).numpy(), ref)
+    assert paper_blur_many(images8, []) == []

@@ -28,10 +28,15 @@ def _limit_threads(**_: Any) -> None:
 
 
 def _preload() -> None:
-    """Import the domain in the main process so that forked pool processes start with it loaded
-    (otherwise the first job of each process pays seconds of imports)."""
-    import service.artifacts  # noqa: F401
-    import service.evaluation  # noqa: F401
+    """Import what tasks use here in the main process, so that forked pool processes start with it
+    loaded (otherwise the first job of each process pays seconds of imports): spec checks (measures,
+    salience methods), dataset validation, the sandbox calls, webhooks. Models are loaded and run only
+    in the sandboxed child (``service.sandbox``), so their runtimes (ONNX, ONNX Runtime, torch.export)
+    and the evaluation itself are not imported here: that was ~1.5 s of every worker start."""
+    import service.datasets  # noqa: F401
+    import service.measures  # noqa: F401
+    import workers.inspection  # noqa: F401
+    import workers.webhooks  # noqa: F401
     from service.salience.registry import method_names
 
     method_names()

@@ -22,6 +22,8 @@ device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from PIL import Image
@@ -102,27 +104,43 @@ def paper_blur(images8: torch.Tensor, levels: torch.Tensor, scale: float = 1.0) 
     ``images8``: uint8 [N, C, H, W]; ``levels``: [N, H, W] from ``paper_blur_levels``. Each level is
     blurred once for the images that hold it. Returns uint8 [N, C, H, W] on the CPU.
     """
+    return paper_blur_many(images8, [levels], scale)[0]
+
+
+def paper_blur_many(images8: torch.Tensor, levels: Sequence[torch.Tensor], scale: float = 1.0) -> list[torch.Tensor]:
+    """``[paper_blur(images8, lv, scale) for lv in levels]``, bit for bit, blurring each (image, level) once
+    for all of them: the level maps of several models (and both modes) over one batch of images share most
+    of their levels, and the blur (SciPy, kernels up to 800 taps) is what costs. SciPy filters each image
+    on its own (``axes=(2, 3)``), so an image's blur does not depend on which other images share the call.
+    """
     if images8.dtype != torch.uint8 or images8.ndim != 4:
         raise ValueError(f"expected uint8 images [N, C, H, W], got {images8.dtype} {tuple(images8.shape)}")
-    if levels.shape != (images8.shape[0], *images8.shape[-2:]):
-        raise ValueError(f"levels {tuple(levels.shape)} do not match images {tuple(images8.shape)}")
-    import scipy.ndimage
+    for lv in levels:
+        if lv.shape != (images8.shape[0], *images8.shape[-2:]):
+            raise ValueError(f"levels {tuple(lv.shape)} do not match images {tuple(images8.shape)}")
+    import scipy.ndimage  # here: only the blur needs it, not every model process
 
     src = images8.detach().cpu().numpy()
-    lv = levels.detach().cpu().numpy()
-    out = src.copy()
-    for q in np.unique(lv).tolist():
+    lvs = [lv.detach().cpu().numpy() for lv in levels]
+    outs = [src.copy() for _ in lvs]
+    qs = np.unique(np.concatenate([np.unique(lv) for lv in lvs])) if lvs else []
+    for q in np.asarray(qs).tolist():
         sigma = level_sigma(int(q)) * scale
         if sigma == 0:  # the authors' "if blur_amount != 0"
             continue
-        at = lv == q  # [N, H, W]
-        rows = np.flatnonzero(at.any(axis=(1, 2)))
+        ats = [lv == q for lv in lvs]  # [N, H, W] each
+        holds = [at.any(axis=(1, 2)) for at in ats]
+        rows = np.flatnonzero(np.logical_or.reduce(holds))
         blurred = scipy.ndimage.gaussian_filter(src[rows], sigma, axes=(2, 3))  # uint8 out: truncated
-        sel = np.broadcast_to(at[rows][:, None], blurred.shape)
-        sub = out[rows]
-        sub[sel] = blurred[sel]
-        out[rows] = sub
-    return torch.from_numpy(out)
+        for at, hold, out in zip(ats, holds, outs, strict=True):
+            mine = np.flatnonzero(hold)
+            if len(mine) == 0:
+                continue
+            part = blurred[np.searchsorted(rows, mine)]
+            sub = out[mine]
+            np.copyto(sub, part, where=at[mine][:, None])
+            out[mine] = sub
+    return [torch.from_numpy(o) for o in outs]
 
 
 def to_images8(images: torch.Tensor) -> torch.Tensor:
@@ -153,6 +171,7 @@ __all__ = [
     "level_sigma",
     "paper_blur",
     "paper_blur_levels",
+    "paper_blur_many",
     "quantise_like_skimage",
     "skimage_float",
     "to_images8",

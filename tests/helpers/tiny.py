@@ -3,7 +3,11 @@ and .pt2, and a folder dataset of generated images with masks."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,13 +88,41 @@ def export(module: torch.nn.Module, out: Path, fmt: str, size: int = 32, meta: d
     return out
 
 
+# Exports already made in this process: (fmt, seed, file name) -> (folder holding the file and its sidecar,
+# torch's RNG state right after the export). A dynamo ONNX export takes seconds and is byte-for-byte
+# deterministic, so tiny_family copies what it exported before instead of exporting the same net again.
+_EXPORTED: dict[tuple[str, int, str], tuple[Path, torch.Tensor]] = {}
+
+
+@functools.cache
+def _exports_dir() -> Path:
+    d = Path(tempfile.mkdtemp(prefix="etm-tiny-exports-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    return d
+
+
 def tiny_family(out: Path, k: int = 3, fmt: str = "onnx", identical: bool = False) -> list[Path]:
+    """``k`` TinyNets (seeds 0..k-1, or all seed 0 when ``identical``) exported as ``out/run{i}.{ext}`` with
+    sidecars. The files are the bytes an export here would write, and torch's global RNG is left as that
+    export leaves it: a net exported before in this process is copied, not exported again."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(k):
-        torch.manual_seed(0 if identical else i)
+        seed = 0 if identical else i
         ext = "pt2" if fmt == "pt2" else "onnx"
-        paths.append(export(TinyNet(), out / f"run{i}.{ext}", fmt))
+        name = f"run{i}.{ext}"
+        key = (fmt, seed, name)
+        if key not in _EXPORTED:
+            folder = _exports_dir() / f"{fmt}-{seed}"
+            folder.mkdir(exist_ok=True)
+            torch.manual_seed(seed)
+            export(TinyNet(), folder / name, fmt)
+            _EXPORTED[key] = (folder, torch.get_rng_state())
+        folder, rng_after = _EXPORTED[key]
+        for f in (name, name + ".json"):
+            shutil.copyfile(folder / f, out / f)
+        torch.set_rng_state(rng_after)
+        paths.append(out / name)
     return paths
 
 
