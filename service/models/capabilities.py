@@ -58,11 +58,13 @@ def _onnx_subgraph_caps(model: OnnxModel) -> list[Capability]:
     return caps
 
 
-def capability_table(model: Model) -> dict[str, Capability]:
-    from service.models.onnx_model import OnnxModel
+def _is_onnx(model: Model) -> TypeGuard[OnnxModel]:
+    return model.format == "onnx"  # by name: importing OnnxModel loads onnx and ONNX Runtime
 
+
+def capability_table(model: Model) -> dict[str, Capability]:
     caps: list[Capability] = []
-    if isinstance(model, OnnxModel):
+    if _is_onnx(model):
         head = model.onnx_head
         if head is not None and (head.linear or not head.unsupported):
             where = f"{head.pool} on {head.layer!r}, head {head.chain}"

@@ -13,19 +13,20 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import torch
 
 from service.errors import ModelRefused, ModelRuntimeError
 from service.models.base import Model, OutputNotFinite, is_out_of_memory
 from service.models.capabilities import capability_table
 from service.models.metadata import ModelMetadata
-from service.models.onnx_head import find_head, inferred_values, module_calls, relu_into
-from service.models.onnx_model import OnnxModel
-from service.models.onnx_subgraph import attention_outputs, token_target
-from service.models.onnx_validate import validate_onnx
 from service.models.torchcam_layer import torchcam_candidate
+
+if TYPE_CHECKING:
+    import onnx
+
+    from service.models.onnx_model import OnnxModel
 
 
 def file_sha256(path: Path) -> str:
@@ -103,6 +104,14 @@ def load_model(
 
 
 def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -> OnnxModel:
+    # Imported here: onnx pulls in ml_dtypes (1-4 s of every sandboxed start), which .pt2 runs never need.
+    import onnx
+
+    from service.models.onnx_head import find_head, inferred_values, module_calls, relu_into
+    from service.models.onnx_model import OnnxModel
+    from service.models.onnx_subgraph import attention_outputs, token_target
+    from service.models.onnx_validate import validate_onnx
+
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
