@@ -51,7 +51,7 @@ def test_channels_last_input_is_detected_and_scores_like_the_channels_first_expo
     path = _legacy(_ChannelsLast(net), tmp_path / "nhwc.onnx", torch.rand(2, 32, 32, 3), ["logits"])
     path.with_name(path.name + ".json").write_text(json.dumps({k: v for k, v in META.items() if k != "input_size"}))
     nhwc = load_model(path)
-    assert nhwc.metadata.input_layout == "NHWC" and tuple(nhwc.metadata.input_size) == (32, 32)
+    assert nhwc.nhwc_input and nhwc.metadata.input_layout is None and tuple(nhwc.metadata.input_size) == (32, 32)
     x = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(nhwc.logits(x), nchw.logits(x), atol=1e-5, rtol=1e-4)
     ours, ref = (compute_salience(m, x, "gradcam").native for m in (nhwc, nchw))
@@ -84,7 +84,7 @@ def test_a_keras_model_converted_by_tf2onnx_scores_and_explains_as_keras_does() 
     data = Path(__file__).parent / "data"
     ref = np.load(data / "keras_nhwc_reference.npz")
     model = load_model(data / "keras_nhwc.onnx")
-    assert model.metadata.input_layout == "NHWC" and tuple(model.metadata.input_size) == (32, 32)
+    assert model.nhwc_input and tuple(model.metadata.input_size) == (32, 32)
     assert not [w for w in model.load_warnings() if w["code"] == "outputs_are_probabilities"]
     images = torch.from_numpy(ref["images"]).permute(0, 3, 1, 2)  # the service's [N, 3, H, W] in [0, 1]
     torch.testing.assert_close(model.probabilities(model.logits(images)), torch.from_numpy(ref["probs"]),

@@ -214,6 +214,10 @@ class Model(ABC):
                 outputs = self.forward(probe_images(2, *self.metadata.input_size)).logits
             except ModelRuntimeError:  # NaN/Inf on blank images is for real images to judge
                 outputs = None
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                outputs = None  # this process's memory cap: the job's workers halve batches; no output check here
             self.warnings = load_warnings(self.metadata, self.num_outputs, outputs)
         return self.warnings
 

@@ -155,7 +155,9 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
         )
     if not isinstance(odims[1], int):
         raise ModelRefused("the number of classes (output dimension 1) must be fixed in the graph")
-    meta = _metadata(meta, hw, path.name).model_copy(update={"input_layout": layout})
+    # The detected layout stays on the model, not in the metadata: the metadata is what was declared, and the
+    # registry compares a re-upload's metadata with it.
+    meta = _metadata(meta, hw, path.name)
     try:
         meta = meta.resolved(odims[1])
     except ValueError as exc:
@@ -171,6 +173,7 @@ def _load_onnx(path: Path, meta: ModelMetadata | None, sha: str, threads: int) -
         output_name=output.name,
         fixed_batch=fixed,
         threads=threads,
+        nhwc_input=layout == "NHWC",
     )
     model.onnx_head = find_head(proto, model.output_name)
     shapes, model.value_types = inferred_values(proto)

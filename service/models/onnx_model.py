@@ -67,6 +67,7 @@ class OnnxModel(Model):
     output_name: str = ""
     fixed_batch: int | None = None
     threads: int = 0
+    nhwc_input: bool = False  # the graph takes [N, H, W, 3] (declared input_layout, or detected at load)
     onnx_head: OnnxHead | None = None
     torchcam_layer: str | None = None  # TorchCAM's default target layer (pt2_model.torchcam_candidate)
     # The input of a ReLU whose output feeds the global pool (DenseNet's ``features`` before its
@@ -156,7 +157,7 @@ class OnnxModel(Model):
     def _feed(self, images: torch.Tensor) -> np.ndarray:
         """The preprocessed images as the graph takes them (channels-last for an NHWC input)."""
         x = self.preprocess(images)
-        if self.metadata.input_layout == "NHWC":
+        if self.nhwc_input:
             x = x.permute(0, 2, 3, 1)
         return np.ascontiguousarray(x.cpu().numpy())
 
