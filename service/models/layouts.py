@@ -22,6 +22,8 @@ from typing import Literal
 
 import torch
 
+from service.errors import BadInput
+
 Kind = Literal["nchw", "nhwc", "tokens"]
 MAX_PREFIX_TOKENS = 16  # class + distillation + register tokens; DINOv2 and timm's reg4 models have 5
 
@@ -93,3 +95,15 @@ def infer_layout(shape: tuple[int, ...], size: tuple[int, int], hint: Kind | Non
         if found is not None:
             return Layout("tokens", found[1], found[0])
     return None
+
+
+def layout_of(layer: str, shape: tuple[int, ...], size: tuple[int, int], hint: Kind | None = None) -> Layout:
+    """``infer_layout``, or BadInput naming the layer and why none fits."""
+    found = infer_layout(shape, size, hint)
+    if found is None:
+        raise BadInput(
+            f"layer {layer!r} gives an activation of shape {list(shape)}, which is neither a feature map "
+            f"[N, K, h, w] / [N, h, w, K] nor a token sequence [N, T, K] whose patch grid fits "
+            f"{size[0]}x{size[1]} images"
+        )
+    return found

@@ -21,7 +21,7 @@ import torch
 
 from service.errors import BadInput, ModelRuntimeError
 from service.models.base import Forward, HeadInfo, Model, check_outputs, is_out_of_memory
-from service.models.layouts import Kind, Layout, infer_layout
+from service.models.layouts import Kind, Layout, layout_of
 from service.models.onnx_head import OnnxHead
 from service.models.onnx_subgraph import SubgraphHead, head_subgraph
 from service.models.target_search import Target
@@ -144,15 +144,7 @@ class OnnxModel(Model):
         """How ``layer``'s activation of ``shape`` maps onto the image (see ``layouts``)."""
         target = self.token_target
         hint: Kind | None = target.kind if target is not None and target.layer == layer else None
-        size = tuple(self.metadata.input_size)
-        found = infer_layout(shape, size, hint)  # type: ignore[arg-type]
-        if found is None:
-            raise BadInput(
-                f"layer {layer!r} gives an activation of shape {list(shape)}, which is neither a feature map "
-                f"[N, K, h, w] / [N, h, w, K] nor a token sequence [N, T, K] whose patch grid fits "
-                f"{size[0]}x{size[1]} images"
-            )
-        return found
+        return layout_of(layer, shape, tuple(self.metadata.input_size), hint)  # type: ignore[arg-type]
 
     def _feed(self, images: torch.Tensor) -> np.ndarray:
         """The preprocessed images as the graph takes them (channels-last for an NHWC input)."""

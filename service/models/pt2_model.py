@@ -24,7 +24,7 @@ from torch.export.pt2_archive import _package as pt2
 from service.errors import BadInput, ModelRefused
 from service.models import pt2_validate as pt2v
 from service.models.base import Forward, HeadInfo, Model, check_outputs
-from service.models.layouts import Kind, Layout, infer_layout
+from service.models.layouts import Kind, Layout, layout_of
 from service.models.target_search import GraphNode, Target, find_target
 from service.models.torchcam_layer import TorchCamLayer
 
@@ -187,14 +187,7 @@ class Pt2Model(Model):
         size = tuple(self.metadata.input_size)
 
         def layout(shape: tuple[int, ...]) -> Layout:
-            found = infer_layout(shape, size, hint)  # type: ignore[arg-type]
-            if found is None:
-                raise BadInput(
-                    f"layer {layer!r} gives a {len(shape)}-D activation {list(shape)}, which is neither a feature "
-                    f"map [N, K, h, w] / [N, h, w, K] nor a token sequence [N, T, K] whose patch grid fits "
-                    f"{size[0]}x{size[1]} images"
-                )
-            return found
+            return layout_of(layer, shape, size, hint)  # type: ignore[arg-type]
 
         return layout
 
