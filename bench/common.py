@@ -170,6 +170,15 @@ def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return r
 
 
+def check_maps(rep: Report, ours: np.ndarray, theirs: dict[str, np.ndarray], minimum: float, label: str = "") -> None:
+    """One check per contender: the per-image Pearson r of our native maps and theirs, all >= ``minimum``."""
+    for name, maps in theirs.items():
+        r = pearson_rows(ours, np.asarray(maps))
+        worst = float(np.nanmin(r)) if np.isfinite(r).any() else float("nan")
+        rep.check(f"native maps {label}vs {name}", bool(np.all(r >= minimum)),
+                  f"min Pearson r over {len(r)} images = {worst:.6f} (need >= {minimum})")
+
+
 def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=float))

@@ -24,6 +24,7 @@ from bench.common import (
     IMAGENET_META,
     Report,
     best,
+    check_maps,
     export_cached,
     have,
     interleaved,
@@ -167,11 +168,7 @@ def run(batch: int = 16, size: int = 224, reps: int = 3, threads: int = 1, layer
 
     # Correctness first (untimed): every anchor's native map against ours.
     ours_native = res.native.numpy()
-    for name, fn in anchor_fns.items():
-        r = pearson_rows(ours_native, np.asarray(fn(images)))
-        worst = float(np.nanmin(r)) if np.isfinite(r).any() else float("nan")
-        rep.check(f"native maps vs {name}", bool(np.all(r >= PEARSON_MIN)),
-                  f"min Pearson r over {len(r)} images = {worst:.6f} (need >= {PEARSON_MIN})")
+    check_maps(rep, ours_native, {name: fn(images) for name, fn in anchor_fns.items()}, PEARSON_MIN)
     if pt2_model is not None:
         r = pearson_rows(ours_native, compute_salience(pt2_model, images, "gradcam").native.numpy())
         rep.check("native maps ONNX fast path vs .pt2 autograd", bool(np.all(r >= PEARSON_MIN)),

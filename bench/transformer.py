@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import IMAGENET_META, Report, best, export_cached, have, interleaved, pearson_rows, set_threads
+from bench.common import IMAGENET_META, Report, best, check_maps, export_cached, have, interleaved, set_threads
 
 PEARSON_MIN = 0.999
 
@@ -100,12 +100,8 @@ def run(batch: int = 8, size: int = 224, reps: int = 3, threads: int = 1, tiny: 
     for key, fn in anchor_fns.items():
         fns[key] = (lambda f: lambda: f(images))(fn)
     ours_native = res.native.numpy()
-    checks = {"pt2": compute_salience(pt2, images, "gradcam").native.numpy()}
-    checks.update({k: np.asarray(f(images)) for k, f in anchor_fns.items()})
-    for key, maps in checks.items():
-        r = pearson_rows(ours_native, maps)
-        rep.check(f"native maps vs {key}", bool(np.all(r >= PEARSON_MIN)),
-                  f"min Pearson r over {len(r)} images = {float(np.nanmin(r)):.6f} (need >= {PEARSON_MIN})")
+    theirs = {"pt2": compute_salience(pt2, images, "gradcam").native.numpy()}
+    check_maps(rep, ours_native, theirs | {k: f(images) for k, f in anchor_fns.items()}, PEARSON_MIN)
     times = interleaved(fns, reps=reps, warmup=1)
     rep.timings = times
     t = {k: best(v) for k, v in times.items()}

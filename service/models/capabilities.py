@@ -123,13 +123,14 @@ def capability_table(model: Model) -> dict[str, Capability]:
 
 def _attention_caps(model: Model) -> list[Capability]:
     """Attention rollout needs attention over all tokens and a head that reads a class token or their mean."""
+    from service.errors import BadInput
     from service.salience.attention import readout_token
 
     onnx = model.format == "onnx"
     blocks = getattr(model, "attention_outputs" if onnx else "attention_layers", [])
     try:
         readout = readout_token(model)
-    except Exception as exc:  # BadInput: no token head (a CNN, or Swin's channels-last stages)
+    except BadInput as exc:  # no token head (a CNN, or Swin's channels-last stages)
         why = f"{exc}" if blocks else "the model has no attention layers"
         return [Capability(m, False, f"{m}: {why}") for m in ("rollout", "gradient_rollout")]
     if not blocks:

@@ -12,7 +12,7 @@ attention and MLP, the final norm and the classifier: a few nodes out of hundred
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -36,18 +36,29 @@ class SubgraphHead:
     constants: dict[str, np.ndarray]
     opset: int
     unsupported: list[str]
+    _converted: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def summary(self) -> str:
         counts = Counter(n.op_type for n in self.nodes if n.op_type != "Constant")
         return f"{sum(counts.values())} nodes (" + ", ".join(f"{op} x{c}" for op, c in sorted(counts.items())) + ")"
 
+    def _torch_constants(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The constants as tensors, converted once per device and dtype, not on every batch (a ViT head
+        holds its last block's weights)."""
+        key = (device, dtype)
+        if key not in self._converted:
+            consts = {k: torch.from_numpy(np.array(v)) for k, v in self.constants.items()}
+            self._converted[key] = {
+                k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in consts.items()
+            }
+        return self._converted[key]
+
     def logits(self, activation: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
         """The head's output for ``activation`` (in the layer's own layout), differentiable."""
-        consts = {k: torch.from_numpy(np.array(v)) for k, v in self.constants.items()}
-        for k, v in consts.items():
-            if v.is_floating_point():
-                consts[k] = v.to(activation.device, activation.dtype)
+        consts = self._torch_constants(activation.device, activation.dtype)
         env = {self.layer: activation, **{k: v.to(activation.device) for k, v in side.items()}}
         return onnx_torch.run(self.nodes, env, consts, self.opset)[self.output]
 
