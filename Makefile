@@ -36,10 +36,10 @@ openapi: venv
 	$(PY) -m api.export_openapi
 
 benchmark-data: venv
-	$(PY) -m benchmark.generate
+	$(PY) -m benchdata.generate
 
 benchmark-models: venv
-	$(PY) -m benchmark.train
+	$(PY) -m benchdata.train
 
 bench: venv
 	$(PY) -m pip install -q -e '.[bench]'

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 
 from api.security.keys import KeyStore
-from service.settings import Settings
-from service.store import ArtifactStore
+from etm.settings import Settings
+from etm.store import ArtifactStore
 
 
 def _keys(settings: Settings) -> KeyStore:

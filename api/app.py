@@ -15,7 +15,7 @@ from api.deps import Services
 from api.guard import RequestGuard
 from api.routers import datasets, families, health, jobs, leaderboards, models, report_html
 from api.security.auth import warn_auth_off
-from service.settings import Settings
+from etm.settings import Settings
 
 DESCRIPTION = """\
 Scores image classifiers with salience-based explainability measures.
@@ -47,8 +47,8 @@ def _warm_up() -> None:
         from api.security.keys import dummy_hash
 
         dummy_hash()  # an argon2 hash: made here, not on the event loop or in the first unknown key's request
-        from service.measures import MEASURES  # noqa: F401
-        from service.salience.registry import method_names
+        from etm.measures import MEASURES  # noqa: F401
+        from etm.salience.registry import method_names
 
         method_names()
     except Exception:  # noqa: BLE001 - only a warm-up; the real import reports problems

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 
-from service.settings import Settings
+from etm.settings import Settings
 from workers.records import JobStore
 
 log = logging.getLogger("etm.webhooks")

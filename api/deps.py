@@ -16,8 +16,8 @@ from api.callbacks import CallbackSender
 from api.security.auth import Authenticator, authenticate
 from api.security.keys import KeyStore, Principal
 from api.security.ratelimit import FailureLimiter, RateLimiter
-from service.settings import Settings
-from service.store import ArtifactStore, Registry
+from etm.settings import Settings
+from etm.store import ArtifactStore, Registry
 from workers.records import JobStore
 
 

@@ -34,7 +34,7 @@ import httpx
 
 from api.examples import curl_submit
 from api.security.auth import is_loopback, warn_auth_off
-from service.settings import Settings
+from etm.settings import Settings
 
 log = logging.getLogger("etm.devserver")
 HTTP_PROTOCOL = "api.httpserver:HardenedH11Protocol"  # uvicorn --http: read timeouts, connection cap
@@ -80,21 +80,21 @@ class DevServer:
         if (data / "benchmark.json").is_file():
             return
         log.info("generating the benchmark datasets into %s (once; about half a minute)", data)
-        rc = subprocess.call([sys.executable, "-m", "benchmark.generate", "--out", str(data)], cwd=REPO)
+        rc = subprocess.call([sys.executable, "-m", "benchdata.generate", "--out", str(data)], cwd=REPO)
         if rc != 0:
             log.error("benchmark generation failed (exit %d); built-in datasets will be missing", rc)
 
     def _redis(self, redis_url: str) -> Any:
         import redis
 
-        from service.settings import Settings
+        from etm.settings import Settings
 
         url = Settings(redis_url=redis_url).redis_py_url
         return redis.Redis.from_url(url, socket_connect_timeout=5)
 
     def register_builtins(self, redis_url: str) -> None:
-        from service.builtins import register_with_status
-        from service.store import ArtifactStore, Registry
+        from etm.builtins import register_with_status
+        from etm.store import ArtifactStore, Registry
 
         t = time.time()
         s = self.settings
@@ -136,7 +136,7 @@ class DevServer:
         s.var_dir.mkdir(parents=True, exist_ok=True)
         redis_url = self.start_redis()
         if s.register_builtins:  # before the API starts: a status left by an earlier run must not say ready
-            from service.builtins import publish_status
+            from etm.builtins import publish_status
 
             publish_status(self._redis(redis_url), s.key_prefix, "registering", "registering (starting)")
         env = self.child_env(redis_url)

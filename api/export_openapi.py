@@ -14,7 +14,7 @@ OPENAPI_FILE = Path(__file__).resolve().parent.parent / "openapi" / "openapi.jso
 
 def openapi_text() -> str:
     from api.app import create_app
-    from service.settings import Settings
+    from etm.settings import Settings
 
     app = create_app(Settings(redis_url=None))
     return json.dumps(app.openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"

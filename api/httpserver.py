@@ -20,7 +20,7 @@ its memory) forever; ASGI middleware cannot help, it runs only once the headers 
   half-closes after its answer and drains what still arrives for up to ``LINGER_SECONDS``, so that a client
   still sending reads the answer instead of a connection reset.
 
-The settings are read once per process from the environment (``service.settings.get_settings``).
+The settings are read once per process from the environment (``etm.settings.get_settings``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
-from service.settings import get_settings
+from etm.settings import get_settings
 from workers.records import PROBLEM_BASE
 
 log = logging.getLogger("etm.http")

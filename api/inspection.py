@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from api.problems import ProblemError
-from service.errors import ModelRefused
-from service.store import Describe, Registry
+from etm.errors import ModelRefused
+from etm.store import Describe, Registry
 from workers.app import TASK_INSPECT_MODEL
 
 log = logging.getLogger("etm.api")

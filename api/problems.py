@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.errors import BadInput, ModelRuntimeError
+from etm.errors import BadInput, ModelRuntimeError
 from workers.records import PROBLEM_BASE
 
 log = logging.getLogger("etm.api")

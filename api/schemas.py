@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.examples import EXAMPLE_JOB
-from service.spec import EvaluationSpec
+from etm.spec import EvaluationSpec
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 

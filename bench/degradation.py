@@ -39,8 +39,8 @@ TOL = 1e-4
 
 def _inputs(n_images: int, quick: bool) -> dict[str, Any]:
     from bench.evaluation import default_inputs
-    from service.datasets import iter_batches, load_dataset
-    from service.models.loader import load_model
+    from etm.datasets import iter_batches, load_dataset
+    from etm.models.loader import load_model
 
     inp = default_inputs(quick)
     model = load_model(inp["model"], threads=1)
@@ -48,7 +48,7 @@ def _inputs(n_images: int, quick: bool) -> dict[str, Any]:
     size = tuple(model.metadata.input_size)
     batch = next(iter(iter_batches(ds, range(min(n_images, len(ds))), n_images, size)))
     if inp["build"] is None:  # the trained family: its .pt2 twin, run eagerly
-        from service.models.pt2_model import load_exported_program
+        from etm.models.pt2_model import load_exported_program
 
         pt2 = inp["model"].with_suffix(".pt2")
         net, src = load_exported_program(pt2).module(), f"{pt2.name} (torch.export program, eager)"
@@ -99,8 +99,8 @@ def ranked(maps: torch.Tensor) -> torch.Tensor:
 
 
 def _context(model, batch, clean):
-    from service.evaluation import image_seeds
-    from service.measures.base import BatchContext
+    from etm.evaluation import image_seeds
+    from etm.measures.base import BatchContext
 
     return BatchContext(
         keys=list(batch.keys), images=batch.images, labels=torch.full((len(batch.keys),), -1),
@@ -112,7 +112,7 @@ def _context(model, batch, clean):
 
 
 def _ours(model, batch, clean, steps: list[float], orders: tuple[str, ...] = ("morf",)):
-    from service.measures.degradation import DegradationMeasure
+    from etm.measures.degradation import DegradationMeasure
 
     m = DegradationMeasure({"variants": ["degradation.deletion"], "baseline": "mean", "orders": list(orders),
                             "mean_color": [0.5, 0.5, 0.5], "steps": steps, "chunk_size": 256})
@@ -123,8 +123,8 @@ def _ours(model, batch, clean, steps: list[float], orders: tuple[str, ...] = ("m
 def run(n_images: int = 64, road_images: int = 8, reps: int = 2, threads: int = 1, quick: bool = False) -> Report:
     from dataclasses import replace
 
-    from service.measures.degradation import deletion_ranks
-    from service.salience.registry import compute_salience
+    from etm.measures.degradation import deletion_ranks
+    from etm.salience.registry import compute_salience
 
     thread_note = set_threads(threads)
     inp = _inputs(n_images, quick)
@@ -241,7 +241,7 @@ def run(n_images: int = 64, road_images: int = 8, reps: int = 2, threads: int = 
         sub = replace(clean_px, native=res.native[:m_road], upsampled=clean_px.upsampled[:m_road],
                       logits=res.logits[:m_road], targets=res.targets[:m_road], scores=res.scores[:m_road],
                       predicted=res.predicted[:m_road])
-        from service.datasets.batches import Batch
+        from etm.datasets.batches import Batch
 
         small = Batch(indices=batch.indices[:m_road], keys=batch.keys[:m_road], images=images[:m_road],
                       labels=batch.labels[:m_road], masks=batch.masks[:m_road], has_mask=batch.has_mask[:m_road])

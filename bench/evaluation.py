@@ -9,12 +9,12 @@ that many bare batched ONNX Runtime forwards at the job's batch size; the out-of
 one per out-of-set image. Ratio = evaluation wall time / floor time (target <= 1.3).
 
 A second, instrumented run splits the evaluation's time into model passes and everything else per
-measure family (by wrapping methods from the outside; nothing in ``service/`` is changed).
+measure family (by wrapping methods from the outside; nothing in ``etm/`` is changed).
 
 Two row sets, each named after its model: the 64-px benchmark CNN (N images, batch 64; its forwards
 are ~0.25 ms per image, so the measures' own work dominates: the stricter test) and torchvision
 ResNet-50 at 224 px, the paper's setting (random weights, seed 0, 2 classes, the export figure 1
-uses; 8 benchmark faces and 8 non-faces rendered at 224 px by ``benchmark.faces``; batch 8, with
+uses; 8 benchmark faces and 8 non-faces rendered at 224 px by ``benchdata.faces``; batch 8, with
 deletion chunks bounded to 20 composites at 224 px by ``chunk_pixels``; ~2 min of CPU on 1 thread).
 The row ``evaluation / bare passes`` is the worst of the models' ratios. ``--quick`` skips the
 ResNet-50 rows (export ~20 s, rows ~2 min).
@@ -44,9 +44,9 @@ def _facenet_meta() -> dict[str, Any]:
 
 
 def build_facenet() -> torch.nn.Module:
-    """The benchmark's detector architecture (``benchmark/net.py``) with seeded random weights: the
+    """The benchmark's detector architecture (``benchdata/net.py``) with seeded random weights: the
     same cost per pass as the trained families, for when those are not on disk."""
-    from benchmark.net import FaceNet
+    from benchdata.net import FaceNet
 
     torch.manual_seed(0)
     return FaceNet().eval()
@@ -55,15 +55,15 @@ def build_facenet() -> torch.nn.Module:
 def default_inputs(quick: bool = False) -> dict[str, Any]:
     """Model and data for figures 2, 3 and 5.
 
-    Model: the trained benchmark CNN ``benchmark/models/xent/run0.onnx`` when present, else the same
+    Model: the trained benchmark CNN ``benchdata/models/xent/run0.onnx`` when present, else the same
     architecture with random weights exported here (64 px, 8x8 maps), else (``quick``, or no
-    ``benchmark/net.py``) the tests' TinyNet. Data: the generated benchmark faces
-    (``python -m benchmark.generate``) when present, else a generated 2-class set.
+    ``benchdata/net.py``) the tests' TinyNet. Data: the generated benchmark faces
+    (``python -m benchdata.generate``) when present, else a generated 2-class set.
     """
     if quick:
         return tiny_inputs()
     try:
-        from benchmark import paths
+        from benchdata import paths
     except ImportError:  # pragma: no cover - the benchmark package is part of the repo
         return tiny_inputs()
     trained = paths.MODELS_DIR / "xent" / "run0.onnx"
@@ -109,13 +109,13 @@ def tiny_inputs(root: Path | None = None, n_per_class: int = 64, size: int = 40)
 
 def faces_at(size: int, n_images: int, n_ood: int, root: Path | None = None) -> tuple[Path, Path]:
     """``n_images`` benchmark faces (half real, half synthetic, with their masks) and ``n_ood`` non-face
-    scenes, rendered at ``size`` px by ``benchmark.faces`` (the test split's and the non-faces' seeds of
-    ``python -m benchmark.generate``, so the same scenes as the 64-px set, drawn at this resolution
+    scenes, rendered at ``size`` px by ``benchdata.faces`` (the test split's and the non-faces' seeds of
+    ``python -m benchdata.generate``, so the same scenes as the 64-px set, drawn at this resolution
     instead of upscaled). Written once as class folders; returns (in-set root, out-of-set root)."""
     from PIL import Image
 
-    from benchmark import faces
-    from benchmark.generate import FORMAT_VERSION, SPLIT_IDS, GenerationConfig
+    from benchdata import faces
+    from benchdata.generate import FORMAT_VERSION, SPLIT_IDS, GenerationConfig
 
     cue = GenerationConfig().shortcut_eval  # the generated test split's (no training shortcut)
     # a new renderer or cue share, new files
@@ -156,7 +156,7 @@ def resnet_inputs(n_images: int = 8, n_ood: int = 8, size: int = 224) -> dict[st
 
 def make_spec(inputs: dict[str, Any], n_images: int, batch_size: int = 64, split: str | None = "default",
               bootstrap: int = 1000, measures: list[str] | None = None):
-    from service.spec import EvaluationSpec
+    from etm.spec import EvaluationSpec
 
     return EvaluationSpec(
         candidates=[{"name": "cand", "models": [str(inputs["model"])]}],
@@ -173,7 +173,7 @@ def make_spec(inputs: dict[str, Any], n_images: int, batch_size: int = 64, split
 
 
 def passes_per_image(spec) -> dict[str, dict[str, int]]:
-    from service.evaluation import Resolver, load_families, make_measures
+    from etm.evaluation import Resolver, load_families, make_measures
 
     fam = load_families(spec, Resolver(threads=1))[0]
     k = len(fam.models)
@@ -204,8 +204,8 @@ def bare_floor(model_path: Path, n_in: int, n_ood: int, per_image: int, batch_si
 def instrument():
     """Accumulate seconds in model passes (ORT ``forward``) and in each measure's ``per_image``
     (self time, model passes excluded) by wrapping the methods for the duration of the block."""
-    from service.measures import MEASURES
-    from service.models.onnx_model import OnnxModel
+    from etm.measures import MEASURES
+    from etm.models.onnx_model import OnnxModel
 
     acc: dict[str, float] = defaultdict(float)
     stack: list[float] = []  # model-pass seconds accumulated inside the current measure
@@ -256,7 +256,7 @@ def export_matches_eager(inputs: dict[str, Any], threads: int = 1) -> tuple[bool
     build = inputs.get("build")
     if build is None:
         return True, "no eager module (trained export)"
-    from service.models.loader import load_model
+    from etm.models.loader import load_model
 
     ours = load_model(inputs["model"], threads=threads)
     torch.manual_seed(1)
@@ -270,7 +270,7 @@ def export_matches_eager(inputs: dict[str, Any], threads: int = 1) -> tuple[bool
 def model_rows(rep: Report, inputs: dict[str, Any], n_images: int, reps: int = 1, batch_size: int = 64,
                threads: int = 1) -> float:
     """Figure 2 for one model: rows and checks named ``"<tag>: ..."``; returns evaluation / bare passes."""
-    from service.evaluation import Resolver, evaluate
+    from etm.evaluation import Resolver, evaluate
 
     tag = inputs["tag"]
     ok, detail = export_matches_eager(inputs, threads)

@@ -39,8 +39,8 @@ def _cuda_ort() -> bool:
 def figure1(batch: int = 16, size: int = 224, reps: int = 10, build=None, name: str = "resnet50",
             layer_name: str = "layer4") -> Report:
     from bench.salience import Normalized, _anchors, build_resnet50
-    from service.models.loader import load_model
-    from service.salience.registry import compute_salience
+    from etm.models.loader import load_model
+    from etm.salience.registry import compute_salience
 
     build = build or build_resnet50
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -115,7 +115,7 @@ def figure1(batch: int = 16, size: int = 224, reps: int = 10, build=None, name: 
 
 def figure2(n_images: int = 256, batch_size: int = 64) -> Report:
     from bench.evaluation import build_facenet, make_spec, passes_per_image, tiny_inputs
-    from service.evaluation import Resolver, evaluate
+    from etm.evaluation import Resolver, evaluate
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     rep = Report("7.2", f"full evaluation on {dev} vs its bare batched forwards")
@@ -136,7 +136,7 @@ def figure2(n_images: int = 256, batch_size: int = 64) -> Report:
             evaluate(make_spec(inp, n_images, batch_size), Resolver(threads=1))  # also warms CUDA up
         except Exception as exc:
             # Find the families that fail on this device, report them, and time the others.
-            from service.spec import MEASURE_FAMILIES
+            from etm.spec import MEASURE_FAMILIES
 
             failing = {}
             for fam in MEASURE_FAMILIES:

@@ -2,7 +2,7 @@
 
 100,000 pairs of 8-bit 8x8 maps (the benchmark CNN's native size; 7x7 window, data range 255, as
 ``stability.ssim`` uses them) and 100,000 8-bit maps for ``entropy.histogram``. Ours: one call each
-(``service.ops.ssim.ssim``, ``service.measures.entropy.histogram_entropy``). Anchor: a Python loop
+(``etm.ops.ssim.ssim``, ``etm.measures.entropy.histogram_entropy``). Anchor: a Python loop
 of ``skimage.metrics.structural_similarity`` / ``skimage.measure.shannon_entropy`` over the first
 ``n_anchor`` maps (the loop is linear in the count; its per-map time is scaled to all maps, which the
 output says). Values must agree: SSIM to 1e-4, entropy (x log2(h*w)) to 1e-6.
@@ -24,7 +24,7 @@ ENT_TOL = 1e-6
 
 def make_maps(n: int, side: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Two correlated batches of 8-bit maps like Grad-CAM's: smooth blobs plus noise, ReLU'd."""
-    from service.ops.maps import to_uint8
+    from etm.ops.maps import to_uint8
 
     g = torch.Generator().manual_seed(seed)
     base = torch.nn.functional.interpolate(torch.rand(n, 1, 3, 3, generator=g), size=(side, side),
@@ -38,8 +38,8 @@ def run(n_maps: int = 100_000, n_anchor: int = 10_000, side: int = 8, reps: int 
     from skimage.measure import shannon_entropy
     from skimage.metrics import structural_similarity
 
-    from service.measures.entropy import histogram_entropy
-    from service.ops.ssim import ssim
+    from etm.measures.entropy import histogram_entropy
+    from etm.ops.ssim import ssim
 
     thread_note = set_threads(threads)
     a, b = make_maps(n_maps, side)

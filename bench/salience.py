@@ -119,8 +119,8 @@ def _anchors(net: torch.nn.Module, layer_name: str, targets: list[int], device: 
 
 def run(batch: int = 16, size: int = 224, reps: int = 3, threads: int = 1, layer_name: str = "layer4",
         pt2: bool = True, anchors: bool = True, build=build_resnet50, model_name: str = "resnet50") -> Report:
-    from service.models.loader import load_model
-    from service.salience.registry import compute_salience
+    from etm.models.loader import load_model
+    from etm.salience.registry import compute_salience
 
     thread_note = set_threads(threads)
     rep = Report("1", f"Grad-CAM throughput, {model_name} at {size} px, batch {batch}, CPU")

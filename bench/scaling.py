@@ -57,7 +57,7 @@ def _spec(inp: dict[str, Any], n: int):
 def worker(args: argparse.Namespace) -> None:
     """One worker process: ``full`` (evaluate), ``shard`` (run_inset, save Partial) or ``finish``."""
     set_threads(1)
-    from service.evaluation import Partial, Resolver, evaluate, finish, run_inset
+    from etm.evaluation import Partial, Resolver, evaluate, finish, run_inset
 
     inp = json.loads(args.inputs)
     inp = {k: Path(v) if k in ("model", "dataset") else v for k, v in inp.items()}
@@ -119,7 +119,7 @@ def _result(p: subprocess.Popen) -> dict[str, Any]:
 def run(ns: list[int] | None = None, shard_n: int | None = None, quick: bool = False) -> Report:
     ns = sorted(ns or DEFAULT_NS)
     inp = _inputs(quick)
-    from service.datasets import open_dataset
+    from etm.datasets import open_dataset
 
     t0 = time.perf_counter()
     opened = open_dataset(inp["dataset"], split=inp["split"])  # writes the validation index when there is none

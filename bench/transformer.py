@@ -77,8 +77,8 @@ def _anchors(size: int, targets: list[int], tiny: bool) -> dict[str, Any]:
 
 
 def run(batch: int = 8, size: int = 224, reps: int = 3, threads: int = 1, tiny: bool = False) -> Report:
-    from service.models.loader import load_model
-    from service.salience.registry import compute_salience
+    from etm.models.loader import load_model
+    from etm.salience.registry import compute_salience
 
     thread_note = set_threads(threads)
     rep = Report("8", f"Grad-CAM throughput, {'tiny ViT' if tiny else 'ViT-B/16'} at {size} px, batch {batch}, CPU")

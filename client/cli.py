@@ -537,7 +537,7 @@ def _local_parser() -> argparse.ArgumentParser:
     """The local CLI's parser (salience, score, merge); a bare one where the domain is not installed (a CI
     runner that only drives a service needs httpx, not torch)."""
     try:
-        from service.cli import build_parser as local_parser
+        from etm.cli import build_parser as local_parser
     except ImportError:
         parser = argparse.ArgumentParser(prog="etm")
         parser.add_subparsers(dest="command", required=True)
@@ -663,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in LOCAL_COMMANDS:
-        from service.cli import main as local_main
+        from etm.cli import main as local_main
 
         return local_main(argv)
     try:

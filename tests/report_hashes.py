@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmark import paths
+from benchdata import paths
 from tests.servicekit import ServiceKit
 
 N_IMAGES = 48
@@ -78,12 +78,22 @@ def spec(models: dict[str, list[str]], dataset: str, ood: str) -> dict[str, Any]
 
 
 def local_job(work: Path, faces: Path, unseen: Path) -> dict[str, str]:
-    from service.evaluation import Resolver, evaluate  # noqa: PLC0415 - the domain package may be renamed
-    from service.spec import EvaluationSpec  # noqa: PLC0415
+    from etm.evaluation import Resolver, evaluate  # noqa: PLC0415 - the domain package may be renamed
+    from etm.spec import EvaluationSpec  # noqa: PLC0415
 
-    files = {r: [str(p) for p in paths.family_files(r)[:RUNS]] for r in paths.RECIPES}
-    s = EvaluationSpec.model_validate(spec(files, str(faces), str(unseen)))
-    out = evaluate(s, Resolver(model_path=Path, dataset_path=Path, threads=1))
+    # Paths relative to the work folder, so that the report (which names the files) is the same
+    # wherever the repository and the temporary folder lie.
+    files: dict[str, list[str]] = {}
+    for recipe in paths.RECIPES:
+        files[recipe] = []
+        for p in paths.family_files(recipe)[:RUNS]:
+            rel = Path("models") / recipe / p.name
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, work / rel)
+            shutil.copyfile(p.with_name(p.name + ".json"), work / rel.with_name(p.name + ".json"))
+            files[recipe].append(rel.as_posix())
+    s = EvaluationSpec.model_validate(spec(files, faces.name, unseen.name))
+    out = evaluate(s, Resolver(model_path=lambda i: work / i, dataset_path=lambda i: work / i, threads=1))
     out.write(work / "local")
     return {
         "report": digest(out.report),
@@ -126,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-service", action="store_true", help="only the local benchmark job")
     args = ap.parse_args(argv)
     if not (paths.FACES_DIR / "manifest.csv").exists():
-        subprocess.run([sys.executable, "-m", "benchmark.generate"], check=True)
+        subprocess.run([sys.executable, "-m", "benchdata.generate"], check=True)
     with tempfile.TemporaryDirectory(prefix="etm-hashes-") as tmp:
         work = Path(tmp)
         faces = subset(work / "faces")

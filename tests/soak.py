@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from service.settings import Settings
+from etm.settings import Settings
 from tests.helpers.faults import Inspector, comparable, fault_kit, job_body, restart_api, upload_inputs
 from tests.helpers.tiny import tiny_dataset, tiny_family
 from tests.servicekit import ServiceKit

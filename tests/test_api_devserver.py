@@ -19,13 +19,13 @@ import jsonschema
 import pytest
 
 from api.examples import EXAMPLE_JOB, curl_submit, example_body
-from benchmark import paths as benchmark_paths
-from benchmark.replicate import ensure_data as ensure_benchmark_data
-from service.report import SCHEMA_FILE
+from benchdata import paths as benchmark_paths
+from benchdata.replicate import ensure_data as ensure_benchmark_data
+from etm.report import SCHEMA_FILE
 from tests.helpers import readme_walk
 from tests.servicekit import REPO, free_port
 
-MODELS = Path(os.environ.get("ETM_BENCHMARK_MODELS_DIR", REPO / "benchmark" / "models")).resolve()
+MODELS = Path(os.environ.get("ETM_BENCHMARK_MODELS_DIR", REPO / "benchdata" / "models")).resolve()
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -72,7 +72,7 @@ EXAMPLE_FILES = [
 
 needs_models = pytest.mark.skipif(
     not all(p.with_suffix(".onnx").is_file() for p in EXAMPLE_FILES),
-    reason="the benchmark model families are not in benchmark/models yet (python -m benchmark.train)",
+    reason="the benchmark model families are not in benchdata/models yet (python -m benchdata.train)",
 )
 # Fresh starts in a row (each a new store, so built-ins register while /readyz is polled). make test runs
 # one here (the README walk below is another); the acceptance run used ETM_READY_STARTS=10.

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from api.app import create_app
-from service.settings import Settings
+from etm.settings import Settings
 from tests.servicekit import free_port
 
 PROBLEM = "application/problem+json"
@@ -120,7 +120,7 @@ def test_unexpected_errors_are_500_without_traceback(client: Client) -> None:
 def test_job_that_cannot_be_queued_fails_instead_of_hanging(
     tmp_path: Path, family_onnx: list[Path], dataset_dir: Path
 ) -> None:
-    from service.store import ArchiveLimits, ArtifactStore, Registry
+    from etm.store import ArchiveLimits, ArtifactStore, Registry
     from tests.servicekit import RedisServer, zip_folder
 
     redis_server = RedisServer(tmp_path / "redis")

@@ -16,10 +16,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-from service.evaluation import Resolver, evaluate
-from service.report import SCHEMA_FILE
-from service.spec import EvaluationSpec
-from service.store import sha256_file
+from etm.evaluation import Resolver, evaluate
+from etm.report import SCHEMA_FILE
+from etm.spec import EvaluationSpec
+from etm.store import sha256_file
 from tests.servicekit import ServiceKit
 
 pytestmark = pytest.mark.timeout(300)

@@ -25,8 +25,8 @@ from api.devserver import auth_settings
 from api.security.auth import MISSING_DETAIL, NOT_BEARER_DETAIL, OFF_REMOTE_DETAIL, is_loopback
 from api.security.keys import KeyStore
 from api.security.ratelimit import RateLimiter
-from service.settings import Settings
-from service.store import ArtifactStore
+from etm.settings import Settings
+from etm.store import ArtifactStore
 from tests.servicekit import PY, REPO, RedisServer, ServiceKit, zip_folder
 
 pytestmark = pytest.mark.timeout(300)

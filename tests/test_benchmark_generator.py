@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark import faces
-from benchmark.generate import GenerationConfig, generate
+from benchdata import faces
+from benchdata.generate import GenerationConfig, generate
 
 SMALL = GenerationConfig(seed=3, size=32, n_train=60, n_val=10, n_test=40, n_unseen=20, n_nonfaces=8)
 
@@ -160,7 +160,7 @@ def test_fingerprints_stay_in_the_inspected_regions() -> None:
 def test_data_fingerprint_ignores_the_services_validation_index(small: Path) -> None:
     """Opening a split in the service writes ``.etm/`` inside it; that must not change which data a
     trained family is recorded against (MANIFEST.json's ``data.tree_sha256``)."""
-    from benchmark.train import data_fingerprint
+    from benchdata.train import data_fingerprint
 
     before = data_fingerprint(small)
     index = small / "faces" / ".etm" / "index-test.json"

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import faces, paths
-from benchmark.data import Split
-from benchmark.net import FaceNet, normalise
-from benchmark.train import RECIPES, cyborg_loss, mask_targets, train_run
-from service.models.metadata import ModelMetadata
+from benchdata import faces, paths
+from benchdata.data import Split
+from benchdata.net import FaceNet, normalise
+from benchdata.train import RECIPES, cyborg_loss, mask_targets, train_run
+from etm.models.metadata import ModelMetadata
 
 MANIFEST = json.loads(paths.MODELS_MANIFEST.read_text()) if paths.MODELS_MANIFEST.exists() else None
 needs_models = pytest.mark.skipif(MANIFEST is None, reason="benchmark models not trained")

@@ -95,7 +95,7 @@ def test_docs_mention_every_remote_command() -> None:
 
 
 def test_local_subcommands_are_the_local_clis(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """`etm score|salience|merge` behave as service.cli's (same parser, same exit codes)."""
+    """`etm score|salience|merge` behave as etm.cli's (same parser, same exit codes)."""
     from client.cli import main
 
     code = main(["score", "--candidate", f"a={tmp_path / 'missing.onnx'}", "--dataset", str(tmp_path),

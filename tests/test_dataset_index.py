@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.datasets import decode_batch, iter_batches, load_dataset, open_dataset
-from service.errors import DatasetError
+from etm.datasets import decode_batch, iter_batches, load_dataset, open_dataset
+from etm.errors import DatasetError
 from tests.helpers.tiny import tiny_dataset
 
 

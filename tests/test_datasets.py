@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-import service.datasets.batches as batches_mod
-from service.datasets import Dataset, decode_batch, iter_batches, load_dataset
-from service.errors import DatasetError
+import etm.datasets.batches as batches_mod
+from etm.datasets import Dataset, decode_batch, iter_batches, load_dataset
+from etm.errors import DatasetError
 
 
 def _rgb(seed: int, h: int = 16, w: int = 20) -> np.ndarray:

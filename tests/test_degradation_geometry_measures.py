@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 from torch import nn
 
-from service.errors import BadInput
-from service.measures.base import BatchContext
-from service.measures.degradation import RANDOM_STREAM, DegradationMeasure, deleted_counts, deletion_ranks
-from service.measures.geometry import GeometryMeasure
-from service.measures.noise import NoiseMeasure, noise_stream
-from service.ops.blur import gaussian_blur
-from service.ops.noise import salt_and_pepper
-from service.ops.paper import (
+from etm.errors import BadInput
+from etm.measures.base import BatchContext
+from etm.measures.degradation import RANDOM_STREAM, DegradationMeasure, deleted_counts, deletion_ranks
+from etm.measures.geometry import GeometryMeasure
+from etm.measures.noise import NoiseMeasure, noise_stream
+from etm.ops.blur import gaussian_blur
+from etm.ops.noise import salt_and_pepper
+from etm.ops.paper import (
     paper_blur,
     paper_blur_levels,
     quantise_like_skimage,
@@ -36,8 +36,8 @@ from service.ops.paper import (
     to_uint8_truncated,
     upscale_bicubic,
 )
-from service.ops.random import keyed_permutation
-from service.salience.base import SalienceResult
+from etm.ops.random import keyed_permutation
+from etm.salience.base import SalienceResult
 
 H = W = 16
 P = H * W

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from skimage.measure import shannon_entropy
 
-from service.measures.base import BatchContext
-from service.measures.entropy import EntropyMeasure, histogram_entropy, spatial_entropy
-from service.ops.maps import to_uint8
-from service.salience.base import SalienceResult
+from etm.measures.base import BatchContext
+from etm.measures.entropy import EntropyMeasure, histogram_entropy, spatial_entropy
+from etm.ops.maps import to_uint8
+from etm.salience.base import SalienceResult
 
 
 def _result(native: torch.Tensor, logits: torch.Tensor, input_size: bool = False) -> SalienceResult:

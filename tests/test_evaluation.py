@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from service.datasets import Dataset, load_dataset, open_dataset
-from service.errors import DatasetError
-from service.evaluation import Resolver, evaluate, finish, run_inset, shard_indices
-from service.spec import EvaluationSpec
+from etm.datasets import Dataset, load_dataset, open_dataset
+from etm.errors import DatasetError
+from etm.evaluation import Resolver, evaluate, finish, run_inset, shard_indices
+from etm.spec import EvaluationSpec
 
 
 def _numbers(report: dict) -> dict:

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from service.measures.accuracy import AccuracyMeasure
-from service.measures.agreement import AgreementMeasure
-from service.measures.base import BatchContext
-from service.measures.oos_set import OodSetMeasure, inset_state, inset_sums
-from service.measures.stability import StabilityMeasure, run_pairs
-from service.ops.paper import to_uint8_truncated
-from service.salience.base import SalienceResult
+from etm.measures.accuracy import AccuracyMeasure
+from etm.measures.agreement import AgreementMeasure
+from etm.measures.base import BatchContext
+from etm.measures.oos_set import OodSetMeasure, inset_state, inset_sums
+from etm.measures.stability import StabilityMeasure, run_pairs
+from etm.ops.paper import to_uint8_truncated
+from etm.salience.base import SalienceResult
 
 SIZE = 28
 

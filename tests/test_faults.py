@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from service.settings import Settings
+from etm.settings import Settings
 from tests.helpers.faults import (
     Inspector,
     comparable,

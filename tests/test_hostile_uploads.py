@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sandbox import Limits, run
+from etm.sandbox import Limits, run
 from tests.helpers import hostile_models as hm
 from tests.helpers.tiny import tiny_dataset
 from tests.servicekit import ServiceKit

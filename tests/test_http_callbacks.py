@@ -20,8 +20,8 @@ import httpx
 import pytest
 import redis
 
-from service.settings import Settings
-from service.store import ArtifactStore
+from etm.settings import Settings
+from etm.store import ArtifactStore
 from tests.helpers.faults import upload_inputs
 from tests.helpers.http import p95, start_api_only
 from tests.servicekit import ServiceKit

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from service.errors import BadInput, DatasetError
-from service.salience.registry import check_method_params, method_defaults, method_names, method_params
-from service.store import (
+from etm.errors import BadInput, DatasetError
+from etm.salience.registry import check_method_params, method_defaults, method_names, method_params
+from etm.store import (
     MAX_LISTED_SKIPPED,
     MAX_TAR_HEADER_BYTES,
     ArchiveLimits,

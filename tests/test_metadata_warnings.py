@@ -11,14 +11,14 @@ import jsonschema
 import pytest
 import torch
 
-from service.cli import main
-from service.evaluation import Resolver, evaluate
-from service.models import checks
-from service.models.loader import load_model
-from service.models.metadata import ModelMetadata
-from service.report import SCHEMA_FILE
-from service.report_html import render_report_html
-from service.spec import EvaluationSpec
+from etm.cli import main
+from etm.evaluation import Resolver, evaluate
+from etm.models import checks
+from etm.models.loader import load_model
+from etm.models.metadata import ModelMetadata
+from etm.report import SCHEMA_FILE
+from etm.report_html import render_report_html
+from etm.spec import EvaluationSpec
 from tests.helpers.tiny import META, TinyNet, export
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -46,7 +46,7 @@ def sandbox_processes() -> list[int]:
     pids = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if b"service.sandbox.child" in cmdline.read_bytes():
+            if b"etm.sandbox.child" in cmdline.read_bytes():
                 pids.append(int(cmdline.parent.name))
         except OSError:
             pass
@@ -80,7 +80,7 @@ def test_the_api_never_loads_a_model(kit: ServiceKit, family_onnx: list[Path], t
     # Inspected by the worker, in its sandbox: no ONNX Runtime in the API process (it imports torch only for
     # the measures' parameter checks), and no API module imports a model loader.
     assert "onnxruntime" not in mapped_libraries(kit.procs["api"].pid)
-    loaders = ("service.models.loader", "service.models.pt2_model", "service.models.onnx_model", "onnxruntime")
+    loaders = ("etm.models.loader", "etm.models.pt2_model", "etm.models.onnx_model", "onnxruntime")
     for source in (REPO / "api").rglob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.models.loader import load_model
-from service.salience.registry import compute_salience
+from etm.models.loader import load_model
+from etm.salience.registry import compute_salience
 from tests.helpers.tiny import export
 
 FORMATS = {"pt2": "pt2", "onnx": "onnx", "onnx-legacy": "onnx"}

@@ -18,9 +18,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from service.errors import ModelRefused
-from service.models import pt2_validate as pv
-from service.models.loader import load_model
+from etm.errors import ModelRefused
+from etm.models import pt2_validate as pv
+from etm.models.loader import load_model
 from tests.helpers import hostile_models as H
 from tests.helpers.faulty import OPSET, conv_net
 from tests.helpers.tiny import META, TinyNet, export

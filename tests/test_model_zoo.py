@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.errors import MethodUnavailable
-from service.models.base import Model
-from service.models.loader import load_model
-from service.salience.registry import compute_salience
+from etm.errors import MethodUnavailable
+from etm.models.base import Model
+from etm.models.loader import load_model
+from etm.salience.registry import compute_salience
 from tests.helpers.tiny import META, export
 from tests.helpers.zoo import FORMATS, ZOO, build, export_all, grid_layer, reshape_transform, target_module
 
@@ -258,10 +258,10 @@ def test_vit_and_convnext_families_give_every_measure_and_their_overlays(
     and the report page shows both candidates' overlays."""
     import json
 
-    from service.artifacts import compute_artifacts
-    from service.evaluation import Resolver, evaluate
-    from service.report_html import render_report_html
-    from service.spec import EvaluationSpec
+    from etm.artifacts import compute_artifacts
+    from etm.evaluation import Resolver, evaluate
+    from etm.report_html import render_report_html
+    from etm.spec import EvaluationSpec
     from tests.helpers.tiny import tiny_dataset
 
     families: dict[str, list[Path]] = {"vit": [zoo_files["vit"]["onnx"]], "convnext": [zoo_files["convnext"]["pt2"]]}

@@ -12,9 +12,9 @@ import onnx
 import pytest
 import torch
 
-from service.errors import MethodUnavailable, ModelRefused
-from service.models.loader import load_model
-from service.salience.registry import compute_salience
+from etm.errors import MethodUnavailable, ModelRefused
+from etm.models.loader import load_model
+from etm.salience.registry import compute_salience
 from tests.helpers.tiny import META, TinyNet, export
 
 
@@ -238,9 +238,9 @@ def test_ssim_and_histogram_entropy_equal_skimage_on_real_maps(exports: dict[str
     from skimage.measure import shannon_entropy
     from skimage.metrics import structural_similarity
 
-    from service.measures.entropy import histogram_entropy
-    from service.ops.maps import to_uint8
-    from service.ops.ssim import ssim
+    from etm.measures.entropy import histogram_entropy
+    from etm.ops.maps import to_uint8
+    from etm.ops.ssim import ssim
 
     g = torch.Generator().manual_seed(11)
     x = torch.rand(16, 3, 32, 32, generator=g)

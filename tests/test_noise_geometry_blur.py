@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from service.ops.blur import gaussian_blur, reflect_indices
-from service.ops.geometry import PAPER_TRANSFORMS, get_transform, resolve_transforms, shift_pixels
-from service.ops.noise import salt_and_pepper
-from service.ops.paper import (
+from etm.ops.blur import gaussian_blur, reflect_indices
+from etm.ops.geometry import PAPER_TRANSFORMS, get_transform, resolve_transforms, shift_pixels
+from etm.ops.noise import salt_and_pepper
+from etm.ops.paper import (
     level_sigma,
     paper_blur,
     paper_blur_levels,
@@ -21,7 +21,7 @@ from service.ops.paper import (
     to_uint8_truncated,
     upscale_bicubic,
 )
-from service.ops.random import (
+from etm.ops.random import (
     keyed_bits,
     keyed_permutation,
     keyed_uniform,

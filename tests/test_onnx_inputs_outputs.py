@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.errors import ModelRefused
-from service.models.loader import load_model
-from service.salience.registry import compute_salience
+from etm.errors import ModelRefused
+from etm.models.loader import load_model
+from etm.salience.registry import compute_salience
 from tests.helpers.tiny import META, TinyNet, export
 
 

@@ -23,14 +23,14 @@ from PIL import Image
 from skimage.util import img_as_float
 from torchvision.transforms.functional import to_pil_image
 
-from benchmark import paths
-from benchmark.net import MEAN, STD, FaceNet
-from benchmark.replicate import ensure_data
-from service.datasets import open_dataset
-from service.evaluation import run_inset
-from service.models.pt2_model import load_exported_program
-from service.ops.paper import paper_blur_levels, to_uint8_truncated, upscale_bicubic
-from service.spec import EvaluationSpec
+from benchdata import paths
+from benchdata.net import MEAN, STD, FaceNet
+from benchdata.replicate import ensure_data
+from etm.datasets import open_dataset
+from etm.evaluation import run_inset
+from etm.models.pt2_model import load_exported_program
+from etm.ops.paper import paper_blur_levels, to_uint8_truncated, upscale_bicubic
+from etm.spec import EvaluationSpec
 from tests.helpers import authors_code
 
 N_IMAGES = 12
@@ -121,8 +121,8 @@ def test_maps_entropy_and_stability_equal_the_authors(both: tuple[dict, dict, li
 
 def test_8bit_maps_and_blur_levels_bit_for_bit(both: tuple[dict, dict, list[dict]]) -> None:
     """Our maps of the same images through the service's model, 8-bit as the paper profile makes them."""
-    from service.models.loader import load_model
-    from service.salience.registry import compute_salience
+    from etm.models.loader import load_model
+    from etm.salience.registry import compute_salience
 
     _, _, ref = both
     model = load_model(paths.family_files("xent", "pt2")[0])
@@ -151,7 +151,7 @@ def _benchmark_images() -> torch.Tensor:
         candidates=[{"name": "x", "models": ["unused"]}], dataset=str(paths.FACES_DIR), split="test",
         max_images=N_IMAGES,
     )
-    from service.evaluation import Resolver, _dataset
+    from etm.evaluation import Resolver, _dataset
 
     ds = _dataset(spec, Resolver())
     return torch.stack(

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark import paths
-from benchmark.replicate import SEEN, SEEN_WHOLE_SPLIT, degradation_whole_split, ensure_data, spec_for, verdicts
-from service.evaluation import evaluate
+from benchdata import paths
+from benchdata.replicate import SEEN, SEEN_WHOLE_SPLIT, degradation_whole_split, ensure_data, spec_for, verdicts
+from etm.evaluation import evaluate
 
 
 def _ready() -> None:
     if not all(p.is_file() for r in paths.RECIPES for p in paths.family_files(r)):
-        pytest.fail("benchmark/models is incomplete: run `make benchmark-models`")
+        pytest.fail("benchdata/models is incomplete: run `make benchmark-models`")
     ensure_data()
 
 

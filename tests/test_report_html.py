@@ -28,7 +28,7 @@ import httpx
 import pytest
 import torch
 
-from service.report_html import fmt, render_report_html
+from etm.report_html import fmt, render_report_html
 from tests.helpers.tiny import TinyNet, export
 from tests.servicekit import REPO
 
@@ -37,7 +37,7 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync", "--hide-scrollbars",
                   "--mute-audio", "--no-default-browser-check"]
-BENCH_MODELS = REPO / "benchmark" / "models"
+BENCH_MODELS = REPO / "benchdata" / "models"
 BENCH_FACES = Path(os.environ.get("ETM_BENCHMARK_DATA_DIR", REPO / "var" / "benchmark")) / "faces"
 
 
@@ -272,9 +272,9 @@ def browser(chromium: str) -> Iterator[Browser]:
 
 def evaluate_with_artifacts(spec_data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
     """A real evaluation and its artifacts, in process (what a worker stores for a job)."""
-    from service.artifacts import compute_artifacts
-    from service.evaluation import Resolver, evaluate
-    from service.spec import EvaluationSpec
+    from etm.artifacts import compute_artifacts
+    from etm.evaluation import Resolver, evaluate
+    from etm.spec import EvaluationSpec
 
     spec = EvaluationSpec.model_validate(spec_data)
     resolver = Resolver()
@@ -382,7 +382,7 @@ def _bench_family(name: str) -> list[Path]:
     return sorted((BENCH_MODELS / name).glob("run*.onnx"))
 
 
-# Where the replication (benchmark.replicate.SEEN, docs/REPLICATION.md) shows the paper's direction and
+# Where the replication (benchdata.replicate.SEEN, docs/REPLICATION.md) shows the paper's direction and
 # this job computes the measure (noise and the out-of-set accuracy need passes the job leaves out).
 DIRECTED = ("entropy.spatial", "stability.ssim", "geometry.ssim", "agreement.human")
 BENCH_RUNS = 3  # runs per family: enough for stability, and the job stays under a minute on two cores
@@ -392,8 +392,8 @@ def test_benchmark_job_ranks_cyborg_first(browser: Browser, tmp_path_factory: py
     """The benchmark's built-in families through the service: the xent vs cyborg job ranks cyborg first on the
     directed measures where the replication of Crum et al. says it should, and its report page is clean."""
     from client import Client
-    from service.builtins import register_builtins
-    from service.store import ArtifactStore, Registry
+    from etm.builtins import register_builtins
+    from etm.store import ArtifactStore, Registry
     from tests.servicekit import ServiceKit
 
     runs = {f: _bench_family(f) for f in ("xent", "cyborg")}

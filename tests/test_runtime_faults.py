@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import ModelRuntimeError
-from service.evaluation import Resolver, evaluate
-from service.settings import get_settings
-from service.spec import EvaluationSpec
+from etm.errors import ModelRuntimeError
+from etm.evaluation import Resolver, evaluate
+from etm.settings import get_settings
+from etm.spec import EvaluationSpec
 from tests.helpers.faulty import conv_net, custom_domain, newer_opset_than_runtime, wrong_shape
 from tests.helpers.tiny import META
 from tests.servicekit import ServiceKit, zip_folder
@@ -78,7 +78,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_numbers(
         mp.setenv("ETM_ORT_ARENA_MAX_BYTES", "0")
         reference = evaluate(spec, Resolver())
     get_settings.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="service.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="etm.evaluation"):
         halved = evaluate(spec, Resolver())
     retries = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
     assert retries and retries[0].startswith("candidate cand: out of memory on a batch of 8 images during in-set; "

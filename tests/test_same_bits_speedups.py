@@ -14,15 +14,15 @@ import pytest
 import scipy.ndimage
 import torch
 
-from service.measures.base import BatchContext
-from service.measures.geometry import GeometryMeasure
-from service.measures.noise import noise_stream
-from service.models.loader import load_model
-from service.ops.geometry import _COMPASS, PAPER_TRANSFORMS, _shift, get_transform, resolve_transforms, shift_pixels
-from service.ops.maps import minmax01
-from service.ops.noise import salt_and_pepper
-from service.ops.paper import level_sigma, paper_blur, paper_blur_levels, paper_blur_many
-from service.ops.random import (
+from etm.measures.base import BatchContext
+from etm.measures.geometry import GeometryMeasure
+from etm.measures.noise import noise_stream
+from etm.models.loader import load_model
+from etm.ops.geometry import _COMPASS, PAPER_TRANSFORMS, _shift, get_transform, resolve_transforms, shift_pixels
+from etm.ops.maps import minmax01
+from etm.ops.noise import salt_and_pepper
+from etm.ops.paper import level_sigma, paper_blur, paper_blur_levels, paper_blur_many
+from etm.ops.random import (
     _GAMMA,
     _M1,
     _M2,
@@ -34,8 +34,8 @@ from service.ops.random import (
     mix64_int,
     stream_id,
 )
-from service.ops.ssim import pearson, ssim
-from service.salience.registry import compute_salience
+from etm.ops.ssim import pearson, ssim
+from etm.salience.registry import compute_salience
 from tests.helpers.tiny import tiny_family
 
 # ----------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import Canceled, ModelRefused, ModelRuntimeError
-from service.sandbox import Limits, SandboxCrashed, SandboxTimeout, run
-from service.sandbox.files import UnsafeOutput, read_bytes
+from etm.errors import Canceled, ModelRefused, ModelRuntimeError
+from etm.sandbox import Limits, SandboxCrashed, SandboxTimeout, run
+from etm.sandbox.files import UnsafeOutput, read_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.cli import main
-from service.errors import BadInput
-from service.models.base import Model
-from service.models.loader import load_model
-from service.salience.progress import step_reporting
-from service.salience.registry import check_method_params, compute_salience
+from etm.cli import main
+from etm.errors import BadInput
+from etm.models.base import Model
+from etm.models.loader import load_model
+from etm.salience.progress import step_reporting
+from etm.salience.registry import check_method_params, compute_salience
 from tests.helpers.tiny import TinyNet, export
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from service.settings import Settings
+from etm.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ def test_every_etm_variable_in_compose_is_a_setting() -> None:
         for key in _environment(service):
             if key.startswith("ETM_"):
                 seen.add(key)
-                assert key[4:] in fields, f"{name} sets {key}, which is not a field of service.settings.Settings"
+                assert key[4:] in fields, f"{name} sets {key}, which is not a field of etm.settings.Settings"
     assert "ETM_REDIS_URL" in seen and "ETM_STORE_URL" in seen
 
 

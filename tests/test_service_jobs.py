@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.settings import Settings
+from etm.settings import Settings
 from tests.servicekit import RedisServer
 from workers.jobs import Progress, WorkerEnv, plan_shards, run_job
 from workers.records import JobStore, new_job_id, public_job

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import BadInput, DatasetError, MethodUnavailable, ModelRefused
-from service.spec import EvaluationSpec
-from service.store import (
+from etm.errors import BadInput, DatasetError, MethodUnavailable, ModelRefused
+from etm.spec import EvaluationSpec
+from etm.store import (
     ArchiveLimits,
     ArtifactStore,
     NotFound,
@@ -131,7 +131,7 @@ def test_safe_extract_limits(tmp_path: Path) -> None:
 def test_registry_ingests_and_checks_specs(tmp_path: Path, family_onnx: list[Path], dataset_dir: Path) -> None:
     reg = Registry(ArtifactStore(str(tmp_path / "store")))
     meta = json.loads(family_onnx[0].with_name(family_onnx[0].name + ".json").read_text())
-    from service.models.metadata import ModelMetadata
+    from etm.models.metadata import ModelMetadata
 
     rec, created = reg.ingest_model(family_onnx[0], "run0.onnx", ModelMetadata.model_validate(meta))
     assert created and rec["id"].startswith("m-") and rec["metadata"]["positive_class"] == "synthetic"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from service.errors import BadInput
-from service.ops.maps import is_empty, minmax01, per_map_sum, to_uint8
-from service.ops.ssim import pearson, ssim, window_size
+from etm.errors import BadInput
+from etm.ops.maps import is_empty, minmax01, per_map_sum, to_uint8
+from etm.ops.ssim import pearson, ssim, window_size
 
 
 def _sk(a: np.ndarray, b: np.ndarray, **kw) -> np.ndarray:

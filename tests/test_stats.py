@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from service.stats import (
+from etm.stats import (
     auroc_weighted,
     bootstrap_ci,
     bootstrap_statistic,

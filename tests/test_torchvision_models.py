@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from service.models.loader import load_model
-from service.salience.registry import compute_salience
+from etm.models.loader import load_model
+from etm.salience.registry import compute_salience
 from tests.helpers.tiny import META, export
 
 # ResNet-18 is left out: ResNet-50 has the same structure (and the timm zoo covers more heads).

@@ -16,12 +16,12 @@ import onnxruntime
 import pytest
 from PIL import Image
 
-from service.datasets import load_dataset
-from service.datasets.images import check_image
-from service.errors import ModelRefused
-from service.models.loader import load_model
-from service.models.onnx_support import supported_opsets
-from service.store import ArchiveLimits, UploadTooLarge, safe_extract
+from etm.datasets import load_dataset
+from etm.datasets.images import check_image
+from etm.errors import ModelRefused
+from etm.models.loader import load_model
+from etm.models.onnx_support import supported_opsets
+from etm.store import ArchiveLimits, UploadTooLarge, safe_extract
 from tests.helpers.faulty import conv_net, custom_domain, newer_opset_than_runtime, with_opset, wrong_shape
 
 

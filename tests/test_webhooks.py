@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import redis
 
-from service.settings import Settings
-from service.store import ArtifactStore
+from etm.settings import Settings
+from etm.store import ArtifactStore
 from tests.helpers.faults import upload_inputs
 from tests.servicekit import RedisServer, ServiceKit
 from workers.records import JobStore, new_job_id

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from service.settings import Settings
+from etm.settings import Settings
 
 TASK_RUN_JOB = "etm.run_job"
 TASK_RUN_SHARD = "etm.run_shard"

@@ -9,10 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from service.errors import BadInput
-from service.sandbox import SandboxCrashed, SandboxTimeout, SandboxUnavailable, limits_for
-from service.sandbox.calls import inspect_model
-from service.store import sha256_file
+from etm.errors import BadInput
+from etm.sandbox import SandboxCrashed, SandboxTimeout, SandboxUnavailable, limits_for
+from etm.sandbox.calls import inspect_model
+from etm.store import sha256_file
 from workers.jobs import WorkerEnv
 
 log = logging.getLogger("etm.worker")

@@ -23,15 +23,15 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from service.errors import BadInput, Canceled, ModelRuntimeError
-from service.salience.progress import STEP_PREFIX
-from service.sandbox import Outcome, SandboxCrashed, SandboxTimeout, SandboxUnavailable, limits_for
-from service.sandbox import calls as sandbox_calls
-from service.sandbox.calls import Inputs
-from service.sandbox.files import UnsafeOutput, read_bytes
-from service.settings import Settings
-from service.spec import EvaluationSpec
-from service.store import ArtifactStore, CheckedSpec, NotFound, Registry
+from etm.errors import BadInput, Canceled, ModelRuntimeError
+from etm.salience.progress import STEP_PREFIX
+from etm.sandbox import Outcome, SandboxCrashed, SandboxTimeout, SandboxUnavailable, limits_for
+from etm.sandbox import calls as sandbox_calls
+from etm.sandbox.calls import Inputs
+from etm.sandbox.files import UnsafeOutput, read_bytes
+from etm.settings import Settings
+from etm.spec import EvaluationSpec
+from etm.store import ArtifactStore, CheckedSpec, NotFound, Registry
 from workers.lease import hold
 from workers.records import TERMINAL, JobStore, problem
 
@@ -232,8 +232,8 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
     """The problem+json a job error is reported as."""
     from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-    from service.models.base import ModelOutOfMemory, is_out_of_memory
-    from service.settings import get_settings
+    from etm.models.base import ModelOutOfMemory, is_out_of_memory
+    from etm.settings import get_settings
 
     if isinstance(exc, ValidationError):
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -17,7 +17,7 @@ from billiard.exceptions import WorkerLostError
 from celery import Task, chord, shared_task
 from celery.exceptions import Ignore
 
-from service.settings import get_settings
+from etm.settings import get_settings
 from workers.app import TASK_FINISH_JOB, TASK_INSPECT_MODEL, TASK_RUN_JOB, TASK_RUN_SHARD
 from workers.jobs import WorkerEnv, fail, finish_job, problem_for, run_job, run_shard
 

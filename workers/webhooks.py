@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from service.settings import Settings
+from etm.settings import Settings
 from workers.records import JobStore, public_job
 
 log = logging.getLogger("etm.webhooks")

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery.signals import worker_process_init
 
-from service.settings import get_settings
+from etm.settings import get_settings
 from workers.app import make_celery
 
 settings = get_settings()
@@ -31,13 +31,13 @@ def _preload() -> None:
     """Import what tasks use here in the main process, so that forked pool processes start with it
     loaded (otherwise the first job of each process pays seconds of imports): spec checks (measures,
     salience methods), dataset validation, the sandbox calls, webhooks. Models are loaded and run only
-    in the sandboxed child (``service.sandbox``), so their runtimes (ONNX, ONNX Runtime, torch.export)
+    in the sandboxed child (``etm.sandbox``), so their runtimes (ONNX, ONNX Runtime, torch.export)
     and the evaluation itself are not imported here: that was ~1.5 s of every worker start."""
-    import service.datasets  # noqa: F401
-    import service.measures  # noqa: F401
+    import etm.datasets  # noqa: F401
+    import etm.measures  # noqa: F401
     import workers.inspection  # noqa: F401
     import workers.webhooks  # noqa: F401
-    from service.salience.registry import method_names
+    from etm.salience.registry import method_names
 
     method_names()
 

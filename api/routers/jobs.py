@@ -14,8 +14,8 @@ from api.problems import ProblemError, problem_responses
 from api.schemas import ArtifactList, Job, JobList, JobRequest, JobStatus
 from api.security.auth import authenticate
 from api.security.ratelimit import limit
-from service.spec import EvaluationSpec
-from service.store import NotFound
+from etm.spec import EvaluationSpec
+from etm.store import NotFound
 from workers.app import TASK_RUN_JOB
 from workers.records import TERMINAL, JobStore, body_sha256, new_job_id, problem, public_job
 

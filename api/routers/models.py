@@ -12,7 +12,7 @@ from api.schemas import ModelList, ModelOut
 from api.security.auth import authenticate
 from api.security.ratelimit import limit
 from api.uploads import MalformedUpload, receive_upload
-from service.models.metadata import ModelMetadata
+from etm.models.metadata import ModelMetadata
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"],

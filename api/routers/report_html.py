@@ -1,4 +1,4 @@
-"""The report of a finished job as one self-contained HTML page (``service.report_html``)."""
+"""The report of a finished job as one self-contained HTML page (``etm.report_html``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from api.deps import JobsDep, PrincipalDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import _artifacts, _finished
 from api.security.auth import authenticate
-from service.report_html import CSP, render_report_html
-from service.store import NotFound
+from etm.report_html import CSP, render_report_html
+from etm.store import NotFound
 from workers.records import public_job
 
 router = APIRouter(

@@ -31,7 +31,7 @@ from fastapi import Request
 
 from api.problems import ProblemError
 from api.security.keys import KEY_RE, LOCAL_TENANT, KeyRefused, KeyStore, Principal, key_sha
-from service.settings import Settings
+from etm.settings import Settings
 
 if TYPE_CHECKING:
     from api.security.ratelimit import FailureLimiter

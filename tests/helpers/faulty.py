@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.models.onnx_support import supported_opsets
+from etm.models.onnx_support import supported_opsets
 from tests.helpers.tiny import META
 
 OPSET = 17

@@ -1,5 +1,5 @@
 """Hostile model files: a corpus of uploads that try to escape when loaded, for the static validators
-(``service.models.pt2_validate``, ``service.models.onnx_validate``) and for tests of the API, workers
+(``etm.models.pt2_validate``, ``etm.models.onnx_validate``) and for tests of the API, workers
 and CLI.
 
 Each function writes one file (plus a JSON sidecar, so metadata is never the reason for a refusal)
