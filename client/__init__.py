@@ -1,13 +1,16 @@
-"""Explain-to-Me client: a typed Python client of the REST API (``Client``, ``AsyncClient``), CI gates
-(``client.gate``), MLflow logging (``client.mlflow_log``) and the ``etm`` command (``client.cli``).
+"""Explain-to-Me client: a typed Python client of the REST API (``Client``, ``AsyncClient`` in ``client.http``;
+each endpoint written once in ``client.endpoints``), CI gates (``client.gate``), MLflow logging
+(``client.mlflow_log``) and the ``etm`` command (``client.cli``, exit codes in ``client.exit_codes``).
 
 Depends on httpx only (plus tqdm for progress bars, mlflow for ``mlflow-log``); it does not import the
 domain, so it installs and runs where no model ever does.
 """
 
+from client.endpoints import job_body
 from client.errors import ApiError, ConnectionFailed, EtmError, JobFailed, WaitTimeout
 from client.gate import GateResult, Requirement, RequirementError, evaluate, parse_requirement, parse_requirements
-from client.http import NO_RETRY, AsyncClient, Client, RetryEvent, RetryPolicy, job_body
+from client.http import AsyncClient, Client
+from client.retry import NO_RETRY, RetryEvent, RetryPolicy
 from client.types import (
     Artifact,
     Comparison,

@@ -29,9 +29,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from client.endpoints import job_body
 from client.errors import ApiError, ConnectionFailed, EtmError, JobFailed, WaitTimeout
 from client.gate import RequirementError, format_table, parse_requirements
-from client.http import ENV_KEY, ENV_URL, Client, RetryEvent, RetryPolicy, job_body
+from client.http import ENV_KEY, ENV_URL, Client
+from client.retry import RetryEvent, RetryPolicy
 from client.types import Job, Report
 
 LOCAL_COMMANDS = ("salience", "score", "merge")

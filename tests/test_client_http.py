@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from client import ApiError, AsyncClient, Client, ConnectionFailed, RetryPolicy
-from client.http import dataset_files, parse_retry_after, zip_stream
+from client.retry import parse_retry_after
+from client.uploads import dataset_files, zip_stream
 from tests.servicekit import free_port
 
 pytestmark = pytest.mark.timeout(60)
