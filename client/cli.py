@@ -1,7 +1,10 @@
-"""``etm``: the local subcommands (``salience``, ``score``, ``merge``; no server) plus the remote ones that
-drive an Explain-to-Me service:
+"""``etm``: the local subcommands (``salience``, ``score``, ``merge``: scoring on this machine, no server; they
+need the full package, the domain) plus the remote ones that drive an Explain-to-Me service:
 
 ```
+etm salience --model FILE --images DIR --out MAPS.npz
+etm score --candidate NAME=FILE[,FILE...] ... --dataset DIR [--ood DIR] [--shard I/N] --out DIR
+etm merge SHARD_DIR... --out DIR
 etm models push FILE [--metadata JSON|FILE]         etm datasets push DIR|ARCHIVE
 etm jobs submit --candidate NAME=ID[,ID...] ... --dataset ID [--ood ID] [--measures ...] [--wait]
 etm jobs status|wait|report|cancel|artifacts JOB    etm jobs list
@@ -14,9 +17,11 @@ The service is ``--url`` or ``$ETM_API_URL`` (default http://127.0.0.1:8000); ``
 is sent as a bearer token. Results go to stdout (a table, or JSON with ``--json``), progress and messages to
 stderr, so ``JOB=$(etm jobs submit ...)`` captures the job id.
 
-Exit codes: 0 ok; 1 a gate requirement failed, or a job failed or was canceled; 2 bad usage or input (the
-message says what to fix; includes the service's 4xx answers); 3 the service could not be reached or failed
-(5xx); 130 interrupted. The local subcommands keep their own codes (0, 2 bad input, 1 internal error).
+One parser (``build_parser``) holds every subcommand and is parsed once; every subcommand exits with a code
+of one table, ``client.exit_codes.ExitCode``: 0 ok; 1 a gate requirement failed, or a waited-for job failed
+or was canceled; 2 bad usage or input (the message says what to fix; includes the service's 4xx answers);
+3 the service could not be reached or failed (5xx); 4 an internal error (a bug: traceback on stderr);
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -25,115 +30,25 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from client.endpoints import job_body
-from client.errors import ApiError, ConnectionFailed, EtmError, JobFailed, WaitTimeout
-from client.gate import RequirementError, format_table, parse_requirements
+from client.exit_codes import ExitCode, UsageError, exit_code_for
+from client.gate import format_table, parse_requirements
 from client.http import ENV_KEY, ENV_URL, Client
+from client.output import ci_text, err, num, print_json, print_warnings, progress_printer, table
 from client.retry import RetryEvent, RetryPolicy
 from client.types import Job, Report
 
-LOCAL_COMMANDS = ("salience", "score", "merge")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVICE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-class UsageError(Exception):
-    """Bad arguments or input that argparse cannot see (exit 2)."""
-
-
-# -- output helpers --------------------------------------------------------------------------------
-
-
-def _err(msg: str) -> None:
-    print(f"etm: {msg}", file=sys.stderr)
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=False))
-
-
-def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    """A plain fixed-width table."""
-    cells = [[str(h) for h in header]] + [[("" if v is None else str(v)) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def num(x: Any) -> str:
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return "n/a"
-    if x == 0:
-        return "0"
-    return f"{x:.3g}" if abs(x) < 1e-3 or abs(x) >= 1e5 else f"{x:.4f}" if abs(x) < 10 else f"{x:.2f}"
-
-
-def ci_text(ci: Any) -> str:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
-        return f"[{num(ci[0])}, {num(ci[1])}]"
-    return ""
-
-
-# -- progress --------------------------------------------------------------------------------------
-
-
-def _step_text(job: Job) -> str:
-    """Inside one long salience call: its passes and the remaining time (``progress.step``)."""
-    step = (job.raw.get("progress") or {}).get("step") if hasattr(job, "raw") else None
-    if not isinstance(step, dict):
-        return ""
-    eta = step.get("eta_seconds")
-    left = f", {eta:.0f} s left" if isinstance(eta, (int, float)) else ""
-    return f" ({step.get('method')} {step.get('done')}/{step.get('total')} passes{left})"
-
-
-def progress_printer(job_id: str, stream: Any = None) -> tuple[Callable[[Job], None], Callable[[], None]]:
-    """A progress bar on stderr (tqdm on a terminal; one line per stage/10% step in logs)."""
-    stream = stream or sys.stderr
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    state: dict[str, Any] = {"bar": None, "last": None}
-
-    if tty:
-        try:
-            from tqdm import tqdm
-        except ImportError:  # pragma: no cover - tqdm is a dependency of the project
-            tty = False
-
-    def update(job: Job) -> None:
-        p = job.progress
-        pct = round(p.fraction * 100)
-        if tty:
-            bar = state["bar"]
-            if bar is None:
-                bar = state["bar"] = tqdm(total=100, file=stream, unit="%", desc=job_id, leave=True,
-                                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
-            bar.n = pct
-            bar.set_postfix_str(f"{job.status} {p.stage} {p.done}/{p.total}{_step_text(job)}", refresh=False)
-            bar.refresh()
-            return
-        key = (job.status, p.stage, pct // 10)
-        if key != state["last"]:
-            state["last"] = key
-            where = job.status if p.stage in (job.status, "done") else f"{job.status} {p.stage} {p.done}/{p.total}"
-            print(f"{job_id}: {where} ({pct}%)", file=stream, flush=True)
-
-    def close() -> None:
-        if state["bar"] is not None:
-            state["bar"].close()
-
-    return update, close
+# -- remote commands -------------------------------------------------------------------------------
 
 
 def _on_retry(ev: RetryEvent) -> None:
     what = f"answered {ev.status}" if ev.status else "could not be reached"
-    _err(f"the service {what} ({ev.reason}); retrying in {ev.wait:.1f} s (try {ev.attempt + 1})")
-
-
-# -- commands --------------------------------------------------------------------------------------
+    err(f"the service {what} ({ev.reason}); retrying in {ev.wait:.1f} s (try {ev.attempt + 1})")
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -154,55 +69,55 @@ def cmd_models_push(args: argparse.Namespace) -> int:
             raise UsageError(f"--metadata is not valid JSON ({exc}); pass a JSON object or a JSON file") from exc
     elif not args.no_sidecar and path.with_name(path.name + ".json").is_file():
         meta = json.loads(path.with_name(path.name + ".json").read_text())
-        _err(f"using the metadata sidecar {path.name}.json")
+        err(f"using the metadata sidecar {path.name}.json")
     with _client(args) as c:
         model = c.push_model(path, meta)
     if args.json:
-        _print_json(model.raw)
+        print_json(model.raw)
     else:
-        _err(f"{'registered' if model.created else 'already registered'} {model.filename} ({model.format}, "
+        err(f"{'registered' if model.created else 'already registered'} {model.filename} ({model.format}, "
              f"{model.bytes} bytes) as {model.id}")
-        _print_warnings(model.raw.get("warnings") or [])
+        print_warnings(model.raw.get("warnings") or [])
         print(model.id)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     with _client(args) as c:
         models = c.models()
     if args.json:
-        _print_json([m.raw for m in models])
-        return EXIT_OK
+        print_json([m.raw for m in models])
+        return ExitCode.OK
     rows = [(m.id, m.format, m.filename, m.family or "", m.sha256[:12]) for m in models]
     print(table(rows, ("ID", "FORMAT", "FILE", "FAMILY", "SHA256")))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_datasets_push(args: argparse.Namespace) -> int:
     path = Path(args.path)
     with _client(args) as c:
-        _err(f"uploading {path}{' (zipped on the fly)' if path.is_dir() else ''}")
+        err(f"uploading {path}{' (zipped on the fly)' if path.is_dir() else ''}")
         ds = c.push_dataset(path)
     if args.json:
-        _print_json(ds.raw)
+        print_json(ds.raw)
     else:
         counts = ", ".join(f"{k}: {v}" for k, v in ds.counts.items())
         skipped = f"; {ds.n_skipped} files skipped (see --json)" if ds.n_skipped else ""
-        _err(f"{'registered' if ds.created else 'already registered'} {ds.name}: {ds.n_images} images "
+        err(f"{'registered' if ds.created else 'already registered'} {ds.name}: {ds.n_images} images "
              f"({counts}){skipped} as {ds.id}")
         print(ds.id)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
     with _client(args) as c:
         items = c.datasets()
     if args.json:
-        _print_json([d.raw for d in items])
-        return EXIT_OK
+        print_json([d.raw for d in items])
+        return ExitCode.OK
     rows = [(d.id, d.name, d.n_images, ",".join(d.classes), d.default_split or "") for d in items]
     print(table(rows, ("ID", "NAME", "IMAGES", "CLASSES", "DEFAULT SPLIT")))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _candidates(args: argparse.Namespace, c: Client) -> dict[str, list[str]]:
@@ -219,7 +134,7 @@ def _candidates(args: argparse.Namespace, c: Client) -> dict[str, list[str]]:
                 sidecar = Path(ref).with_name(Path(ref).name + ".json")
                 meta = json.loads(sidecar.read_text()) if sidecar.is_file() else None
                 model = c.push_model(ref, meta)
-                _err(f"{ref} -> {model.id}")
+                err(f"{ref} -> {model.id}")
                 ids.append(model.id)
             else:
                 ids.append(ref)
@@ -281,16 +196,16 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
             callback_url=args.callback_url,
         )
         job = c.submit_spec(body, args.idempotency_key)
-        _err(f"submitted {job.id} ({job.status}{', from the result cache' if job.cache_hit else ''})")
+        err(f"submitted {job.id} ({job.status}{', from the result cache' if job.cache_hit else ''})")
         if not args.wait:
             _print_job_or_id(args, job)
-            return EXIT_OK
+            return ExitCode.OK
         return _wait_and_print(args, c, job.id)
 
 
 def _print_job_or_id(args: argparse.Namespace, job: Job) -> None:
     if args.json:
-        _print_json(job.raw)
+        print_json(job.raw)
     else:
         print(job.id)
 
@@ -303,19 +218,19 @@ def _wait_and_print(args: argparse.Namespace, c: Client, job_id: str) -> int:
         close()
     _print_job_or_id(args, job)
     if not job.succeeded:
-        err = job.error or {}
-        _err(f"job {job.id} {job.status}" + (f": {err.get('title')}: {err.get('detail')}" if err else ""))
-        return EXIT_FAILED
-    _err(f"job {job.id} succeeded" + (f" in {job.duration_seconds:.1f} s" if job.duration_seconds else ""))
-    return EXIT_OK
+        problem = job.error or {}
+        err(f"job {job.id} {job.status}" + (f": {problem.get('title')}: {problem.get('detail')}" if problem else ""))
+        return ExitCode.FAILED
+    err(f"job {job.id} succeeded" + (f" in {job.duration_seconds:.1f} s" if job.duration_seconds else ""))
+    return ExitCode.OK
 
 
 def cmd_jobs_status(args: argparse.Namespace) -> int:
     with _client(args) as c:
         job = c.job(args.job)
     if args.json:
-        _print_json(job.raw)
-        return EXIT_OK
+        print_json(job.raw)
+        return ExitCode.OK
     p = job.progress
     rows = [
         ("job", job.id),
@@ -331,7 +246,7 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
     for k, v in rows:
         if v is not None:
             print(f"{k:<9} {v}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_jobs_wait(args: argparse.Namespace) -> int:
@@ -343,15 +258,15 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
     with _client(args) as c:
         jobs = c.jobs(args.status, args.limit)
     if args.json:
-        _print_json([j.raw for j in jobs])
-        return EXIT_OK
+        print_json([j.raw for j in jobs])
+        return ExitCode.OK
     rows = []
     for j in jobs:
         names = ",".join(cd["name"] for cd in (j.spec or {}).get("candidates", []))
         rows.append((j.id, j.status, f"{j.progress.fraction:.0%}", (j.spec or {}).get("dataset", ""), names,
                      j.created_at))
     print(table(rows, ("JOB", "STATUS", "DONE", "DATASET", "CANDIDATES", "CREATED")))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_jobs_report(args: argparse.Namespace) -> int:
@@ -365,18 +280,18 @@ def cmd_jobs_report(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(data, encoding="utf-8")
-        _err(f"wrote {args.out}")
+        err(f"wrote {args.out}")
     else:
         sys.stdout.write(data)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     with _client(args) as c:
         job = c.cancel(args.job)
-    _err(f"job {job.id}: {job.status}" + (" (stops at its next batch)" if job.status == "running" else ""))
+    err(f"job {job.id}: {job.status}" + (" (stops at its next batch)" if job.status == "running" else ""))
     _print_job_or_id(args, job)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_jobs_artifacts(args: argparse.Namespace) -> int:
@@ -384,10 +299,10 @@ def cmd_jobs_artifacts(args: argparse.Namespace) -> int:
         if not args.out:
             arts = c.artifacts(args.job)
             print(table([(a.name, a.bytes, a.media_type) for a in arts], ("NAME", "BYTES", "TYPE")))
-            return EXIT_OK
+            return ExitCode.OK
         paths = c.download_artifacts(args.job, args.out)
-    _err(f"wrote {len(paths)} artifacts to {args.out}")
-    return EXIT_OK
+    err(f"wrote {len(paths)} artifacts to {args.out}")
+    return ExitCode.OK
 
 
 def _report_after_wait(args: argparse.Namespace, c: Client) -> Report:
@@ -430,22 +345,15 @@ def comparison_table(report: Report, include_all: bool = False) -> str:
     return out + "\n" + "\n".join(footer)
 
 
-def _print_warnings(warnings: Sequence[dict[str, Any]]) -> None:
-    """Likely metadata mistakes on stderr, each with its fix (a model's or a report's ``warnings``)."""
-    for w in warnings:
-        where = f"candidate {w['candidate']!r} run {w['run']}: " if "candidate" in w else ""
-        _err(f"warning: {where}{w.get('message', '')} [{w.get('code', '')}]\n    fix: {w.get('fix', '')}")
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     with _client(args) as c:
         report = _report_after_wait(args, c)
     if args.json:
-        _print_json(report.raw.get("comparison"))
+        print_json(report.raw.get("comparison"))
     else:
         print(comparison_table(report, args.all))
-        _print_warnings(report.raw.get("warnings") or [])
-    return EXIT_OK
+        print_warnings(report.raw.get("warnings") or [])
+    return ExitCode.OK
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
@@ -456,27 +364,27 @@ def cmd_gate(args: argparse.Namespace) -> int:
         report = _report_after_wait(args, c)
     result = evaluate(report.raw, requirements, args.candidate)
     if args.json:
-        _print_json({"job": args.job, **result.as_dict()})
+        print_json({"job": args.job, **result.as_dict()})
     else:
         print(format_table(result))
     for check in result.checks:
         if not check.passed:
-            _err(f"requirement failed: {check.message}")
+            err(f"requirement failed: {check.message}")
     n_fail = len(result.failures)
-    _err(f"gate {'passed' if result.passed else 'FAILED'}: {len(result.checks) - n_fail} of {len(result.checks)} "
+    err(f"gate {'passed' if result.passed else 'FAILED'}: {len(result.checks) - n_fail} of {len(result.checks)} "
          "checks passed")
-    return EXIT_OK if result.passed else EXIT_FAILED
+    return ExitCode.OK if result.passed else ExitCode.FAILED
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     with _client(args) as c:
         lb = c.leaderboard(args.dataset, args.measure)
     if args.json:
-        _print_json(lb.raw)
-        return EXIT_OK
+        print_json(lb.raw)
+        return ExitCode.OK
     if not lb.boards:
-        _err(f"no finished job on {args.dataset} yet")
-        return EXIT_OK
+        err(f"no finished job on {args.dataset} yet")
+        return ExitCode.OK
     for b in lb.boards:
         cfg = b["config"]
         shown = ("split", "ood_dataset", "method", "target", "seed", "max_images", "bootstrap_resamples")
@@ -488,7 +396,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
             rows.append((mname, m["direction"], order))
         print(table(rows, ("MEASURE", "BETTER", "RANKING")))
         print()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_mlflow_log(args: argparse.Namespace) -> int:
@@ -501,20 +409,15 @@ def cmd_mlflow_log(args: argparse.Namespace) -> int:
         except MlflowMissing as exc:
             raise UsageError(str(exc)) from exc
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
-        _err(f"logged job {args.job} to {args.tracking_uri}: run {out['run_id']} with "
+        err(f"logged job {args.job} to {args.tracking_uri}: run {out['run_id']} with "
              f"{len(out['candidate_runs'])} candidate runs, {out['metrics']} metrics")
         print(out["run_id"])
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # -- the parser ------------------------------------------------------------------------------------
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
-    # argparse offers no public accessor for an existing parser's subcommands; the local CLI made them.
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
 def _remote_options() -> argparse.ArgumentParser:
@@ -535,23 +438,76 @@ def _wait_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
 
 
-def _local_parser() -> argparse.ArgumentParser:
-    """The local CLI's parser (salience, score, merge); a bare one where the domain is not installed (a CI
-    runner that only drives a service needs httpx, not torch)."""
+def _cmd_local(args: argparse.Namespace) -> int:
+    """``salience``, ``score``, ``merge``: carried out by the domain (``etm.cli``), imported only now so that
+    the remote commands run where only httpx is installed (a CI runner driving a GPU service)."""
     try:
-        from etm.cli import build_parser as local_parser
-    except ImportError:
-        parser = argparse.ArgumentParser(prog="etm")
-        parser.add_subparsers(dest="command", required=True)
-        return parser
-    return local_parser()
+        from etm.cli import run_local
+    except ImportError as exc:
+        raise UsageError(f"`etm {args.command}` scores on this machine and needs the full explain-to-me package "
+                         f"(the domain: torch, onnxruntime...), not just the client ({exc})") from exc
+    return run_local(args)
+
+
+def _local_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``salience`` and ``score`` (the local ones have the domain's defaults; a job's leave them to
+    the service)."""
+    p.add_argument("--method", default="gradcam", help="salience method (default gradcam)")
+    p.add_argument("--layer", default="auto", help="target layer: auto, torchcam or a layer/node name")
+    p.add_argument(
+        "--profile",
+        choices=("default", "paper"),
+        default="default",
+        help="paper: every choice of the authors' released code at once (see docs/MEASURES.md)",
+    )
+    p.add_argument("--target", default="predicted", help="predicted, a class index or a class name")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--split", default=None, help="dataset split (default: test when the dataset has splits)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="PyTorch threads (default 1: on few cores OpenMP barriers slow the small measure ops)",
+    )
+    p.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = its default)")
+
+
+def _add_local_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("salience", help="compute salience maps of a folder of images (locally)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--images", required=True, help="dataset folder (class sub-folders or manifest.csv)")
+    p.add_argument("--out", required=True, help="output .npz")
+    _local_options(p)
+    p = sub.add_parser("score", help="evaluate candidates locally; writes report.json + per_image.csv")
+    p.add_argument("--candidate", action="append", required=True, help="NAME=M1[,M2,...] (repeatable)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--ood", default=None, help="out-of-set dataset folder")
+    p.add_argument("--ood-split", default=None)
+    p.add_argument("--measures", default="all", help="all or a comma list of measure families")
+    p.add_argument("--params", default=None, help="JSON file of per-measure parameters")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--shard", default=None, help="I/N: compute only shard I of N (then `etm merge`)")
+    p.add_argument("--out", required=True)
+    _local_options(p)
+    p = sub.add_parser("merge", help="merge `etm score --shard` outputs into one report")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("--out", required=True)
+    for name in ("salience", "score", "merge"):
+        sub.choices[name].set_defaults(func=_cmd_local)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _local_parser()
-    parser.description = ("Explain-to-Me: salience-based model measures, locally (salience, score, merge) or on a "
-                          "service (models, datasets, jobs, compare, gate, leaderboard, mlflow-log)")
-    sub = _subparsers(parser)
+    """The one parser of ``etm``: every subcommand, local and remote."""
+    parser = argparse.ArgumentParser(
+        prog="etm",
+        description="Explain-to-Me: salience-based model measures, locally (salience, score, merge) or on a "
+        "service (models, datasets, jobs, compare, gate, leaderboard, mlflow-log)",
+        epilog="exit codes: " + ", ".join(f"{int(c)} {c.name.lower()}" for c in ExitCode) + " (docs/CLIENT.md)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_local_commands(sub)
     remote = _remote_options()
 
     models = sub.add_parser("models", help="upload and list models on the service")
@@ -661,39 +617,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in LOCAL_COMMANDS:
-        from etm.cli import main as local_main
-
-        return local_main(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (UsageError, RequirementError, FileNotFoundError, IsADirectoryError) as exc:
-        _err(f"error: {exc}")
-        return EXIT_USAGE
-    except ValueError as exc:  # bad local input, e.g. metadata that is not JSON
-        _err(f"error: {exc}")
-        return EXIT_USAGE
-    except JobFailed as exc:
-        _err(str(exc))
-        return EXIT_FAILED
-    except WaitTimeout as exc:
-        _err(str(exc))
-        return EXIT_FAILED
-    except ApiError as exc:
-        _err(f"the service answered {exc.status} {exc.title}: {exc.detail}")
-        return EXIT_SERVICE if exc.status >= 500 else EXIT_USAGE
-    except ConnectionFailed as exc:
-        _err(f"{exc}; is the service running? (--url or ${ENV_URL})")
-        return EXIT_SERVICE
-    except EtmError as exc:
-        _err(str(exc))
-        return EXIT_SERVICE
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return EXIT_INTERRUPTED
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure gets its code from one table
+        code, message = exit_code_for(exc)
+        if code is ExitCode.INTERNAL:
+            traceback.print_exc()  # for the bug report
+        err(message)
+        return int(code)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""``etm``: local scoring with no server (salience maps, full evaluation, shard merge).
-
-Exit codes: 0 ok, 2 bad input (message on stderr), 1 internal error.
+"""The local subcommands of ``etm`` (salience maps, full evaluation, shard merge: no server), carried out with
+the domain. Their options are parsed by ``etm``'s one parser (``client.cli.build_parser``); ``run_local``
+runs one, turning the domain's refusals into ``UsageError`` (exit 2 in ``client.exit_codes``).
 """
 
 from __future__ import annotations
@@ -9,14 +9,16 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from etm.errors import BadInput
+from client.exit_codes import ExitCode, UsageError
+from client.output import print_warnings
+from etm.errors import BadInput, ModelRuntimeError
 
 
 def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
@@ -44,14 +46,6 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
             bar.close()
 
     return update, close
-
-
-def print_warnings(warnings: Sequence[dict[str, Any]], stream: Any = None) -> None:
-    """Likely metadata mistakes on stderr, each with its fix (the report's ``warnings``; docs/MODELS.md)."""
-    stream = stream or sys.stderr
-    for w in warnings:
-        where = f"candidate {w['candidate']!r} run {w['run']}: " if "candidate" in w else ""
-        print(f"etm: warning: {where}{w['message']} [{w['code']}]\n    fix: {w['fix']}", file=stream)
 
 
 def _parse_candidate(text: str) -> dict[str, object]:
@@ -163,7 +157,7 @@ def cmd_salience(args: argparse.Namespace) -> int:
         out = copy_out(outcome.scratch / "out", "maps.npz", Path(args.out))
     print_warnings(outcome.result.get("warnings") or [])
     print(f"wrote {outcome.result.get('n_images')} maps to {out}", file=sys.stderr)
-    return 0
+    return ExitCode.OK
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -187,10 +181,10 @@ def cmd_score(args: argparse.Namespace) -> int:
             copy_out(produced, "partial.npz", out / "partial.npz")
             (out / "spec.json").write_text(json.dumps(spec.canonical(), indent=2))
             print(f"wrote shard {i}/{n} ({outcome.result.get('n_images')} images) to {out}", file=sys.stderr)
-            return 0
+            return ExitCode.OK
         _write_result(produced, out)
     print(f"wrote {out / 'report.json'} and {out / 'per_image.csv'}", file=sys.stderr)
-    return 0
+    return ExitCode.OK
 
 
 def _write_result(produced: Path, out: Path) -> None:
@@ -221,85 +215,25 @@ def cmd_merge(args: argparse.Namespace) -> int:
             close()
         _write_result(outcome.scratch / "out", Path(args.out))
     print(f"wrote {Path(args.out) / 'report.json'}", file=sys.stderr)
-    return 0
+    return ExitCode.OK
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", default="gradcam", help="salience method (default gradcam)")
-    p.add_argument("--layer", default="auto", help="target layer: auto, torchcam or a layer/node name")
-    p.add_argument(
-        "--profile",
-        choices=("default", "paper"),
-        default="default",
-        help="paper: every choice of the authors' released code at once (see docs/MEASURES.md)",
-    )
-    p.add_argument("--target", default="predicted", help="predicted, a class index or a class name")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--split", default=None, help="dataset split (default: test when the dataset has splits)")
-    p.add_argument(
-        "--torch-threads",
-        type=int,
-        default=1,
-        help="PyTorch threads (default 1: on few cores OpenMP barriers slow the small measure ops)",
-    )
-    p.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = its default)")
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "salience": cmd_salience,
+    "score": cmd_score,
+    "merge": cmd_merge,
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="etm", description="Explain-to-Me: salience-based model measures")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("salience", help="compute salience maps of a folder of images")
-    p.add_argument("--model", required=True)
-    p.add_argument("--images", required=True, help="dataset folder (class sub-folders or manifest.csv)")
-    p.add_argument("--out", required=True, help="output .npz")
-    _add_common(p)
-    p.set_defaults(func=cmd_salience)
-    p = sub.add_parser("score", help="evaluate candidates with the measures; writes report.json + per_image.csv")
-    p.add_argument("--candidate", action="append", required=True, help="NAME=M1[,M2,...] (repeatable)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--ood", default=None, help="out-of-set dataset folder")
-    p.add_argument("--ood-split", default=None)
-    p.add_argument("--measures", default="all", help="all or a comma list of measure families")
-    p.add_argument("--params", default=None, help="JSON file of per-measure parameters")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--shard", default=None, help="I/N: compute only shard I of N (then `etm merge`)")
-    p.add_argument("--out", required=True)
-    _add_common(p)
-    p.set_defaults(func=cmd_score)
-    p = sub.add_parser("merge", help="merge `etm score --shard` outputs into one report")
-    p.add_argument("shards", nargs="+")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_merge)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from etm.errors import ModelRuntimeError
+def run_local(args: argparse.Namespace) -> int:
+    """Run the local subcommand ``args.command``. A model the sandbox refused, killed or timed out on, and
+    a configuration that does not validate, become ``UsageError`` with the message that says what to fix (the
+    domain's ``BadInput`` is a ``ValueError``, which ``client.exit_codes`` counts as bad input already)."""
     from etm.sandbox import SandboxCrashed, SandboxTimeout, SandboxUnavailable
 
     try:
-        return int(args.func(args))
+        return COMMANDS[args.command](args)
+    except ValidationError as exc:
+        raise UsageError(exc.errors()[0]["msg"]) from exc
     except (SandboxTimeout, SandboxCrashed, SandboxUnavailable, ModelRuntimeError) as exc:
-        print(f"etm: error: {exc}", file=sys.stderr)
-        return 2
-    except (BadInput, FileNotFoundError, ValidationError, json.JSONDecodeError) as exc:
-        msg = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        print(f"etm: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("etm: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an internal error: say so, keep the traceback for the bug report
-        import traceback
-
-        traceback.print_exc()
-        print(f"etm: internal error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise UsageError(str(exc)) from exc

@@ -11,7 +11,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from etm.cli import main
+from client.cli import main
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "openapi" / "report.schema.json").read_text())
 
@@ -120,7 +120,7 @@ def test_salience_npz(tmp_path: Path, family_onnx: list[Path], dataset_dir: Path
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "etm.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "client.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_exit_code_2_on_bad_input(tmp_path: Path, family_onnx: list[Path], dataset_dir: Path) -> None:

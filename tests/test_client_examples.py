@@ -104,3 +104,35 @@ def test_local_subcommands_are_the_local_clis(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exc:
         main(["score"])
     assert exc.value.code == 2
+
+
+def test_one_parser_holds_every_subcommand() -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"salience", "score", "merge", "models", "datasets", "jobs", "compare", "gate",
+                                "leaderboard", "mlflow-log"}
+
+
+def test_one_exit_code_table_and_the_docs_agree() -> None:
+    from client.errors import ApiError, ConnectionFailed, JobFailed
+    from client.exit_codes import ExitCode, UsageError, exit_code_for
+    from client.gate import RequirementError
+    from client.types import Job
+
+    doc = (REPO / "docs" / "CLIENT.md").read_text()
+    for code in ExitCode:
+        assert f"| **{int(code)}** | `{code.name}` |" in doc, code
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 130]
+    failed = Job.from_json({"id": "j-1", "status": "failed", "links": {}, "error": {"title": "Boom"}})
+    cases = {
+        ExitCode.FAILED: [JobFailed(failed)],
+        ExitCode.USAGE: [UsageError("x"), RequirementError("x"), ValueError("x"), FileNotFoundError("x"),
+                         ApiError({"status": 404, "title": "Not found"})],
+        ExitCode.SERVICE: [ApiError({"status": 502, "title": "Bad gateway"}), ConnectionFailed("x")],
+        ExitCode.INTERNAL: [RuntimeError("x"), KeyError("x")],
+        ExitCode.INTERRUPTED: [KeyboardInterrupt()],
+    }
+    for code, errors in cases.items():
+        for exc in errors:
+            assert exit_code_for(exc)[0] is code, (exc, code)
+    assert exit_code_for(ConnectionFailed("cannot reach x"))[1].endswith("is the service running? (--url or "
+                                                                         "$ETM_API_URL)")

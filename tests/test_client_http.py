@@ -314,3 +314,37 @@ def test_progress_printer_draws_a_bar_on_a_terminal_and_lines_in_logs() -> None:
     close()
     assert log.getvalue().splitlines() == ["j-1: queued (0%)", "j-1: running in-set 8/32 (22%)",
                                            "j-1: running in-set 32/32 (90%)", "j-1: succeeded (100%)"]
+
+
+def test_an_endpoint_handles_its_own_errors_in_both_clients(stub: Stub) -> None:
+    """``ready`` turns the service's error answer into False: the error is raised inside the endpoint (written
+    once, in client.endpoints) by the sync and the async transport alike."""
+    stub.on("/readyz", (500, {"Content-Type": PROBLEM}, {"title": "Not ready", "status": 500, "detail": "no worker"}))
+    with Client(stub.url, sleep=lambda s: None) as c:
+        assert c.ready() is False
+
+    async def run() -> bool:
+        async with AsyncClient(stub.url) as c:
+            return await c.ready()
+
+    assert asyncio.run(run()) is False
+    stub.on("/readyz", (200, {}, {"status": "ready"}))
+    with Client(stub.url) as c:
+        assert c.ready() is True
+
+
+def test_both_clients_offer_the_same_endpoints() -> None:
+    import inspect
+
+    from client import endpoints
+
+    def public(cls: type) -> dict[str, inspect.Signature]:
+        return {n: inspect.signature(getattr(cls, n)) for n in dir(cls)
+                if not n.startswith("_") and n not in ("close", "aclose") and callable(getattr(cls, n))}
+
+    sync, asyn = public(Client), public(AsyncClient)
+    assert sync.keys() == asyn.keys() and "wait" in sync and "push_dataset" in sync
+    for name, sig in sync.items():
+        assert list(sig.parameters) == ["self", *inspect.signature(getattr(endpoints, name)).parameters], name
+        assert asyn[name].parameters == sig.parameters, name
+        assert getattr(Client, name).__doc__ == getattr(endpoints, name).__doc__, name

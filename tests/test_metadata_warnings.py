@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import torch
 
-from etm.cli import main
+from client.cli import main
 from etm.evaluation import Resolver, evaluate
 from etm.models import checks
 from etm.models.loader import load_model

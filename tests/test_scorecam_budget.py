@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from etm.cli import main
+from client.cli import main
 from etm.errors import BadInput
 from etm.models.base import Model
 from etm.models.loader import load_model
