@@ -76,7 +76,7 @@ def cmd_models_push(args: argparse.Namespace) -> int:
         print_json(model.raw)
     else:
         err(f"{'registered' if model.created else 'already registered'} {model.filename} ({model.format}, "
-             f"{model.bytes} bytes) as {model.id}")
+            f"{model.bytes} bytes) as {model.id}")
         print_warnings(model.raw.get("warnings") or [])
         print(model.id)
     return ExitCode.OK
@@ -104,7 +104,7 @@ def cmd_datasets_push(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k}: {v}" for k, v in ds.counts.items())
         skipped = f"; {ds.n_skipped} files skipped (see --json)" if ds.n_skipped else ""
         err(f"{'registered' if ds.created else 'already registered'} {ds.name}: {ds.n_images} images "
-             f"({counts}){skipped} as {ds.id}")
+            f"({counts}){skipped} as {ds.id}")
         print(ds.id)
     return ExitCode.OK
 
@@ -372,7 +372,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
             err(f"requirement failed: {check.message}")
     n_fail = len(result.failures)
     err(f"gate {'passed' if result.passed else 'FAILED'}: {len(result.checks) - n_fail} of {len(result.checks)} "
-         "checks passed")
+        "checks passed")
     return ExitCode.OK if result.passed else ExitCode.FAILED
 
 
@@ -412,7 +412,7 @@ def cmd_mlflow_log(args: argparse.Namespace) -> int:
         print_json(out)
     else:
         err(f"logged job {args.job} to {args.tracking_uri}: run {out['run_id']} with "
-             f"{len(out['candidate_runs'])} candidate runs, {out['metrics']} metrics")
+            f"{len(out['candidate_runs'])} candidate runs, {out['metrics']} metrics")
         print(out["run_id"])
     return ExitCode.OK
 
@@ -450,8 +450,8 @@ def _cmd_local(args: argparse.Namespace) -> int:
 
 
 def _local_options(p: argparse.ArgumentParser) -> None:
-    """Options of ``salience`` and ``score`` (the local ones have the domain's defaults; a job's leave them to
-    the service)."""
+    """Options of ``salience`` and ``score``, with the domain's defaults (``jobs submit`` has the same names but
+    leaves what is not given to the service)."""
     p.add_argument("--method", default="gradcam", help="salience method (default gradcam)")
     p.add_argument("--layer", default="auto", help="target layer: auto, torchcam or a layer/node name")
     p.add_argument(
