@@ -19,7 +19,6 @@ from markupsafe import Markup
 from api.pages import charts
 from api.pages.formatting import ci_text, finite, fmt
 from etm.comparison import first_places, holds_first_place
-from etm.measures import curve_titles, variant_notes
 
 # style-src 'unsafe-inline': the stylesheet is inlined (the page opens offline, from a file) and the candidates'
 # colours are style attributes; nothing else may load.
@@ -81,7 +80,7 @@ class _Context:
     """The report read once; one method per section returns what its template needs."""
 
     def __init__(self, report: Mapping[str, Any], overlays: Mapping[str, Any] | None,
-                 images: Mapping[str, bytes] | None) -> None:
+                 images: Mapping[str, bytes] | None, notes: Mapping[str, str], titles: Mapping[str, str]) -> None:
         self.r = report
         self.overlays = overlays or {}
         self.images = images or {}
@@ -100,7 +99,8 @@ class _Context:
         self.variants = variants
         self.measures = measure_order(names, variants)
         self.ranked = [n for n in self.measures if n in self.cmp_measures]
-        self.notes = variant_notes()
+        self.notes = notes
+        self.titles = titles
 
     def m(self, cand: str, name: str) -> Mapping[str, Any]:
         return (self.by_name.get(cand, {}).get("measures") or {}).get(name) or {}
@@ -214,7 +214,7 @@ class _Context:
                 if any(((self.m(c, n).get("details") or {}).get("curves")) for c in self.cands)]
 
     def curves(self) -> list[dict[str, Any]]:
-        titles = curve_titles()
+        titles = self.titles
         blocks = []
         for n in self.curve_measures():
             xkey, xlabel = CURVE_AXES.get(n, ("", "level"))
@@ -297,7 +297,11 @@ def render_report_html(
     Returns:
         The HTML page as a string (UTF-8 when encoded); it references nothing outside itself.
     """
-    ctx = _Context(report, overlays, images)
+    # Here, not at the top: etm.measures loads torch, which the API imports in the background after start-up
+    # (api.app's warm-up), not when it imports its routers.
+    from etm.measures import curve_titles, variant_notes
+
+    ctx = _Context(report, overlays, images, variant_notes(), curve_titles())
     return _environment().get_template("report.html.j2").render(
         r=report, cfg=report.get("config") or {}, ds=report.get("dataset") or {}, job=job or {},
         title=title or "Explain-to-Me evaluation report", csp=CSP, css=_stylesheet(), cands=ctx.cands,
