@@ -316,7 +316,11 @@ def _report_after_wait(args: argparse.Namespace, c: Client) -> Report:
 
 
 def comparison_table(report: Report, include_all: bool = False) -> str:
-    """Measures x candidates: ``#rank value [CI]``; a ``*`` marks a first place that is not a tie of everyone."""
+    """Measures x candidates: ``#rank value [CI]``; a ``*`` marks a first place (``etm.comparison.holds_first_place``:
+    the rule the report page and the leaderboard use)."""
+    # The one first-place rule; etm.comparison needs no numpy to import, so the client stays httpx-only.
+    from etm.comparison import first_places, holds_first_place
+
     cmp_ = report.comparison
     names = report.candidates
     measures = [m for m in report.measure_names() if include_all or m in cmp_.measures]
@@ -324,21 +328,21 @@ def comparison_table(report: Report, include_all: bool = False) -> str:
     for m in measures:
         ranked = cmp_.measures.get(m)
         direction = ranked.direction if ranked else "-"
-        all_tied = ranked is not None and len({e.rank for e in ranked.ranking}) == 1
+        ranks = [e.rank for e in ranked.ranking] if ranked else []
         cells = []
         for cand in names:
             md = report.measure(cand, m) or {}
             rank = cmp_.rank_of(cand, m)
-            star = "*" if rank == 1 and not all_tied else " "
+            star = "*" if rank is not None and holds_first_place(rank, ranks) else " "
             prefix = f"{star}#{rank} " if rank is not None else ""
             cells.append(f"{prefix}{num(md.get('value'))} {ci_text(md.get('ci'))}".strip() if md else "-")
         rows.append((m, direction, *cells))
     out = table(rows, ("MEASURE", "BETTER", *names))
-    wins = cmp_.wins()
+    wins = first_places(report.raw.get("comparison") or {})
     footer = [
         "",
         "#rank: 1 + candidates significantly better (paired bootstrap, 95%); equal ranks are ties; "
-        "* = first, not tied with everyone",
+        "* = first place (rank 1, not tied with everyone)",
         "first places: " + ", ".join(f"{k} {v}" for k, v in wins.items()),
         "Pareto set: " + (", ".join(cmp_.pareto_set) or "(empty)"),
     ]

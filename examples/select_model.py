@@ -8,9 +8,11 @@ A family folder holds the training runs of one recipe (``run0.onnx``, ``run1.onn
 ``.json`` metadata sidecar). The service is ``--url`` or ``$ETM_API_URL`` (default http://127.0.0.1:8000).
 
 How it picks: only candidates in the Pareto set qualify (no other candidate is significantly better on one
-measure without being significantly worse on another); among them, the one ranked first on the most of
-the ``--priority`` measures wins, then on the most measures overall; a remaining tie goes to the first
-priority measure's value. It prints the comparison and why, and saves the report page.
+measure without being significantly worse on another); among them, the one holding first place on the most
+of the ``--priority`` measures wins, then on the most measures overall; a remaining tie goes to the first
+priority measure's value. First place is the rule of ``etm.comparison.holds_first_place`` (rank 1, not a tie
+of everyone), the one the report page, ``etm compare`` and the leaderboard use. It prints the comparison and
+why, and saves the report page.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from pathlib import Path
 
 from client import Client, Comparison, Job, Report
+from etm.comparison import first_places
 
 PRIORITY = ("stability.ssim", "entropy.spatial", "degradation.deletion", "geometry.ssim", "agreement.human")
 
@@ -40,10 +43,11 @@ def push_family(etm: Client, folder: Path) -> list[str]:
 def pick(report: Report, priority: tuple[str, ...]) -> tuple[str, list[str]]:
     """The chosen candidate and the reasons, in words."""
     cmp_: Comparison = report.comparison
-    wins_all = cmp_.wins()
+    raw = report.raw.get("comparison") or {}
+    # First places as the report page, `etm compare` and the leaderboard count them (etm.comparison).
+    wins_all = first_places(raw)
     wanted = [m for m in priority if m in cmp_.measures]
-    wins_prio = {c: sum(1 for m in wanted if c in cmp_.measures[m].best
-                        and len(cmp_.measures[m].best) < len(cmp_.candidates)) for c in cmp_.candidates}
+    wins_prio = first_places({**raw, "measures": {m: raw["measures"][m] for m in wanted}})
     pool = cmp_.pareto_set or cmp_.candidates
 
     def key(c: str) -> tuple[float, ...]:

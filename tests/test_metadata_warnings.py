@@ -11,13 +11,13 @@ import jsonschema
 import pytest
 import torch
 
+from api.pages import render_report_html
 from client.cli import main
 from etm.evaluation import Resolver, evaluate
 from etm.models import checks
 from etm.models.loader import load_model
 from etm.models.metadata import ModelMetadata
 from etm.report import SCHEMA_FILE
-from etm.report_html import render_report_html
 from etm.spec import EvaluationSpec
 from tests.helpers.tiny import META, TinyNet, export
 

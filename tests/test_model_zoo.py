@@ -258,9 +258,9 @@ def test_vit_and_convnext_families_give_every_measure_and_their_overlays(
     and the report page shows both candidates' overlays."""
     import json
 
+    from api.pages import render_report_html
     from etm.artifacts import compute_artifacts
     from etm.evaluation import Resolver, evaluate
-    from etm.report_html import render_report_html
     from etm.spec import EvaluationSpec
     from tests.helpers.tiny import tiny_dataset
 

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import torch
 
-from etm.report_html import fmt, render_report_html
+from api.pages import fmt, render_report_html
 from tests.helpers.tiny import TinyNet, export
 from tests.servicekit import REPO
 

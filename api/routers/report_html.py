@@ -1,4 +1,4 @@
-"""The report of a finished job as one self-contained HTML page (``etm.report_html``)."""
+"""The report of a finished job as one self-contained HTML page (``api.pages``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 
 from api.deps import JobsDep, PrincipalDep, SettingsDep, StoreDep
+from api.pages import CSP, render_report_html
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import _artifacts, _finished
 from api.security.auth import authenticate
-from etm.report_html import CSP, render_report_html
 from etm.store import NotFound
 from workers.records import public_job
 

@@ -35,3 +35,34 @@ MEASURES_VERSION = "1.2.0"
 def needs_salience(measures: list[str]) -> bool:
     """Whether a job of these measure families computes salience maps (and so needs its method to run)."""
     return any(MEASURES[m].needs_salience for m in measures)
+
+
+def variant_notes() -> dict[str, str]:
+    """Measure name -> what its number is, in a few words (shown under each measure on the report page)."""
+    return {
+        "entropy.spatial": "spatial entropy of the native map",
+        "entropy.histogram": "entropy of the 8-bit value histogram (paper)",
+        "oos.noise": "area under the SSIM curve (paper)",
+        "oos.set": "out-of-set minus in-set entropy",
+        "geometry.ssim": "SSIM after undoing the transform",
+        "geometry.pearson": "Pearson r after undoing the transform",
+        "stability.ssim": "mean pairwise SSIM of 8-bit maps (paper)",
+        "stability.pearson": "mean pairwise Pearson r",
+        "degradation.deletion": "AUC(LeRF) - AUC(MoRF) of deletion curves",
+        "degradation.blur": "drop(object blurred) - drop(background blurred) (paper)",
+        "agreement.human": "Pearson r of map and mask",
+        "agreement.human.ssim": "SSIM of map and mask",
+        "agreement.human.mass": "share of salience inside the mask",
+    }
+
+
+def curve_titles() -> dict[str, str]:
+    """Curve kind (a key of a measure's ``details.curves``) -> the title of its chart."""
+    return {
+        "score": "target-class score",
+        "entropy": "salience entropy",
+        "ssim": "SSIM to the clean map",
+        "morf": "MoRF: most salient deleted first",
+        "lerf": "LeRF: least salient deleted first",
+        "random": "random order",
+    }
