@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from etm.errors import BadInput, DatasetError, MethodUnavailable, ModelRefused
+from etm.datasets.archives import ArchiveLimits, safe_extract
+from etm.datasets.folders import dataset_root
+from etm.errors import BadInput, DatasetError, MethodUnavailable, ModelRefused, UnsupportedMedia, UploadTooLarge
 from etm.spec import EvaluationSpec
-from etm.store import (
-    ArchiveLimits,
-    ArtifactStore,
-    NotFound,
-    Registry,
-    UnknownReference,
-    UnsupportedMedia,
-    UploadTooLarge,
-    dataset_root,
-    safe_extract,
-)
+from jobs.admission import check_spec
+from jobs.registry import Registry, UnknownReference
+from jobs.storage import ArtifactStore, NotFound
 from tests.servicekit import zip_folder
 
 
@@ -144,20 +138,20 @@ def test_registry_ingests_and_checks_specs(tmp_path: Path, family_onnx: list[Pat
     assert ds["sha256"] == ds["splits"][0]["sha256"]
 
     spec = EvaluationSpec(candidates=[{"name": "a", "models": [rec["id"]]}], dataset=ds["id"], max_images=10)
-    checked = reg.check_spec(spec)
+    checked = check_spec(reg, spec)
     assert checked.n_images == 10 and len(checked.cache_key) == 64
-    assert reg.check_spec(spec).cache_key == checked.cache_key
+    assert check_spec(reg, spec).cache_key == checked.cache_key
     other = _with(spec, seed=1)
-    assert reg.check_spec(other).cache_key != checked.cache_key
+    assert check_spec(reg, other).cache_key != checked.cache_key
 
     with pytest.raises(UnknownReference, match="m-missing"):
-        reg.check_spec(_with(spec, candidates=[{"name": "a", "models": ["m-missing"]}]))
+        check_spec(reg, _with(spec, candidates=[{"name": "a", "models": ["m-missing"]}]))
     with pytest.raises(MethodUnavailable, match="autograd"):
-        reg.check_spec(_with(spec, method="smoothgrad"))
+        check_spec(reg, _with(spec, method="smoothgrad"))
     with pytest.raises(BadInput, match="no splits"):
-        reg.check_spec(_with(spec, split="test"))
+        check_spec(reg, _with(spec, split="test"))
     with pytest.raises(BadInput, match="unknown method_params"):
-        reg.check_spec(_with(spec, method_params={"steps": 3}))
+        check_spec(reg, _with(spec, method_params={"steps": 3}))
 
     # Materialisation for workers: the model with its effective metadata, the dataset extracted.
     cache = tmp_path / "cache"

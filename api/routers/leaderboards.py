@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from api.deps import JobsDep, PrincipalDep, RegistryDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.security.auth import authenticate
-from etm.store import NotFound
+from jobs.storage import NotFound
 from workers.records import tenant_of
 
 router = APIRouter(
@@ -257,6 +257,6 @@ def get_leaderboard(
 
 
 def _iso(ts: Any) -> str | None:
-    from etm.store import iso
+    from jobs.timestamps import iso
 
     return iso(float(ts)) if isinstance(ts, (int, float)) else None
