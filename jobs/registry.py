@@ -30,6 +30,7 @@ from etm.datasets.folders import dataset_root, describe_folder
 from etm.errors import BadInput, DatasetError, ModelRefused
 from etm.models.capabilities import capabilities_version
 from etm.models.metadata import ModelMetadata
+from etm.salience.registry import method_names
 from etm.sandbox import limits_for
 from etm.sandbox.calls import inspect_model
 from etm.settings import get_settings
@@ -220,7 +221,7 @@ class Registry:
                 description = self._describe_stored(record)
             except ModelRefused as exc:
                 reason = f"the model no longer loads: {exc}"
-                caps = {m: {"method": m, "available": False, "reason": reason} for m in record["capabilities"]}
+                caps = {m: {"method": m, "available": False, "reason": reason} for m in method_names()}
                 description = {"capabilities": caps, "capabilities_version": capabilities_version()}
         fresh = {
             **record,
@@ -242,7 +243,7 @@ class Registry:
         return self._list("datasets")
 
     def delete_model(self, ident: str) -> dict[str, Any]:
-        rec = self.get_model(ident)
+        rec = self.get_model(ident, refresh=False)
         if rec is None:
             raise NotFound(ident)
         if rec.get("builtin"):
@@ -409,7 +410,7 @@ class Registry:
     # -- materialisation (workers) -------------------------------------------------------------
     def model_path(self, ident: str, cache_dir: Path) -> Path:
         """A local file for model ``ident``, with its effective metadata as the JSON sidecar."""
-        rec = self.get_model(ident)
+        rec = self.get_model(ident, refresh=False)  # bytes and metadata are what a worker needs
         if rec is None:
             raise UnknownReference(f"model {ident} is no longer registered (deleted after the job was submitted?)")
         # By bytes *and* metadata: two tenants may register the same bytes with different metadata.
