@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from api.security.keys import KeyStore
 from etm.settings import Settings
-from etm.store import ArtifactStore
+from jobs.storage import ArtifactStore
 
 
 def _keys(settings: Settings) -> KeyStore:

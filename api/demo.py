@@ -63,7 +63,7 @@ def _wait_builtins(client: httpx.Client, timeout: float, proc: subprocess.Popen 
         if proc is None:
             raise SystemExit(
                 f"the service at {client.base_url} has no built-in dataset builtin:faces or families xent/cyborg; "
-                "start it with `make run` (which registers them) or run `python -m etm.builtins` against its store"
+                "start it with `make run` (which registers them) or run `python -m jobs.builtins` against its store"
             )
         if proc.poll() is not None or time.time() > deadline:
             raise SystemExit("the devserver did not register the built-ins; see its log")

@@ -13,11 +13,13 @@ import redis
 from fastapi import Depends, Request
 
 from api.callbacks import CallbackSender
+from api.inspection import worker_describe
 from api.security.auth import Authenticator, authenticate
 from api.security.keys import KeyStore, Principal
 from api.security.ratelimit import FailureLimiter, RateLimiter
 from etm.settings import Settings
-from etm.store import ArtifactStore, Registry
+from jobs.registry import Registry
+from jobs.storage import ArtifactStore
 from workers.records import JobStore
 
 
@@ -39,7 +41,9 @@ class Services:
 
     @cached_property
     def registry(self) -> Registry:
-        return Registry(self.store)
+        registry = Registry(self.store)
+        registry.describe = worker_describe(self, registry)  # a stale capability table: a worker re-inspects
+        return registry
 
     @cached_property
     def jobs(self) -> JobStore:

@@ -93,8 +93,9 @@ class DevServer:
         return redis.Redis.from_url(url, socket_connect_timeout=5)
 
     def register_builtins(self, redis_url: str) -> None:
-        from etm.builtins import register_with_status
-        from etm.store import ArtifactStore, Registry
+        from jobs.builtins import register_with_status
+        from jobs.registry import Registry
+        from jobs.storage import ArtifactStore
 
         t = time.time()
         s = self.settings
@@ -136,7 +137,7 @@ class DevServer:
         s.var_dir.mkdir(parents=True, exist_ok=True)
         redis_url = self.start_redis()
         if s.register_builtins:  # before the API starts: a status left by an earlier run must not say ready
-            from etm.builtins import publish_status
+            from jobs.builtins import publish_status
 
             publish_status(self._redis(redis_url), s.key_prefix, "registering", "registering (starting)")
         env = self.child_env(redis_url)

@@ -12,7 +12,7 @@ from typing import Any
 
 from api.problems import ProblemError
 from etm.errors import ModelRefused
-from etm.store import Describe, Registry
+from jobs.registry import Describe, Registry
 from workers.app import TASK_INSPECT_MODEL
 
 log = logging.getLogger("etm.api")

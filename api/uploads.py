@@ -18,7 +18,7 @@ from python_multipart.multipart import parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from etm.store import UnsupportedMedia, UploadTooLarge
+from etm.errors import UnsupportedMedia, UploadTooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 8

@@ -94,7 +94,7 @@ def job_body(target: Target, seed: int, max_images: int = 8) -> dict[str, Any]:
 def local_service(n_keys: int, env: dict[str, str] | None = None) -> Iterator[Target]:
     """A fresh service on loopback with tiny models and a tiny dataset, and ``n_keys`` API keys of one tenant."""
     from api.security.keys import KeyStore
-    from etm.store import ArtifactStore
+    from jobs.storage import ArtifactStore
     from tests.helpers.tiny import tiny_dataset, tiny_family
     from tests.servicekit import ServiceKit
 

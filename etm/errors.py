@@ -28,6 +28,20 @@ class MethodUnavailable(BadInput):
     title = "Salience method unavailable"
 
 
+class UploadTooLarge(BadInput):
+    """An upload or archive is over a configured limit (HTTP 413)."""
+
+    title = "Upload too large"
+    status = 413
+
+
+class UnsupportedMedia(BadInput):
+    """An upload is not of an accepted kind (HTTP 415)."""
+
+    title = "Unsupported media type"
+    status = 415
+
+
 class ModelRuntimeError(RuntimeError):
     """The model misbehaved while running (NaN/Inf output, wrong shape)."""
 

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from etm.comparison import rank_across_jobs
-from etm.store import iso
+from etm.timestamps import iso
 
 # Spec fields that do not change a candidate's numbers (only which numbers exist, or how fast).
 _NOT_CONFIG = ("candidates", "measures", "overlays", "batch_size")

@@ -120,7 +120,9 @@ def test_unexpected_errors_are_500_without_traceback(client: Client) -> None:
 def test_job_that_cannot_be_queued_fails_instead_of_hanging(
     tmp_path: Path, family_onnx: list[Path], dataset_dir: Path
 ) -> None:
-    from etm.store import ArchiveLimits, ArtifactStore, Registry
+    from etm.datasets.archives import ArchiveLimits
+    from jobs.registry import Registry
+    from jobs.storage import ArtifactStore
     from tests.servicekit import RedisServer, zip_folder
 
     redis_server = RedisServer(tmp_path / "redis")

@@ -19,7 +19,7 @@ import pytest
 from etm.evaluation import Resolver, evaluate
 from etm.report import SCHEMA_FILE
 from etm.spec import EvaluationSpec
-from etm.store import sha256_file
+from jobs.storage import sha256_file
 from tests.servicekit import ServiceKit
 
 pytestmark = pytest.mark.timeout(300)

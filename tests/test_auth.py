@@ -26,7 +26,7 @@ from api.security.auth import MISSING_DETAIL, NOT_BEARER_DETAIL, OFF_REMOTE_DETA
 from api.security.keys import KeyStore
 from api.security.ratelimit import RateLimiter
 from etm.settings import Settings
-from etm.store import ArtifactStore
+from jobs.storage import ArtifactStore
 from tests.servicekit import PY, REPO, RedisServer, ServiceKit, zip_folder
 
 pytestmark = pytest.mark.timeout(300)

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from etm.settings import Settings
-from etm.store import ArtifactStore
+from jobs.storage import ArtifactStore
 from tests.helpers.faults import upload_inputs
 from tests.helpers.http import p95, start_api_only
 from tests.servicekit import ServiceKit

@@ -19,17 +19,16 @@ from typing import Any
 
 import pytest
 
-from etm.errors import BadInput, DatasetError
-from etm.salience.registry import check_method_params, method_defaults, method_names, method_params
-from etm.store import (
+from etm.datasets.archives import (
     MAX_LISTED_SKIPPED,
     MAX_TAR_HEADER_BYTES,
     ArchiveLimits,
-    UploadTooLarge,
     check_zip_index,
     safe_extract,
     skip_kind,
 )
+from etm.errors import BadInput, DatasetError, UploadTooLarge
+from etm.salience.registry import check_method_params, method_defaults, method_names, method_params
 from tests.servicekit import ServiceKit
 
 pytestmark = pytest.mark.timeout(300)

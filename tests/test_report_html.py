@@ -392,8 +392,9 @@ def test_benchmark_job_ranks_cyborg_first(browser: Browser, tmp_path_factory: py
     """The benchmark's built-in families through the service: the xent vs cyborg job ranks cyborg first on the
     directed measures where the replication of Crum et al. says it should, and its report page is clean."""
     from client import Client
-    from etm.builtins import register_builtins
-    from etm.store import ArtifactStore, Registry
+    from jobs.builtins import register_builtins
+    from jobs.registry import Registry
+    from jobs.storage import ArtifactStore
     from tests.servicekit import ServiceKit
 
     runs = {f: _bench_family(f) for f in ("xent", "cyborg")}

@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from etm.errors import BadInput, DatasetError, MethodUnavailable, ModelRefused
+from etm.datasets.archives import ArchiveLimits, safe_extract
+from etm.datasets.folders import dataset_root
+from etm.errors import BadInput, DatasetError, MethodUnavailable, ModelRefused, UnsupportedMedia, UploadTooLarge
 from etm.spec import EvaluationSpec
-from etm.store import (
-    ArchiveLimits,
-    ArtifactStore,
-    NotFound,
-    Registry,
-    UnknownReference,
-    UnsupportedMedia,
-    UploadTooLarge,
-    dataset_root,
-    safe_extract,
-)
+from jobs.admission import check_spec
+from jobs.registry import Registry, UnknownReference
+from jobs.storage import ArtifactStore, NotFound
 from tests.servicekit import zip_folder
 
 
@@ -144,20 +138,20 @@ def test_registry_ingests_and_checks_specs(tmp_path: Path, family_onnx: list[Pat
     assert ds["sha256"] == ds["splits"][0]["sha256"]
 
     spec = EvaluationSpec(candidates=[{"name": "a", "models": [rec["id"]]}], dataset=ds["id"], max_images=10)
-    checked = reg.check_spec(spec)
+    checked = check_spec(reg, spec)
     assert checked.n_images == 10 and len(checked.cache_key) == 64
-    assert reg.check_spec(spec).cache_key == checked.cache_key
+    assert check_spec(reg, spec).cache_key == checked.cache_key
     other = _with(spec, seed=1)
-    assert reg.check_spec(other).cache_key != checked.cache_key
+    assert check_spec(reg, other).cache_key != checked.cache_key
 
     with pytest.raises(UnknownReference, match="m-missing"):
-        reg.check_spec(_with(spec, candidates=[{"name": "a", "models": ["m-missing"]}]))
+        check_spec(reg, _with(spec, candidates=[{"name": "a", "models": ["m-missing"]}]))
     with pytest.raises(MethodUnavailable, match="autograd"):
-        reg.check_spec(_with(spec, method="smoothgrad"))
+        check_spec(reg, _with(spec, method="smoothgrad"))
     with pytest.raises(BadInput, match="no splits"):
-        reg.check_spec(_with(spec, split="test"))
+        check_spec(reg, _with(spec, split="test"))
     with pytest.raises(BadInput, match="unknown method_params"):
-        reg.check_spec(_with(spec, method_params={"steps": 3}))
+        check_spec(reg, _with(spec, method_params={"steps": 3}))
 
     # Materialisation for workers: the model with its effective metadata, the dataset extracted.
     cache = tmp_path / "cache"
@@ -178,3 +172,32 @@ def test_refused_model_is_not_registered(tmp_path: Path) -> None:
     with pytest.raises(ModelRefused, match="pickle"):
         reg.ingest_model(bad, "ckpt.pt")
     assert reg.list_models() == []
+
+
+def test_stale_capability_table_is_recomputed(tmp_path: Path, family_onnx: list[Path], dataset_dir: Path) -> None:
+    """A record whose table was computed by other code (another version, a method added since) gets the
+    current table on read and at admission, and is rewritten: a new method is offered for old models."""
+    from etm.models.capabilities import capabilities_version
+
+    reg = Registry(ArtifactStore(str(tmp_path / "store")))
+    rec, _ = reg.ingest_model(family_onnx[0], "run0.onnx")
+    assert rec["capabilities_version"] == capabilities_version() and rec["capabilities"]["rise"]["available"]
+    archive = tmp_path / "tiny.zip"
+    archive.write_bytes(zip_folder(dataset_dir.parent))
+    ds, _ = reg.ingest_dataset(archive, "tiny.zip", ArchiveLimits(), tmp_path)
+
+    def write_stale() -> None:  # as an older release stored it: no "rise" yet, no version stamp
+        stale = {k: v for k, v in rec.items() if k != "capabilities_version"}
+        stale["capabilities"] = {m: c for m, c in rec["capabilities"].items() if m != "rise"}
+        reg.store.write_json(f"registry/models/{rec['id']}.json", stale)
+
+    write_stale()
+    assert "rise" not in reg.get_model(rec["id"], refresh=False)["capabilities"]
+    fresh = reg.get_model(rec["id"])
+    assert fresh == rec  # everything else as registered
+    assert reg.get_model(rec["id"], refresh=False) == rec  # rewritten: the next read does not inspect again
+
+    write_stale()
+    spec = EvaluationSpec(candidates=[{"name": "a", "models": [rec["id"]]}], dataset=ds["id"], method="rise")
+    assert check_spec(reg, spec).models[rec["id"]]["capabilities"]["rise"]["available"]
+    assert [m["capabilities_version"] for m in reg.list_models(refresh=False)] == [capabilities_version()]

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from etm.datasets import load_dataset
+from etm.datasets.archives import ArchiveLimits, safe_extract
 from etm.datasets.images import check_image
-from etm.errors import ModelRefused
+from etm.errors import ModelRefused, UploadTooLarge
 from etm.models.loader import load_model
 from etm.models.onnx_support import supported_opsets
-from etm.store import ArchiveLimits, UploadTooLarge, safe_extract
 from tests.helpers.faulty import conv_net, custom_domain, newer_opset_than_runtime, with_opset, wrong_shape
 
 

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from etm.settings import Settings
-from etm.store import ArtifactStore
+from jobs.storage import ArtifactStore
 from tests.helpers.faults import upload_inputs
 from tests.servicekit import RedisServer, ServiceKit
 from workers.records import JobStore, new_job_id

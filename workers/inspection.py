@@ -12,7 +12,7 @@ from typing import Any
 from etm.errors import BadInput
 from etm.sandbox import SandboxCrashed, SandboxTimeout, SandboxUnavailable, limits_for
 from etm.sandbox.calls import inspect_model
-from etm.store import sha256_file
+from jobs.storage import sha256_file
 from workers.jobs import WorkerEnv
 
 log = logging.getLogger("etm.worker")

@@ -31,7 +31,9 @@ from etm.sandbox.calls import Inputs
 from etm.sandbox.files import UnsafeOutput, read_bytes
 from etm.settings import Settings
 from etm.spec import EvaluationSpec
-from etm.store import ArtifactStore, CheckedSpec, NotFound, Registry
+from jobs.admission import CheckedSpec, check_spec
+from jobs.registry import Registry
+from jobs.storage import ArtifactStore, NotFound
 from workers.lease import hold
 from workers.records import TERMINAL, JobStore, problem
 
@@ -310,7 +312,7 @@ def _load(env: WorkerEnv, job_id: str, part: str) -> tuple[dict[str, Any], Check
         return None
     try:
         spec = EvaluationSpec.model_validate(job["spec"])
-        checked = env.registry.for_tenant(job.get("tenant")).check_spec(spec)
+        checked = check_spec(env.registry.for_tenant(job.get("tenant")), spec)
     except (ValidationError, BadInput) as exc:
         fail(env, job_id, problem_for(exc))
         return None

@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from etm.store import ArtifactStore, NotFound
+from jobs.storage import ArtifactStore, NotFound
 
 DEFAULT_TENANT = "local"
 STATES = ("queued", "running", "succeeded", "failed", "canceled")
@@ -374,7 +374,7 @@ def problem(slug: str, title: str, status: int, detail: str, instance: str | Non
 
 
 def _iso(ts: Any) -> str | None:
-    from etm.store import iso
+    from etm.timestamps import iso
 
     return iso(float(ts)) if isinstance(ts, (int, float)) else None
 

@@ -11,7 +11,7 @@ from api.schemas import DatasetList, DatasetOut
 from api.security.auth import authenticate
 from api.security.ratelimit import limit
 from api.uploads import MalformedUpload, receive_upload
-from etm.store import ArchiveLimits
+from etm.datasets.archives import ArchiveLimits
 
 router = APIRouter(
     prefix="/v1/datasets", tags=["datasets"],

@@ -8,7 +8,7 @@ from api.deps import RegistryDep
 from api.problems import problem_responses
 from api.schemas import Family, FamilyList
 from api.security.auth import authenticate
-from etm.builtins import families
+from jobs.builtins import families
 
 router = APIRouter(
     prefix="/v1/families", tags=["models"],

@@ -10,7 +10,7 @@ from api.deps import ServicesDep
 from api.metrics import render
 from api.problems import problem_responses
 from api.schemas import Health
-from etm.builtins import read_status
+from jobs.builtins import read_status
 
 router = APIRouter(tags=["health"], responses=problem_responses(503))
 
@@ -56,7 +56,7 @@ def readyz(services: ServicesDep) -> Response:
             status = read_status(services.redis, s.key_prefix)
             if status is None:
                 checks["builtins"] = (
-                    "not registered (run `python -m etm.builtins`, or set ETM_REGISTER_BUILTINS=false)"
+                    "not registered (run `python -m jobs.builtins`, or set ETM_REGISTER_BUILTINS=false)"
                 )
             else:
                 checks["builtins"] = "ok" if status["state"] == "ready" else status["detail"]

@@ -15,7 +15,8 @@ from api.schemas import ArtifactList, Job, JobList, JobRequest, JobStatus
 from api.security.auth import authenticate
 from api.security.ratelimit import limit
 from etm.spec import EvaluationSpec
-from etm.store import NotFound
+from jobs.admission import check_spec
+from jobs.storage import NotFound
 from workers.app import TASK_RUN_JOB
 from workers.records import TERMINAL, JobStore, body_sha256, new_job_id, problem, public_job
 
@@ -95,7 +96,7 @@ def create_job(
             response.headers["Idempotent-Replayed"] = "true"
             return _accepted(response, job, settings.retry_after_seconds)
     spec = EvaluationSpec.model_validate({k: v for k, v in raw.items() if k != "callback_url"})
-    checked = registry.check_spec(spec)
+    checked = check_spec(registry, spec)
     if body.callback_url:
         _check_callback(body.callback_url, settings)
     job_id = new_job_id()

@@ -16,7 +16,7 @@ from api.deps import JobsDep, PrincipalDep, RegistryDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.security.auth import authenticate
 from etm.leaderboard import METHOD, build_boards
-from etm.store import NotFound
+from jobs.storage import NotFound
 from workers.records import tenant_of
 
 router = APIRouter(

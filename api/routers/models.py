@@ -97,8 +97,8 @@ def list_models(registry: RegistryDep) -> ModelList:
     return ModelList(items=[ModelOut.model_validate(r) for r in registry.list_models()])
 
 
-def _get(registry: RegistryDep, model_id: str) -> dict:
-    rec = registry.get_model(model_id)
+def _get(registry: RegistryDep, model_id: str, refresh: bool = True) -> dict:
+    rec = registry.get_model(model_id, refresh=refresh)
     if rec is None:
         raise ProblemError(404, f"no model {model_id!r}; list models at GET /v1/models")
     return rec
@@ -113,6 +113,6 @@ def get_model(model_id: str, registry: RegistryDep) -> ModelOut:
     "/{model_id:path}", status_code=204, summary="Delete an uploaded model", responses=problem_responses(404, 409)
 )
 def delete_model(model_id: str, registry: RegistryDep) -> Response:
-    _get(registry, model_id)
+    _get(registry, model_id, refresh=False)  # no inspection of a model about to go
     registry.delete_model(model_id)
     return Response(status_code=204)

@@ -12,7 +12,7 @@ from api.pages import CSP, render_report_html
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import _artifacts, _finished
 from api.security.auth import authenticate
-from etm.store import NotFound
+from jobs.storage import NotFound
 from workers.records import public_job
 
 router = APIRouter(

@@ -20,7 +20,9 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from etm.store import ArtifactStore, NotFound, check_tenant, iso, now
+from etm.timestamps import iso, now
+from jobs.registry import check_tenant
+from jobs.storage import ArtifactStore, NotFound
 
 KEY_RE = re.compile(r"^etm_([0-9a-f]{12})_([A-Za-z0-9_-]{16,128})$")
 LOCAL_TENANT = "local"

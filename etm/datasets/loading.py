@@ -47,9 +47,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from etm.datasets.images import check_image, is_obviously_not_image, max_image_pixels
+from etm.datasets.splits import SPLIT_NAMES, choose_split, is_split_name
 from etm.errors import DatasetError
+from etm.text import is_utf8, utf8_safe
 
-SPLIT_NAMES = ("train", "val", "validation", "test")
 MASKS_DIR = "masks"
 MANIFEST = "manifest.csv"
 HASH_VERSION = "etm-dataset-v1"
@@ -280,8 +281,8 @@ def _validate(root_path: Path, listing: _Listing) -> Dataset:
         elif "\t" in cand.key or "\n" in cand.key or "\r" in cand.key:
             # Would make the content-hash lines ambiguous.
             skipped.append(Skipped(cand.key, "file name contains a tab or line break"))
-        elif not _is_utf8(cand.key):  # a name from disk that is not UTF-8: it could be neither hashed nor shown
-            skipped.append(Skipped(re.sub("[\ud800-\udfff]", "\ufffd", cand.key), "file name is not valid UTF-8"))
+        elif not is_utf8(cand.key):  # a name from disk that is not UTF-8: it could be neither hashed nor shown
+            skipped.append(Skipped(utf8_safe(cand.key), "file name is not valid UTF-8"))
         else:
             to_check.append(cand)
 
@@ -327,14 +328,6 @@ def _validate(root_path: Path, listing: _Listing) -> Dataset:
         has_masks_folder=has_masks_folder,
         sha256=content_sha256(items),
     )
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def content_sha256(items: Sequence[Item]) -> str:
@@ -451,24 +444,6 @@ def _read_index(path: Path, root: Path, stamp: str) -> Dataset | None:
 # -- layouts -------------------------------------------------------------------------------------
 
 
-def _choose_split(available: list[str], requested: str | None, where: str) -> str | None:
-    """The split to use, or a DatasetError that lists the available ones."""
-    if not available:
-        if requested is not None:
-            raise DatasetError(
-                f"{where} has no splits, but split {requested!r} was asked for; leave split unset to use all images"
-            )
-        return None
-    wanted = "test" if requested is None else requested
-    if wanted in available:
-        return wanted
-    folded = [s for s in available if s.lower() == wanted.lower()]
-    if len(folded) == 1:
-        return folded[0]
-    if requested is None:
-        raise DatasetError(f"{where} has splits {available} and none is called 'test'; choose one with split=...")
-    raise DatasetError(f"unknown split {requested!r} in {where}; available splits: {available}")
-
 
 def _walk_files(folder: Path) -> Iterator[Path]:
     """Files under ``folder`` in sorted order, skipping hidden names and symlinked folders."""
@@ -504,7 +479,7 @@ def _list_folders(root: Path, split: str | None) -> _Listing:
             f"({'/'.join(SPLIT_NAMES)}/<class>/<image>), but {root.name!r} has no folders",
         )
 
-    if not all(d.name.lower() in SPLIT_NAMES for d in dirs):
+    if not all(is_split_name(d.name) for d in dirs):
         if split is not None:
             raise DatasetError(
                 f"{root} has no splits (its folders are classes), but split {split!r} "
@@ -521,7 +496,7 @@ def _list_folders(root: Path, split: str | None) -> _Listing:
         )
 
     splits = [d.name for d in dirs]
-    chosen = _choose_split(splits, split, str(root))
+    chosen = choose_split(splits, split, str(root))
     split_counts: dict[str, dict[str, int]] = {}
     candidates: list[_Candidate] = []
     for d in dirs:
@@ -575,7 +550,13 @@ def _bounded_lines(f: Any) -> Iterator[str]:
         yield line
 
 
-def _list_manifest(root: Path, split: str | None) -> _Listing:
+def _read_manifest(root: Path) -> tuple[list[tuple[int, str, str, str]], list[Skipped]]:
+    """The manifest's rows as ``(line, split, label, raw path)`` and the rows skipped (too few columns).
+
+    Raises:
+        DatasetError: the manifest is unreadable, too large, lacks columns or has more rows than the folder
+            has files (see MANIFEST_ROWS_PER_FILE).
+    """
     manifest = root / MANIFEST
     try:
         size = manifest.stat().st_size
@@ -625,13 +606,40 @@ def _list_manifest(root: Path, split: str | None) -> _Listing:
                 entries.append((line, row[i_split].strip(), row[i_label].strip(), row[i_path].strip()))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{manifest} cannot be read as a UTF-8 CSV file: {e}") from e
+    return entries, skipped
 
+
+def _manifest_splits(entries: list[tuple[int, str, str, str]]) -> list[str]:
+    return sorted({s for _, s, _, _ in entries if s})
+
+
+def _folder_splits(root: Path) -> list[str]:
+    """The split folders of a folder layout (empty: its folders are classes, or it has none)."""
+    dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != MASKS_DIR]
+    return sorted(d.name for d in dirs) if dirs and all(is_split_name(d.name) for d in dirs) else []
+
+
+def split_names(root: str | Path) -> list[str]:
+    """The splits of a dataset folder, as ``load_dataset`` sees them (empty: the dataset has no splits).
+
+    Raises:
+        DatasetError: what ``load_dataset`` raises for an unreadable manifest or a missing folder.
+    """
+    root_path = _root(root)
+    if (root_path / MANIFEST).is_file():
+        return _manifest_splits(_read_manifest(root_path)[0])
+    return _folder_splits(root_path)
+
+
+def _list_manifest(root: Path, split: str | None) -> _Listing:
+    manifest = root / MANIFEST
+    entries, skipped = _read_manifest(root)
     split_counts_raw: dict[str, Counter[str]] = defaultdict(Counter)
     for _, s, label, _ in entries:
         if s:
             split_counts_raw[s][label] += 1
-    splits = sorted(split_counts_raw)
-    chosen = _choose_split(splits, split, str(manifest))
+    splits = _manifest_splits(entries)
+    chosen = choose_split(splits, split, str(manifest))
     split_counts = {s: dict(sorted(c.items())) for s, c in sorted(split_counts_raw.items())} if splits else None
 
     candidates: list[_Candidate] = []

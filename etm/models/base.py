@@ -119,6 +119,11 @@ class Forward:
     activation: torch.Tensor | None = None
 
 
+def n_classes(num_outputs: int) -> int:
+    """How many classes a model with ``num_outputs`` outputs tells apart (one logit: two classes)."""
+    return 2 if num_outputs == 1 else num_outputs
+
+
 @dataclass
 class Model(ABC):
     """A loaded classifier. Images come in as float RGB in [0, 1], shape [N, 3, H, W]."""
@@ -201,7 +206,7 @@ class Model(ABC):
 
     @property
     def n_classes(self) -> int:
-        return 2 if self.num_outputs == 1 else self.num_outputs
+        return n_classes(self.num_outputs)
 
     def load_warnings(self) -> list[dict[str, Any]]:
         """Likely metadata mistakes (``etm.models.checks.load_warnings``), from the loader's probe batch or,

@@ -2,13 +2,30 @@
 
 A method is never substituted by another: a job asking for an unavailable method fails with the
 reason given here.
+
+The table is computed from the loaded model (``load_model`` sets ``Model.capabilities``). A copy kept
+outside the model (a registry record) carries ``capabilities_version()``: a copy with another version
+was computed by other code and is recomputed, so a method added later is offered for models registered
+before it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, TypeGuard
 
 from etm.models.base import Capability, Model
+from etm.salience.registry import method_names
+
+# Bump when ``capability_table`` decides differently for a method that already exists (a new method
+# changes ``capabilities_version`` by itself).
+CAPABILITIES_VERSION = "etm-capabilities-v1"
+
+
+def capabilities_version() -> str:
+    """The version of the tables this code computes: ``CAPABILITIES_VERSION`` and the registered methods."""
+    text = "\n".join([CAPABILITIES_VERSION, *method_names()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 if TYPE_CHECKING:
     from etm.models.onnx_model import OnnxModel

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from etm.errors import BadInput, MethodUnavailable
+from etm.errors import BadInput
 from etm.models.base import Model
+from etm.models.compatibility import require_method, target_index
 from etm.salience.base import SalienceResult
 
 # A method computes the native map [N, h, w] (or input-size map) for given images and targets.
@@ -132,17 +133,7 @@ def _ensure_loaded() -> None:
 
 def resolve_target(model: Model, target: str | int) -> int | None:
     """None for 'predicted', else a class index (from an index or a class name)."""
-    if target == "predicted":
-        return None
-    names = model.metadata.class_names or []
-    if isinstance(target, str) and not target.lstrip("-").isdigit():
-        if target not in names:
-            raise BadInput(f"target class {target!r} is not one of the model's classes {names}")
-        return names.index(target)
-    idx = int(target)
-    if not 0 <= idx < model.n_classes:
-        raise BadInput(f"target class index {idx} is out of range for a model with {model.n_classes} classes")
-    return idx
+    return target_index(target, model.metadata.class_names or [], model.n_classes, "the model's")
 
 
 def compute_salience(
@@ -163,9 +154,7 @@ def compute_salience(
     _ensure_loaded()
     if method not in _METHODS:
         raise BadInput(f"unknown salience method {method!r}; choose from {sorted(_METHODS)}")
-    cap = model.capabilities.get(method)
-    if cap is None or not cap.available:
-        raise MethodUnavailable(cap.reason if cap else f"{method} is not available for this model")
+    require_method(model.capabilities, method)
     fn, has_native, _ = _METHODS[method]
     opts = check_method_params(method, params)
     fixed = resolve_target(model, target)

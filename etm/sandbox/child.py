@@ -67,12 +67,14 @@ def _inspect(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(req: dict[str, Any]) -> dict[str, Any]:
+    from etm.models.capabilities import capabilities_version
     from etm.models.loader import load_model
     from etm.models.metadata import ModelMetadata
 
     meta = ModelMetadata.model_validate(req["metadata"]) if req.get("metadata") is not None else None
     model = load_model(Path(req["path"]), metadata=meta, device=req.get("device") or "cpu", threads=1)
-    return model.describe()
+    # The version of the code that computed the capability table: a stored copy of another is recomputed.
+    return {**model.describe(), "capabilities_version": capabilities_version()}
 
 
 def _resolver(req: dict[str, Any]) -> Any:

@@ -13,9 +13,10 @@ store under fixed ids so that a fresh service can score something before anythin
   ``GET /v1/families`` groups them.
 
 Registration is idempotent and cheap when nothing changed: datasets are re-validated only when
-``benchmark.json`` (the generator's parameters) changes, models only when their bytes change.
+``benchmark.json`` (the generator's parameters) changes, models only when their bytes change or their
+capability table is stale (all of them inspected in one sandboxed process).
 
-Run it alone with ``python -m etm.builtins``.
+Run it alone with ``python -m jobs.builtins``.
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from etm.errors import BadInput
-from etm.store import Registry, sha256_file
+from etm.models.capabilities import capabilities_version
+from etm.sandbox import limits_for
+from etm.sandbox.calls import inspect_models
+from etm.settings import Settings, get_settings
+from jobs.registry import Registry, describe_locally
+from jobs.storage import ArtifactStore, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +123,15 @@ def register_builtins(
         for run, path in runs:
             say(f"registering ({len(summary['models'])} of {n_models} models)")
             ident = model_id(family, run)
-            rec = registry.get_model(ident)
-            if rec is None or rec["sha256"] != sha256_file(path):
+            rec = registry.get_model(ident, refresh=False)  # as stored: a stale capability table is refreshed below
+            if rec is not None and rec["sha256"] == sha256_file(path) and path in described:
+                try:
+                    registry.current_capabilities(rec, _described(described, path))
+                except BadInput as exc:
+                    log.error("built-in model %s (%s) refused: %s", ident, path, exc)
+                    summary["missing"].append(f"{ident}: {exc}")
+                    continue
+            elif rec is None or rec["sha256"] != sha256_file(path):
                 try:
                     rec, _ = registry.ingest_model(
                         path,
@@ -154,12 +169,14 @@ def register_builtins(
 
 
 def _describe_new(registry: Registry, paths: list[Path]) -> dict[Path, dict[str, Any] | Exception]:
-    """Inspect, in one sandboxed process, the built-in files not registered yet (or changed)."""
-    from etm.sandbox import limits_for
-    from etm.sandbox.calls import inspect_models
-    from etm.settings import get_settings
-
-    by_sha = {rec["sha256"] for rec in registry.list_models() if rec.get("builtin")}
+    """Inspect, in one sandboxed process, the built-in files not registered yet, changed, or registered with
+    a stale capability table."""
+    current = capabilities_version()
+    by_sha = {
+        rec["sha256"]
+        for rec in registry.list_models(refresh=False)  # as stored: the stale ones are inspected together
+        if rec.get("builtin") and rec.get("capabilities_version") == current
+    }
     todo = [p for p in paths if sha256_file(p) not in by_sha]
     settings = get_settings()
     results = inspect_models([(p, None) for p in todo], settings, limits_for(settings, "inspect"))
@@ -169,8 +186,6 @@ def _describe_new(registry: Registry, paths: list[Path]) -> dict[Path, dict[str,
 def _described(described: dict[Path, dict[str, Any] | Exception], path: Path) -> dict[str, Any]:
     result = described.get(path)
     if result is None:  # not foreseen (registered meanwhile under another id): inspect it alone
-        from etm.store import describe_locally
-
         return describe_locally(path, sha256_file(path), None)
     if isinstance(result, Exception):
         raise result
@@ -187,12 +202,7 @@ def families(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main() -> int:
-    from etm.settings import Settings
-    from etm.store import ArtifactStore
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import redis
-
     s = Settings()
     r = redis.Redis.from_url(s.redis_py_url, socket_connect_timeout=5)
     summary = register_with_status(
