@@ -13,7 +13,7 @@ from typing import Any
 from api.problems import ProblemError
 from etm.errors import ModelRefused
 from etm.store import Describe, Registry
-from workers.app import TASK_INSPECT_MODEL
+from jobs.queue import TASK_INSPECT_MODEL
 
 log = logging.getLogger("etm.api")
 
