@@ -138,14 +138,14 @@ def detail_of(exc: BaseException) -> str:
     return kind.detail(exc) if kind.detail is not None else str(exc)
 
 
-def problem_for(exc: BaseException, instance: str | None = None) -> dict[str, Any]:
-    """The problem object a job's error is recorded as (``instance``: the job's path)."""
+def problem_for(exc: BaseException) -> dict[str, Any]:
+    """The problem object a job's error is recorded as (``jobs.view`` adds the job's path as ``instance``)."""
     if _out_of_memory(exc):
         status, slug, title = _resolve(OUT_OF_MEMORY, exc)
-        return problem(slug, title, status, _oom_detail(exc), instance)
+        return problem(slug, title, status, _oom_detail(exc))
     status, slug, title = kind_of(exc)
     if row_of(exc) is INTERNAL:  # no traceback for the client: the worker's log has it
         detail = f"the worker failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}); see the worker's log"
     else:
         detail = detail_of(exc)
-    return problem(slug, title, status, detail, instance)
+    return problem(slug, title, status, detail)

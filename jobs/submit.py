@@ -25,7 +25,7 @@ from jobs.queue import TASK_RUN_JOB
 from jobs.records import JobRecord, Progress, new_job_id
 from jobs.webhooks import check_callback_url
 
-log = logging.getLogger("etm.api")
+log = logging.getLogger("etm.jobs")
 
 
 class Send(Protocol):

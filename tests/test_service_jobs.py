@@ -74,7 +74,7 @@ def test_redelivery_is_bounded(env: WorkerEnv) -> None:
     job = public_job(env.jobs.get(jid))
     assert job["status"] == "failed" and job["error"]["type"].endswith("/worker-lost")
     assert "ETM_MAX_DELIVERIES" in job["error"]["detail"] and job["error"]["instance"] == f"/v1/jobs/{jid}"
-    assert env.store.read_json(f"jobs/{jid}.json")["status"] == "failed"  # final record also in the store
+    assert env.store.read_json(env.jobs.final_key(jid))["status"] == "failed"  # final record also in the store
 
 
 def test_worker_revalidates_the_stored_spec(env: WorkerEnv) -> None:
