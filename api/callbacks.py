@@ -1,7 +1,7 @@
 """Callbacks the API itself sends (jobs canceled while queued, cache hits): on ``ETM_API_CALLBACK_THREADS`` threads
 of their own, never on the request threads, so receivers that answer slowly cannot starve the API.
 
-Each delivery is ``workers.webhooks.deliver`` (signed, retried, allowed hosts only; every attempt has the total
+Each delivery is ``jobs.webhooks.deliver`` (signed, retried, allowed hosts only; every attempt has the total
 deadline ETM_CALLBACK_TIMEOUT). At most ``MAX_PENDING`` callbacks wait for a thread; past that a callback is not
 sent and the job's ``callback`` says so. The threads are daemons: callbacks still waiting when the API process
 stops are not sent.
@@ -14,7 +14,9 @@ import queue
 import threading
 
 from etm.settings import Settings
-from workers.records import JobStore
+from jobs.job_store import JobStore
+from jobs.records import CallbackOutcome
+from jobs.webhooks import deliver
 
 log = logging.getLogger("etm.webhooks")
 MAX_PENDING = 1000
@@ -34,11 +36,11 @@ class CallbackSender:
             self._queue.put_nowait(job_id)
         except queue.Full:
             log.warning("job %s: callback not sent, %d callbacks are already waiting", job_id, MAX_PENDING)
-            outcome = {
-                "attempts": 0, "status_code": None, "delivered": False, "delays_seconds": [],
-                "error": f"not sent: {MAX_PENDING} callbacks were already waiting in this API process "
+            outcome = CallbackOutcome(
+                attempts=0,
+                error=f"not sent: {MAX_PENDING} callbacks were already waiting in this API process "
                 "(ETM_API_CALLBACK_THREADS sends them)",
-            }
+            )
             self.jobs.set_fields(job_id, callback=outcome)
             return False
         return True
@@ -51,14 +53,12 @@ class CallbackSender:
                 self._threads.append(t)
 
     def _run(self) -> None:
-        from workers.jobs import deliver_callback
-
         while True:
             job_id = self._queue.get()
             try:
                 job = self.jobs.get(job_id)
-                if job is not None:
-                    deliver_callback(self.settings, self.jobs, job)
+                if job is not None and job.callback_url:
+                    deliver(self.settings, self.jobs, job)
             except Exception:  # noqa: BLE001 - one failed delivery must not stop the thread
                 log.exception("job %s: callback failed", job_id)
             finally:

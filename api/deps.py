@@ -18,9 +18,10 @@ from api.security.auth import Authenticator, authenticate
 from api.security.keys import KeyStore, Principal
 from api.security.ratelimit import FailureLimiter, RateLimiter
 from etm.settings import Settings
+from jobs.job_store import JobStore
+from jobs.queue import APP_NAME, celery_config
 from jobs.registry import Registry
 from jobs.storage import ArtifactStore
-from workers.records import JobStore
 
 
 class Services:
@@ -74,9 +75,17 @@ class Services:
 
     @cached_property
     def celery(self) -> Any:
-        from workers.app import make_celery
+        """A producer of the workers' tasks, sent by name (``jobs.queue``); the API never imports the tasks."""
+        from celery import Celery
 
-        return make_celery(self.settings)
+        url = self.settings.celery_url
+        app = Celery(APP_NAME, broker=url, backend=url)
+        app.conf.update(celery_config(self.settings))
+        return app
+
+    def send_task(self, name: str, kwargs: dict[str, Any], *, queue: str, task_id: str) -> None:
+        """``jobs.submit.Send`` through the Celery producer."""
+        self.celery.send_task(name, kwargs=kwargs, queue=queue, task_id=task_id)
 
 
 def get_services(request: Request) -> Services:

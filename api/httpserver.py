@@ -37,7 +37,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from etm.settings import get_settings
-from workers.records import PROBLEM_BASE
+from jobs.problems import PROBLEM_BASE
 
 log = logging.getLogger("etm.http")
 LINGER_SECONDS = 2.0

@@ -12,8 +12,8 @@ from typing import Any
 
 from api.problems import ProblemError
 from etm.errors import ModelRefused
+from jobs.queue import TASK_INSPECT_MODEL
 from jobs.registry import Describe, Registry
-from workers.app import TASK_INSPECT_MODEL
 
 log = logging.getLogger("etm.api")
 

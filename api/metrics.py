@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from workers.records import DURATION_BUCKETS, STATES, JobStore
+from jobs.job_store import DURATION_BUCKETS, JobStore
+from jobs.records import STATES
 
 QUEUES = ("cpu", "gpu")
 # kombu's Redis transport keeps one list per queue and priority step.

@@ -3,7 +3,9 @@
 ``type`` is a URI under ``https://explain-to-me.dev/problems/`` naming the kind of problem, ``title``
 its short human name, ``status`` the HTTP status, ``detail`` what went wrong *this* time and what to
 do about it, ``instance`` the request path. Validation errors add ``errors`` (one entry per field).
-Unexpected exceptions become a 500 without a traceback (the traceback goes to the log).
+Exceptions of the domain and of the jobs layer answer as ``jobs.problems``' table says (the workers record a
+job's error by the same table). Unexpected exceptions become a 500 without a traceback (the traceback goes to
+the log).
 """
 
 from __future__ import annotations
@@ -11,17 +13,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from etm.errors import BadInput, ModelRuntimeError
-from workers.records import PROBLEM_BASE
+from jobs.problems import PROBLEM_BASE, PROBLEMS, detail_of, kind_of, row_of
 
 log = logging.getLogger("etm.api")
 PROBLEM_JSON = "application/problem+json"
@@ -189,27 +189,19 @@ def install(app: FastAPI) -> None:
             )
         return problem_response(request, 422, _validation_detail(errors), errors=errors)
 
-    @app.exception_handler(BadInput)
-    async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        status = int(getattr(exc, "status", 422))
-        slug = type(exc).__name__.lower()
-        return problem_response(request, status, str(exc), slug=slug, title=getattr(exc, "title", None))
+    async def _known(request: Request, exc: Exception) -> JSONResponse:
+        status, slug, title = kind_of(exc)
+        if status >= 500:
+            log.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+        retry_after = row_of(exc).retry_after
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        return problem_response(request, status, detail_of(exc), slug=slug, title=title, headers=headers)
 
-    @app.exception_handler(ModelRuntimeError)
-    async def _model_runtime(request: Request, exc: ModelRuntimeError) -> JSONResponse:
-        return problem_response(request, 422, str(exc), slug="model-runtime-error", title=exc.title)
-
-    @app.exception_handler(redis.ConnectionError)
-    @app.exception_handler(redis.TimeoutError)
-    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("Redis unavailable: %s", exc)
-        return problem_response(
-            request,
-            503,
-            "the job database (Redis) cannot be reached; retry shortly. Operators: check ETM_REDIS_URL and Redis",
-            slug="redis-unavailable",
-            headers={"Retry-After": "5"},
-        )
+    for exc_type in PROBLEMS:
+        # Not the catch-all (below: it logs the traceback), nor pydantic's ValidationError: request bodies are
+        # validated by FastAPI (RequestValidationError, above), so one inside a route is a bug of ours, a 500.
+        if exc_type not in (Exception, ValidationError):
+            app.add_exception_handler(exc_type, _known)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -1,15 +1,15 @@
-"""Request and response bodies of the v1 API (they make the OpenAPI document)."""
+"""Request and response bodies of the v1 API (they make the OpenAPI document). A job's own view
+(``Job``) is ``jobs.view``'s, which callbacks POST too."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.examples import EXAMPLE_JOB
 from etm.spec import EvaluationSpec
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+from jobs.view import Job  # the job as clients see it: one model for GET and the callback body
 
 
 class Capability(BaseModel):
@@ -144,59 +144,6 @@ class JobRequest(EvaluationSpec):
         "retried with backoff on network errors, 5xx and 429. Private, loopback and other non-public addresses are "
         "refused (422) unless ETM_WEBHOOK_ALLOW_PRIVATE or ETM_WEBHOOK_ALLOWED_HOSTS allows them.",
     )
-
-
-class ProgressStep(BaseModel):
-    """Inside one long salience call (Score-CAM's masked passes), which the stage's count moves past only at
-    the end of its batch."""
-
-    method: str = Field(..., examples=["scorecam"])
-    done: int = Field(..., description="Units done in this call (Score-CAM: masked forward passes).")
-    total: int
-    eta_seconds: float | None = Field(None, description="Remaining time of this call at its rate so far.")
-    updated_at: str | None = None
-
-
-class Progress(BaseModel):
-    stage: str = Field(..., description="queued, loading, in-set, out-of-set, artifacts or done")
-    done: int
-    total: int
-    fraction: float = Field(..., ge=0, le=1, description="Overall fraction of the job done.")
-    updated_at: str | None = None
-    step: ProgressStep | None = Field(None, description="While a running job is inside one long salience call.")
-
-
-class JobLinks(BaseModel):
-    self: str
-    cancel: str
-    report: str | None = None
-    report_csv: str | None = None
-    artifacts: str | None = None
-
-
-class Job(BaseModel):
-    """A job and where it stands."""
-
-    id: str
-    status: JobStatus
-    created_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    updated_at: str | None
-    progress: Progress
-    cache_hit: bool = Field(..., description="True when the report came from the result cache.")
-    cache_key: str | None
-    n_images: int | None = Field(None, description="In-set images the job scores.")
-    shards: int | None = Field(None, description="Shards the job was split into (null: not split).")
-    queue: str | None
-    cancel_requested: bool
-    duration_seconds: float | None = None
-    images_per_second: float | None = None
-    error: dict[str, Any] | None = Field(None, description="A problem+json object when the job failed.")
-    spec: dict[str, Any] | None
-    callback_url: str | None = None
-    callback: dict[str, Any] | None = None
-    links: JobLinks
 
 
 class JobList(BaseModel):

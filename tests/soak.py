@@ -26,10 +26,11 @@ from typing import Any
 import httpx
 
 from etm.settings import Settings
+from jobs.queue import TASK_RUN_JOB
 from tests.helpers.faults import Inspector, comparable, fault_kit, job_body, restart_api, upload_inputs
 from tests.helpers.tiny import tiny_dataset, tiny_family
 from tests.servicekit import ServiceKit
-from workers.app import TASK_RUN_JOB, make_celery
+from workers.app import make_celery
 
 FAULTS = ("kill pool process", "kill worker whole", "restart Redis (SIGTERM)", "kill Redis (SIGKILL)",
           "restart API (SIGKILL)", "duplicate message")

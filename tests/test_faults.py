@@ -182,7 +182,8 @@ def test_api_killed_during_a_job(kit: ServiceKit, body: dict[str, Any], referenc
 def test_duplicate_delivery_changes_nothing(
     kit: ServiceKit, inspect: Inspector, body: dict[str, Any], reference: dict[str, Any]
 ) -> None:
-    from workers.app import TASK_RUN_JOB, make_celery
+    from jobs.queue import TASK_RUN_JOB
+    from workers.app import make_celery
 
     assert kit.redis is not None
     celery = make_celery(Settings(redis_url=kit.redis.url))

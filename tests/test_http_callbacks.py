@@ -1,6 +1,6 @@
 """Callbacks of jobs the API ends itself run on threads of their own, and every attempt has a total deadline
 (ETM_CALLBACK_TIMEOUT): receivers that trickle one byte a second hold neither the API's request threads nor a
-delivery (the workers' path, ``workers.webhooks.deliver``, has the same deadline).
+delivery (the workers' path, ``jobs.webhooks.deliver``, has the same deadline).
 
 Real service (own redis-server, the API under uvicorn, no worker: jobs stay queued, so canceling one makes the API
 send its callback); the receiver is a raw socket server on 127.0.0.1. The figures are printed (pytest -s).
@@ -21,12 +21,13 @@ import pytest
 import redis
 
 from etm.settings import Settings
+from jobs.job_store import JobStore
+from jobs.records import JobRecord, new_job_id
 from jobs.storage import ArtifactStore
+from jobs.webhooks import deliver
 from tests.helpers.faults import upload_inputs
 from tests.helpers.http import p95, start_api_only
 from tests.servicekit import ServiceKit
-from workers.records import JobStore, new_job_id
-from workers.webhooks import deliver
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -186,7 +187,7 @@ def test_trickling_receivers_hold_neither_request_threads_nor_deliveries(
 
 
 def test_worker_delivery_gives_up_at_the_total_deadline(kit: ServiceKit) -> None:
-    """The workers' path (workers.webhooks.deliver, sync): two attempts against a trickler, each cut at the
+    """The workers' path (jobs.webhooks.deliver, sync): two attempts against a trickler, each cut at the
     deadline, not at a per-read timeout the trickle keeps resetting."""
     jobs = JobStore(redis.Redis.from_url(kit.redis.url), ArtifactStore(str(kit.workdir / "store")))
     receiver = Trickler(interval=0.5)
@@ -195,8 +196,8 @@ def test_worker_delivery_gives_up_at_the_total_deadline(kit: ServiceKit) -> None
         webhook_backoff_seconds=0.2,
     )
     t = time.time()
-    job = jobs.create({"id": new_job_id(), "status": "succeeded", "created_at": t, "finished_at": t,
-                       "spec": {"seed": 0}, "callback_url": receiver.url})
+    job = jobs.create(JobRecord(id=new_job_id(), status="succeeded", created_at=t, finished_at=t, spec={"seed": 0},
+                                callback_url=receiver.url))
     result: dict[str, Any] = {}
 
     def run() -> None:
@@ -211,5 +212,5 @@ def test_worker_delivery_gives_up_at_the_total_deadline(kit: ServiceKit) -> None
     print(f"worker delivery to a trickler: {result}")
     assert not worker.is_alive(), "the delivery was still waiting for the trickling receiver after 20 s"
     assert result["seconds"] <= 2 * 1.5 + 0.2 + 1.5, result
-    assert result["outcome"]["attempts"] == 2 and "no complete answer within 1.5 s" in result["outcome"]["error"]
+    assert result["outcome"].attempts == 2 and "no complete answer within 1.5 s" in result["outcome"].error
 

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from etm.settings import Settings
+from jobs.job_store import JobStore
+from jobs.records import JobRecord, JobState, new_job_id
+from jobs.view import public_job
 from tests.servicekit import RedisServer
-from workers.jobs import Progress, WorkerEnv, plan_shards, run_job
-from workers.records import JobStore, new_job_id, public_job
+from workers.jobs import ProgressReporter, WorkerEnv, plan_shards, run_job
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +35,10 @@ def env(redis_url: str, tmp_path: Path) -> WorkerEnv:
     return WorkerEnv.from_settings(settings)
 
 
-def _job(jobs: JobStore, status: str = "queued", **fields: Any) -> str:
+def _job(jobs: JobStore, status: JobState = "queued", **fields: Any) -> str:
     jid = new_job_id()
     spec = {"candidates": [{"name": "a", "models": ["m-x"]}], "dataset": "d-x"}
-    jobs.create({"id": jid, "status": status, "created_at": time.time(), "spec": spec, "cache_key": "k", **fields})
+    jobs.create(JobRecord(id=jid, status=status, created_at=time.time(), spec=spec, cache_key="k", **fields))
     return jid
 
 
@@ -52,7 +54,7 @@ def test_transitions_are_guarded_and_counted(env: WorkerEnv) -> None:
     assert not jobs.transition(jid, "running", ("queued",))  # already running
     assert jobs.transition(jid, "succeeded", ("running",), finished_at=1.0)
     assert not jobs.transition(jid, "canceled", ("queued", "running"))  # an ended job stays ended
-    assert jobs.get(jid)["status"] == "succeeded"
+    assert jobs.get(jid).status == "succeeded"
     assert jobs.stats()["states"] == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0, "canceled": 0}
     assert jobs.transition("j-missing", "running", ("queued",)) is False
 
@@ -66,12 +68,13 @@ def test_finished_job_delivered_again_does_nothing(env: WorkerEnv) -> None:
 
 def test_redelivery_is_bounded(env: WorkerEnv) -> None:
     jid = _job(env.jobs)
-    env.jobs.set_fields(jid, **{"deliveries:job": 2})  # two earlier deliveries died with their worker
+    env.jobs.incr_delivery(jid, "job")  # two earlier deliveries died with their worker
+    env.jobs.incr_delivery(jid, "job")
     run_job(env, jid, _no_dispatch)
-    job = env.jobs.get(jid)
+    job = public_job(env.jobs.get(jid))
     assert job["status"] == "failed" and job["error"]["type"].endswith("/worker-lost")
     assert "ETM_MAX_DELIVERIES" in job["error"]["detail"] and job["error"]["instance"] == f"/v1/jobs/{jid}"
-    assert env.store.read_json(f"jobs/{jid}.json")["status"] == "failed"  # final record also in the store
+    assert env.store.read_json(env.jobs.final_key(jid))["status"] == "failed"  # final record also in the store
 
 
 def test_worker_revalidates_the_stored_spec(env: WorkerEnv) -> None:
@@ -79,46 +82,46 @@ def test_worker_revalidates_the_stored_spec(env: WorkerEnv) -> None:
     env.jobs.set_fields(jid, spec={"candidates": [], "dataset": "d-x", "measures": ["bogus"]})
     run_job(env, jid, _no_dispatch)
     job = env.jobs.get(jid)
-    assert job["status"] == "failed" and job["error"]["status"] == 422 and "bogus" in job["error"]["detail"]
+    assert job.status == "failed" and job.error["status"] == 422 and "bogus" in job.error["detail"]
 
 
 def test_worker_rechecks_ids(env: WorkerEnv) -> None:
     jid = _job(env.jobs)
     run_job(env, jid, _no_dispatch)
     job = env.jobs.get(jid)
-    assert job["status"] == "failed" and "m-x" in job["error"]["detail"] and "d-x" in job["error"]["detail"]
+    assert job.status == "failed" and "m-x" in job.error["detail"] and "d-x" in job.error["detail"]
 
 
 def test_cancel_of_queued_job_is_immediate_and_sticks(env: WorkerEnv) -> None:
     jid = _job(env.jobs)
     job = env.jobs.request_cancel(jid)
-    assert job["status"] == "canceled" and job["cancel_requested"] is True
+    assert job.status == "canceled" and job.cancel_requested is True
     run_job(env, jid, _no_dispatch)
-    assert env.jobs.get(jid)["status"] == "canceled"
+    assert env.jobs.get(jid).status == "canceled"
 
 
 def test_shard_progress_never_goes_backwards(env: WorkerEnv) -> None:
     jid = _job(env.jobs, status="running")
     env.jobs.write_shard_progress(jid, 1, 10, 40, "in-set", 0.0, 0.8)
     env.jobs.write_shard_progress(jid, 0, 4, 40, "in-set", 0.0, 0.8)
-    p = env.jobs.get(jid)["progress"]
-    assert p["done"] == 14 and p["total"] == 40 and p["fraction"] == pytest.approx(0.28)
+    p = env.jobs.get(jid).progress
+    assert p.done == 14 and p.total == 40 and p.fraction == pytest.approx(0.28)
 
 
 def test_job_records_fall_back_to_the_store(env: WorkerEnv) -> None:
     jid = _job(env.jobs)
     env.jobs.request_cancel(jid)
     env.redis.delete(env.jobs.key(jid))  # Redis forgot (eviction, restart without persistence)
-    assert env.jobs.get(jid)["status"] == "canceled"
+    assert env.jobs.get(jid).status == "canceled"
 
 
 def test_list_pages_skip_expired_records(env: WorkerEnv) -> None:
     made = [_job(env.jobs) for _ in range(5)]
     env.redis.delete(env.jobs.key(made[2]))
     page, cursor = env.jobs.list(None, 2, None)
-    assert [j["id"] for j in page] == made[::-1][:2] and cursor is not None
+    assert [j.id for j in page] == made[::-1][:2] and cursor is not None
     rest, end = env.jobs.list(None, 10, cursor)
-    assert [j["id"] for j in rest] == [made[1], made[0]] and end is None
+    assert [j.id for j in rest] == [made[1], made[0]] and end is None
 
 
 def test_idempotency_claims(env: WorkerEnv) -> None:
@@ -138,9 +141,9 @@ def test_progress_inside_one_salience_call_has_an_eta(env: WorkerEnv) -> None:
     """Score-CAM's masked passes (stage ``step:scorecam`` from the sandbox) land in ``progress.step`` with an
     ETA, beside the stage's own progress, which they neither replace nor move."""
     jid = _job(env.jobs, status="running")
-    progress = Progress(env.jobs, jid, interval=0.0, has_ood=False, inset_total=16)
+    progress = ProgressReporter(env.jobs, jid, interval=0.0, has_ood=False, inset_total=16)
     progress("in-set", 8, 16)
-    before = env.jobs.get(jid)["progress"]
+    before = public_job(env.jobs.get(jid))["progress"]
     progress("step:scorecam", 0, 400)
     time.sleep(0.05)
     progress("step:scorecam", 100, 400)

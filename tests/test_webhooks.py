@@ -21,11 +21,12 @@ import pytest
 import redis
 
 from etm.settings import Settings
+from jobs.job_store import JobStore
+from jobs.records import JobRecord, new_job_id
 from jobs.storage import ArtifactStore
+from jobs.webhooks import SIGNATURE_HEADER, CallbackRefused, check_callback_url, deliver, verify_signature
 from tests.helpers.faults import upload_inputs
 from tests.servicekit import RedisServer, ServiceKit
-from workers.records import JobStore, new_job_id
-from workers.webhooks import SIGNATURE_HEADER, CallbackRefused, check_callback_url, deliver, verify_signature
 
 SECRET = "test-webhook-secret"
 pytestmark = pytest.mark.timeout(300)
@@ -89,17 +90,11 @@ def settings(**over: Any) -> Settings:
     return Settings(**(base | over))
 
 
-def ended_job(jobs: JobStore, url: str) -> dict[str, Any]:
+def ended_job(jobs: JobStore, url: str) -> JobRecord:
     t = time.time()
-    job = {
-        "id": new_job_id(),
-        "status": "succeeded",
-        "created_at": t,
-        "finished_at": t,
-        "spec": {"seed": 0},
-        "callback_url": url,
-    }
-    return jobs.create(job)
+    return jobs.create(
+        JobRecord(id=new_job_id(), status="succeeded", created_at=t, finished_at=t, spec={"seed": 0}, callback_url=url)
+    )
 
 
 # -- which hosts -------------------------------------------------------------------------------------
@@ -157,10 +152,10 @@ def test_unresolvable_host_is_refused_with_the_host_named() -> None:
 def test_callback_is_signed_over_timestamp_and_body(jobs: JobStore, receiver: Receiver) -> None:
     job = ended_job(jobs, receiver.url)
     outcome = deliver(settings(), jobs, job)
-    assert outcome["delivered"] and outcome["attempts"] == 1 and outcome["status_code"] == 200
+    assert outcome.delivered and outcome.attempts == 1 and outcome.status_code == 200
     (req,) = receiver.requests
     body, header = req["body"], req["headers"][SIGNATURE_HEADER]
-    assert json.loads(body)["id"] == job["id"] and json.loads(body)["status"] == "succeeded"
+    assert json.loads(body)["id"] == job.id and json.loads(body)["status"] == "succeeded"
     # What a receiver computes with nothing but the shared secret and hmac:
     ts, mac = (p.split("=", 1)[1] for p in header.split(","))
     expected = hmac.new(SECRET.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
@@ -169,7 +164,7 @@ def test_callback_is_signed_over_timestamp_and_body(jobs: JobStore, receiver: Re
     assert not verify_signature("another-secret", header, body)
     assert not verify_signature(SECRET, header, body + b" ")
     assert not verify_signature(SECRET, header, body, now=int(ts) + 3600)  # a replay an hour later
-    assert jobs.get(job["id"])["callback"]["delivered"] is True
+    assert jobs.get(job.id).callback.delivered is True
 
 
 def test_5xx_is_retried_with_growing_delays(jobs: JobStore) -> None:
@@ -179,14 +174,14 @@ def test_5xx_is_retried_with_growing_delays(jobs: JobStore) -> None:
         outcome = deliver(settings(), jobs, job)
     finally:
         receiver.close()
-    assert outcome["attempts"] == 3 and outcome["delivered"] and outcome["status_code"] == 200
-    assert outcome["delays_seconds"] == [0.2, 0.4]
+    assert outcome.attempts == 3 and outcome.delivered and outcome.status_code == 200
+    assert outcome.delays_seconds == [0.2, 0.4]
     t = [r["t"] for r in receiver.requests]
     gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
     assert len(gaps) == 2 and 0.18 < gaps[0] < gaps[1] and gaps[1] > 0.38, gaps
     assert [r["headers"]["X-ETM-Attempt"] for r in receiver.requests] == ["1", "2", "3"]
-    recorded = jobs.get(job["id"])["callback"]
-    assert recorded["attempts"] == 3 and recorded["status_code"] == 200
+    recorded = jobs.get(job.id).callback
+    assert recorded.attempts == 3 and recorded.status_code == 200
 
 
 def test_4xx_is_not_retried_and_exhaustion_is_recorded(jobs: JobStore) -> None:
@@ -196,18 +191,18 @@ def test_4xx_is_not_retried_and_exhaustion_is_recorded(jobs: JobStore) -> None:
         down = deliver(settings(), jobs, ended_job(jobs, receiver.url))
     finally:
         receiver.close()
-    assert gone["attempts"] == 1 and gone["status_code"] == 404 and not gone["delivered"]
-    assert down["attempts"] == 3 and down["status_code"] == 503 and not down["delivered"]
-    assert "503" in down["error"]
+    assert gone.attempts == 1 and gone.status_code == 404 and not gone.delivered
+    assert down.attempts == 3 and down.status_code == 503 and not down.delivered
+    assert "503" in down.error
 
 
 def test_loopback_receiver_is_refused_at_delivery_unless_allowed(jobs: JobStore, receiver: Receiver) -> None:
     job = ended_job(jobs, receiver.url)
     outcome = deliver(settings(webhook_allowed_hosts=""), jobs, job)
-    assert not outcome["delivered"] and outcome["attempts"] == 1 and outcome["status_code"] is None
-    assert "loopback" in outcome["error"] and receiver.requests == []
-    assert jobs.get(job["id"])["callback"]["error"] == outcome["error"]
-    assert deliver(settings(webhook_allowed_hosts="", webhook_allow_private=True), jobs, job)["delivered"]
+    assert not outcome.delivered and outcome.attempts == 1 and outcome.status_code is None
+    assert "loopback" in outcome.error and receiver.requests == []
+    assert jobs.get(job.id).callback.error == outcome.error
+    assert deliver(settings(webhook_allowed_hosts="", webhook_allow_private=True), jobs, job).delivered
 
 
 def test_unreachable_receiver_is_retried(jobs: JobStore) -> None:
@@ -215,7 +210,7 @@ def test_unreachable_receiver_is_retried(jobs: JobStore) -> None:
     url = receiver.url
     receiver.close()  # nothing listens on that port any more
     outcome = deliver(settings(), jobs, ended_job(jobs, url))
-    assert outcome["attempts"] == 3 and not outcome["delivered"] and "ConnectError" in outcome["error"]
+    assert outcome.attempts == 3 and not outcome.delivered and "ConnectError" in outcome.error
 
 
 # -- through the service -----------------------------------------------------------------------------

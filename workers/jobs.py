@@ -1,5 +1,6 @@
 """Running a job: turn its record into calls of the domain's evaluation, report progress, store
-the result. No maths here, and no Celery either: ``workers.tasks`` wraps these functions.
+the result. No maths here, and no Celery either: ``workers.tasks`` wraps these functions. Records,
+results and problems are the jobs layer's (``jobs.*``); nothing here knows the HTTP API.
 
 Every entry point is idempotent, keyed by the job id: a job that already ended is left alone, a
 shard whose partial result is in the store is not recomputed, and a result already in the store
@@ -25,17 +26,22 @@ from pydantic import ValidationError
 
 from etm.errors import BadInput, Canceled, ModelRuntimeError
 from etm.salience.progress import STEP_PREFIX
-from etm.sandbox import Outcome, SandboxCrashed, SandboxTimeout, SandboxUnavailable, limits_for
+from etm.sandbox import Outcome, limits_for
 from etm.sandbox import calls as sandbox_calls
 from etm.sandbox.calls import Inputs
-from etm.sandbox.files import UnsafeOutput, read_bytes
+from etm.sandbox.files import read_bytes
 from etm.settings import Settings
 from etm.spec import EvaluationSpec
 from jobs.admission import CheckedSpec, check_spec
+from jobs.errors import TimeLimit, WorkerLost
+from jobs.job_store import JobStore
+from jobs.problems import problem_for
+from jobs.records import JobRecord, Progress, Step
 from jobs.registry import Registry
+from jobs.results import ResultStore
 from jobs.storage import ArtifactStore, NotFound
+from jobs.webhooks import deliver
 from workers.lease import hold
-from workers.records import TERMINAL, JobStore, problem
 
 log = logging.getLogger("etm.worker")
 MAX_REPORT_BYTES = 256 * 2**20  # a report is summaries and curves; per-image rows are in the CSV
@@ -67,6 +73,10 @@ class WorkerEnv:
     registry: Registry
     jobs: JobStore
 
+    @property
+    def results(self) -> ResultStore:
+        return self.jobs.results
+
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerEnv:
         client = redis_client(settings)
@@ -85,7 +95,7 @@ class WorkerEnv:
         return Inputs(models, datasets)
 
     def sandboxed(
-        self, checked: CheckedSpec, job_id: str, progress: Progress, scratch: Path, **kwargs: Any
+        self, checked: CheckedSpec, job_id: str, progress: ProgressReporter, scratch: Path, **kwargs: Any
     ) -> Outcome:
         """One evaluation step of the job in the model sandbox (killed on cancel and at the time limit)."""
         gpu = _has_gpu()
@@ -115,7 +125,7 @@ class JobEnded(Exception):
 # -- progress --------------------------------------------------------------------------------------
 
 
-class Progress:
+class ProgressReporter:
     """Throttled progress writer: at most one write per ``interval`` seconds, always at stage changes
     and at the end of a stage. Stages map onto one overall fraction:
 
@@ -167,7 +177,7 @@ class Progress:
         self.step_last = t
         elapsed = t - self.step_start
         eta = round(elapsed / done * (total - done), 1) if done > 0 and elapsed > 0 else None
-        step = {"method": method, "done": done, "total": total, "eta_seconds": eta, "updated_at": time.time()}
+        step = Step(method=method, done=done, total=total, eta_seconds=eta, updated_at=time.time())
         try:
             self.jobs.set_fields(self.job_id, step=step)
         except redis.RedisError as exc:
@@ -187,8 +197,19 @@ def cancel_check(jobs: JobStore, job_id: str) -> Callable[[], bool]:
 # -- ends of a job ---------------------------------------------------------------------------------
 
 
+def job_problem(exc: BaseException) -> dict[str, Any]:
+    """The problem a job's error is recorded as (``jobs.problems``; Celery's time limits are ``TimeLimit``)."""
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    from etm.settings import get_settings
+
+    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
+        s = get_settings()
+        exc = TimeLimit.of(s.task_soft_time_limit, s.task_time_limit)
+    return problem_for(exc)
+
+
 def fail(env: WorkerEnv, job_id: str, err: dict[str, Any]) -> None:
-    err = {**err, "instance": f"/v1/jobs/{job_id}"}
     t = time.time()
     if _ours(env, job_id, "failed", t, env.jobs.transition(
         job_id, "failed", ("queued", "running"), error=err, finished_at=t, updated_at=t
@@ -211,108 +232,44 @@ def _ours(env: WorkerEnv, job_id: str, to: str, finished_at: float, done: bool) 
     retried by the client and then finds the job already moved: by us, when it carries our time stamp."""
     if done:
         return True
-    job = env.jobs.get(job_id) or {}
-    return job.get("status") == to and job.get("finished_at") == finished_at
+    job = env.jobs.get(job_id)
+    return job is not None and job.status == to and job.finished_at == finished_at
 
 
 def _after_end(env: WorkerEnv, job_id: str) -> None:
     env.jobs.snapshot(job_id)
-    env.jobs.r.delete(f"{env.jobs.key(job_id)}:shards")
+    env.jobs.drop_shard_progress(job_id)
     job = env.jobs.get(job_id)
-    if job and job.get("callback_url"):
-        deliver_callback(env.settings, env.jobs, job)
-
-
-def deliver_callback(settings: Settings, jobs: JobStore, job: dict[str, Any]) -> None:
-    """POST the final job to its ``callback_url``: signed, retried, allowed hosts only (``workers.webhooks``)."""
-    from workers.webhooks import deliver
-
-    deliver(settings, jobs, job)
-
-
-def problem_for(exc: BaseException) -> dict[str, Any]:
-    """The problem+json a job error is reported as."""
-    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-
-    from etm.models.base import ModelOutOfMemory, is_out_of_memory
-    from etm.settings import get_settings
-
-    if isinstance(exc, ValidationError):
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return problem("invalid-spec", "Invalid job spec", 422, detail)
-    if isinstance(exc, BadInput):
-        slug = type(exc).__name__.lower()
-        return problem(slug, getattr(exc, "title", "Bad input"), 422, str(exc))
-    if isinstance(exc, ModelOutOfMemory):
-        return problem("out-of-memory", exc.title, 507, str(exc))
-    if isinstance(exc, ModelRuntimeError):
-        return problem("model-runtime-error", exc.title, 422, str(exc))
-    if is_out_of_memory(exc):  # outside a batch (loading a model, summarising): nothing smaller to retry
-        return problem(
-            "out-of-memory",
-            ModelOutOfMemory.title,
-            507,
-            f"the worker ran out of memory outside the per-batch retry ({type(exc).__name__}: {str(exc)[:300]}); "
-            "use a worker with more memory or a smaller job (max_images, fewer candidates)",
-        )
-    if isinstance(exc, SandboxTimeout):
-        return problem("model-time-limit", exc.title, 504, str(exc))
-    if isinstance(exc, (SandboxCrashed, UnsafeOutput)):
-        return problem("model-crashed", SandboxCrashed.title, 422, str(exc))
-    if isinstance(exc, SandboxUnavailable):
-        return problem(
-            "sandbox-unavailable", "Model sandbox unavailable", 503, f"{exc}; operators: see docs/SECURITY.md"
-        )
-    if isinstance(exc, (SoftTimeLimitExceeded, TimeLimitExceeded)):
-        soft, hard = get_settings().task_soft_time_limit, get_settings().task_time_limit
-        return problem(
-            "time-limit",
-            "Time limit exceeded",
-            504,
-            f"the job ran past the task time limit ({soft} s, ETM_TASK_SOFT_TIME_LIMIT; killed at {hard} s, "
-            "ETM_TASK_TIME_LIMIT); lower ETM_SHARD_IMAGES so that it is split into smaller shards, use "
-            "max_images, or raise the limits",
-        )
-    return problem(
-        "internal",
-        "Internal error",
-        500,
-        f"the worker failed unexpectedly ({type(exc).__name__}: {str(exc)[:300]}); see the worker's log",
-    )
+    if job is not None and job.callback_url:
+        deliver(env.settings, env.jobs, job)  # signed, retried, allowed hosts only (jobs.webhooks)
 
 
 # -- the steps -------------------------------------------------------------------------------------
 
 
-def _load(env: WorkerEnv, job_id: str, part: str) -> tuple[dict[str, Any], CheckedSpec] | None:
+def _load(env: WorkerEnv, job_id: str, part: str) -> tuple[JobRecord, CheckedSpec] | None:
     """The job and its re-checked spec, or None when there is nothing (more) to do."""
     job = env.jobs.get(job_id)
     if job is None:
         log.warning("job %s: no record (expired?); dropping the task", job_id)
         return None
-    if job["status"] in TERMINAL:
-        log.info("job %s already %s; nothing to do for %s", job_id, job["status"], part)
+    if job.ended:
+        log.info("job %s already %s; nothing to do for %s", job_id, job.status, part)
         return None
     n = env.jobs.incr_delivery(job_id, part)
     if n > env.settings.max_deliveries:
-        fail(
-            env,
-            job_id,
-            problem(
-                "worker-lost",
-                "Worker lost",
-                500,
-                f"{part} of this job was delivered {n - 1} times without finishing (a worker process died while "
-                "running it, e.g. out of memory); giving up (ETM_MAX_DELIVERIES)",
-            ),
+        lost = WorkerLost(
+            f"{part} of this job was delivered {n - 1} times without finishing (a worker process died while "
+            "running it, e.g. out of memory); giving up (ETM_MAX_DELIVERIES)"
         )
+        fail(env, job_id, problem_for(lost))
         return None
-    if job.get("cancel_requested"):
+    if job.cancel_requested:
         cancel(env, job_id)
         return None
     try:
-        spec = EvaluationSpec.model_validate(job["spec"])
-        checked = check_spec(env.registry.for_tenant(job.get("tenant")), spec)
+        spec = EvaluationSpec.model_validate(job.spec)
+        checked = check_spec(env.registry.for_tenant(job.tenant), spec)
     except (ValidationError, BadInput) as exc:
         fail(env, job_id, problem_for(exc))
         return None
@@ -328,7 +285,7 @@ def plan_shards(n_images: int, batch_size: int, shard_images: int, max_shards: i
 
 
 def _cached(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> bool:
-    if not env.settings.result_cache or not env.store.exists(f"results/{checked.cache_key}/report.json"):
+    if not env.settings.result_cache or not env.results.complete(checked.cache_key):
         return False
     t = time.time()
     done = env.jobs.transition(
@@ -339,7 +296,7 @@ def _cached(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> bool:
         cache_key=checked.cache_key,
         finished_at=t,
         updated_at=t,
-        progress={"stage": "done", "done": 1, "total": 1, "fraction": 1.0, "updated_at": t},
+        progress=Progress.finished(t),
     )
     if _ours(env, job_id, "succeeded", t, done):
         _after_end(env, job_id)
@@ -353,7 +310,7 @@ def _leased(part: Callable[..., str]) -> Callable[[Callable[..., None]], Callabl
     def wrap(fn: Callable[..., None]) -> Callable[..., bool]:
         @functools.wraps(fn)
         def run(env: WorkerEnv, job_id: str, *args: Any) -> bool:
-            key = f"{env.jobs.key(job_id)}:lease:{part(*args)}"
+            key = env.jobs.lease_key(job_id, part(*args))
             gone = functools.partial(env.jobs.cancel_requested, job_id)  # ended or canceled meanwhile
             with hold(env.redis, key, env.settings.job_lease_seconds, gone) as owned:
                 if owned:
@@ -379,15 +336,15 @@ def run_job(env: WorkerEnv, job_id: str, dispatch_shards: Callable[[str, int], N
         job_id,
         "running",
         ("queued", "running"),
-        started_at=job.get("started_at") or t,
+        started_at=job.started_at or t,
         updated_at=t,
         cache_key=checked.cache_key,
-        progress={"stage": "loading", "done": 0, "total": 0, "fraction": 0.0, "updated_at": t},
+        progress=Progress.at("loading", 0, 0, 0.0, t),
     )
     s = env.settings
     shards = plan_shards(checked.n_images, checked.spec.batch_size, s.shard_images, s.max_shards)
     if shards > 1:
-        if job.get("dispatched"):
+        if job.dispatched:
             log.info("job %s: shards already dispatched", job_id)
             return
         env.jobs.set_fields(job_id, shards=shards)
@@ -405,9 +362,9 @@ def _compute_whole(env: WorkerEnv, job_id: str, checked: CheckedSpec) -> None:
         complete(env, job_id, checked, out, t0)
 
 
-def _progress(env: WorkerEnv, job_id: str, checked: CheckedSpec, shard: int = 0) -> Progress:
+def _progress(env: WorkerEnv, job_id: str, checked: CheckedSpec, shard: int = 0) -> ProgressReporter:
     total = checked.n_images * len(checked.spec.candidates)
-    return Progress(
+    return ProgressReporter(
         env.jobs, job_id, env.settings.progress_interval, checked.spec.ood_dataset is not None, total, shard
     )
 
@@ -415,9 +372,8 @@ def _progress(env: WorkerEnv, job_id: str, checked: CheckedSpec, shard: int = 0)
 @_leased(lambda index, count: f"shard{index}")
 def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
     """The in-set pass over shard ``index`` of ``count``; its Partial goes to the store."""
-    key = f"partials/{job_id}/{index}-of-{count}.npz"
     loaded = _load(env, job_id, f"shard{index}")
-    if loaded is None or env.store.exists(key):
+    if loaded is None or env.results.has_partial(job_id, index, count):
         return
     _, checked = loaded
 
@@ -427,7 +383,7 @@ def run_shard(env: WorkerEnv, job_id: str, index: int, count: int) -> None:
             out = env.sandboxed(checked, job_id, progress, Path(tmp) / "sandbox", mode="inset", shard=(index, count))
             # Stored as bytes, not parsed here: only the sandboxed merge reads it (allow_pickle=False), so a
             # crafted archive never meets a parser in this process.
-            env.store.write_bytes(key, read_bytes(out.scratch / "out", "partial.npz"))
+            env.results.put_partial(job_id, index, count, read_bytes(out.scratch / "out", "partial.npz"))
 
     _guarded(env, job_id, work)
 
@@ -444,17 +400,16 @@ def finish_job(env: WorkerEnv, job_id: str, count: int) -> None:
         with tempfile.TemporaryDirectory(prefix="etm-merge-") as tmp:
             parts = []
             for i in range(count):
-                key = f"partials/{job_id}/{i}-of-{count}.npz"
                 try:
-                    parts.append(env.store.get_file(key, Path(tmp) / "partials" / f"{i}.npz"))
+                    parts.append(env.results.fetch_partial(job_id, i, count, Path(tmp) / "partials" / f"{i}.npz"))
                 except NotFound as exc:
                     raise RuntimeError(f"the result of shard {i} of {count} is missing from the store") from exc
             progress = _progress(env, job_id, checked)
             out = env.sandboxed(
                 checked, job_id, progress, Path(tmp) / "sandbox", mode="finish", partials=parts, artifacts=True
             )
-            complete(env, job_id, checked, out, job.get("started_at") or time.time())
-        env.store.delete_prefix(f"partials/{job_id}")
+            complete(env, job_id, checked, out, job.started_at or time.time())
+        env.results.drop_partials(job_id)
 
     _guarded(env, job_id, work)
 
@@ -470,10 +425,10 @@ def _guarded(env: WorkerEnv, job_id: str, work: Callable[[], None]) -> None:
     except JobEnded:
         pass
     except (BadInput, ModelRuntimeError, ValidationError, SoftTimeLimitExceeded) as exc:
-        fail(env, job_id, problem_for(exc))
+        fail(env, job_id, job_problem(exc))
     except Exception as exc:  # noqa: BLE001 - the job must end, whatever happened
         log.exception("job %s: unexpected error", job_id)
-        fail(env, job_id, problem_for(exc))
+        fail(env, job_id, job_problem(exc))
 
 
 def complete(env: WorkerEnv, job_id: str, checked: CheckedSpec, outcome: Outcome, started: float) -> None:
@@ -483,18 +438,11 @@ def complete(env: WorkerEnv, job_id: str, checked: CheckedSpec, outcome: Outcome
     stored; the report is written last, so a result in the store is always complete.
     """
     key = checked.cache_key
-    prefix = f"results/{key}"
     out = outcome.scratch / "out"
     report = read_bytes(out, "report.json", MAX_REPORT_BYTES)  # it also goes to Redis
     json.loads(report)
     artifacts = sandbox_calls.read_artifacts(out, outcome.result.get("artifacts") or [])
-    env.store.write_bytes(f"{prefix}/per_image.csv", read_bytes(out, "per_image.csv"))
-    listing = []
-    for name, data in sorted(artifacts.items()):
-        env.store.write_bytes(f"{prefix}/artifacts/{name}", data)
-        listing.append({"name": name, "bytes": len(data), "media_type": media_type(name)})
-    env.store.write_json(f"{prefix}/artifacts.json", listing)
-    env.store.write_bytes(f"{prefix}/report.json", report)  # written last: it marks a complete result
+    env.results.publish(key, report, read_bytes(out, "per_image.csv"), artifacts)
     env.jobs.put_report(key, report)
     t = time.time()
     seconds = max(t - float(started), 1e-6)
@@ -508,18 +456,9 @@ def complete(env: WorkerEnv, job_id: str, checked: CheckedSpec, outcome: Outcome
         cache_hit=False,
         duration_seconds=round(seconds, 3),
         images_per_second=round(images / seconds, 3),
-        progress={"stage": "done", "done": 1, "total": 1, "fraction": 1.0, "updated_at": t},
+        progress=Progress.finished(t),
     )
     if _ours(env, job_id, "succeeded", t, done):
         log.info("job %s succeeded in %.1f s", job_id, seconds)
         _after_end(env, job_id)
 
-
-def media_type(name: str) -> str:
-    if name.endswith(".png"):
-        return "image/png"
-    if name.endswith(".json"):
-        return "application/json"
-    if name.endswith(".csv"):
-        return "text/csv"
-    return "application/octet-stream"

@@ -18,8 +18,8 @@ from celery import Task, chord, shared_task
 from celery.exceptions import Ignore
 
 from etm.settings import get_settings
-from workers.app import TASK_FINISH_JOB, TASK_INSPECT_MODEL, TASK_RUN_JOB, TASK_RUN_SHARD
-from workers.jobs import WorkerEnv, fail, finish_job, problem_for, run_job, run_shard
+from jobs.queue import TASK_FINISH_JOB, TASK_INSPECT_MODEL, TASK_RUN_JOB, TASK_RUN_SHARD
+from workers.jobs import WorkerEnv, fail, finish_job, job_problem, run_job, run_shard
 
 log = logging.getLogger("etm.worker")
 _ENV: WorkerEnv | None = None
@@ -42,7 +42,7 @@ class JobTask(Task):
         job_id = (kwargs or {}).get("job_id")
         if job_id:
             try:
-                fail(env(), job_id, problem_for(exc))
+                fail(env(), job_id, job_problem(exc))
             except Exception:  # noqa: BLE001 - never raise from a failure handler
                 log.exception("job %s: could not record the failure", job_id)
 

@@ -35,8 +35,8 @@ def _preload() -> None:
     and the evaluation itself are not imported here: that was ~1.5 s of every worker start."""
     import etm.datasets  # noqa: F401
     import etm.measures  # noqa: F401
+    import jobs.webhooks  # noqa: F401
     import workers.inspection  # noqa: F401
-    import workers.webhooks  # noqa: F401
     from etm.salience.registry import method_names
 
     method_names()

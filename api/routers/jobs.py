@@ -1,9 +1,11 @@
-"""Jobs: submit, follow, cancel, list; read the report, the per-image CSV and the artifacts."""
+"""Jobs: submit, follow, cancel, list; read the report, the per-image CSV and the artifacts.
+
+The HTTP side only: submission is ``jobs.submit``, records are ``jobs.job_store``'s, results
+``jobs.results``', and a job's JSON is ``jobs.view``'s.
+"""
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
@@ -11,16 +13,16 @@ from fastapi.responses import PlainTextResponse
 
 from api.deps import JobsDep, PrincipalDep, ServicesDep, SettingsDep, StoreDep
 from api.problems import ProblemError, problem_responses
-from api.schemas import ArtifactList, Job, JobList, JobRequest, JobStatus
+from api.schemas import ArtifactList, JobList, JobRequest
 from api.security.auth import authenticate
 from api.security.ratelimit import limit
-from etm.spec import EvaluationSpec
-from jobs.admission import check_spec
-from jobs.storage import NotFound
-from workers.app import TASK_RUN_JOB
-from workers.records import TERMINAL, JobStore, body_sha256, new_job_id, problem, public_job
+from jobs.job_store import JobStore
+from jobs.records import JobRecord
+from jobs.results import ResultStore
+from jobs.storage import ArtifactStore, NotFound
+from jobs.submit import submit
+from jobs.view import Job, JobStatus, job_path, present
 
-log = logging.getLogger("etm.api")
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 503), dependencies=[Depends(authenticate)]
 )
@@ -35,34 +37,11 @@ def require_json(request: Request) -> None:
         )
 
 
-def _job_or_404(jobs: JobStore, job_id: str, tenant: str) -> dict[str, Any]:
+def _job_or_404(jobs: JobStore, job_id: str, tenant: str) -> JobRecord:
     job = jobs.get_for(job_id, tenant)  # another tenant's job answers exactly like an unknown one
     if job is None:
         raise ProblemError(404, f"no job {job_id!r}; list jobs at GET /v1/jobs")
     return job
-
-
-def _accepted(response: Response, job: dict[str, Any], retry_after: int) -> Job:
-    response.status_code = 202
-    response.headers["Location"] = f"/v1/jobs/{job['id']}"
-    response.headers["Retry-After"] = str(retry_after)
-    return Job.model_validate(public_job(job))
-
-
-def _replay(jobs: JobStore, prior: dict[str, str], body_sha: str, key: str) -> dict[str, Any]:
-    if prior["body_sha256"] != body_sha:
-        raise ProblemError(
-            422,
-            f"Idempotency-Key {key!r} was used for a different job body (job {prior['job_id']}); use a new key "
-            "for a new job",
-            slug="idempotency-key-reused",
-        )
-    for _ in range(40):  # a concurrent request with the same key may still be creating the job
-        job = jobs.get(prior["job_id"])
-        if job is not None:
-            return job
-        time.sleep(0.05)
-    raise ProblemError(409, f"job {prior['job_id']} for this Idempotency-Key is still being created; retry")
 
 
 @router.post(
@@ -85,97 +64,29 @@ def create_job(
     background: BackgroundTasks,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="Makes retries safe.")] = None,
 ) -> Job:
-    settings, jobs, registry = services.settings, services.jobs, services.registry.for_tenant(principal.tenant)
-    tenant = principal.tenant
-    raw = body.model_dump(mode="json")
-    body_sha = body_sha256(raw)
-    if idempotency_key:
-        prior = jobs.idempotency_binding(idempotency_key, tenant)
-        if prior is not None:
-            job = _replay(jobs, prior, body_sha, idempotency_key)
-            response.headers["Idempotent-Replayed"] = "true"
-            return _accepted(response, job, settings.retry_after_seconds)
-    spec = EvaluationSpec.model_validate({k: v for k, v in raw.items() if k != "callback_url"})
-    checked = check_spec(registry, spec)
-    if body.callback_url:
-        _check_callback(body.callback_url, settings)
-    job_id = new_job_id()
-    if idempotency_key:
-        prior = jobs.claim_idempotency_key(
-            idempotency_key, body_sha, job_id, settings.idempotency_ttl_seconds, tenant
-        )
-        if prior is not None:
-            job = _replay(jobs, prior, body_sha, idempotency_key)
-            response.headers["Idempotent-Replayed"] = "true"
-            return _accepted(response, job, settings.retry_after_seconds)
-    t = time.time()
-    cached = settings.result_cache and (
-        jobs.has_report_copy(checked.cache_key) or services.store.exists(f"results/{checked.cache_key}/report.json")
+    settings, jobs = services.settings, services.jobs
+    done = submit(
+        body.model_dump(mode="json"),
+        tenant=principal.tenant,
+        settings=settings,
+        jobs=jobs,
+        registry=services.registry.for_tenant(principal.tenant),
+        send=services.send_task,
+        idempotency_key=idempotency_key,
     )
-    job: dict[str, Any] = {
-        "id": job_id,
-        "tenant": tenant,
-        "status": "succeeded" if cached else "queued",
-        "created_at": t,
-        "updated_at": t,
-        "started_at": None,
-        "finished_at": t if cached else None,
-        "spec": spec.canonical(),
-        "callback_url": body.callback_url,
-        "cache_key": checked.cache_key,
-        "cache_hit": cached,
-        "n_images": checked.n_images,
-        "shards": None,
-        "queue": settings.job_queue,
-        "idempotency_key": idempotency_key,
-        "cancel_requested": False,
-        "error": None,
-        "progress": {
-            "stage": "done" if cached else "queued",
-            "done": 1 if cached else 0,
-            "total": 1 if cached else 0,
-            "fraction": 1.0 if cached else 0.0,
-            "updated_at": t,
-        },
-    }
-    job = jobs.create(job)
-    if cached:
+    if done.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    if done.cached:
         # After the answer: the record is in Redis already, and the store write (an HTTP PUT on S3) was the
         # slowest step of a cache hit.
-        background.add_task(jobs.snapshot, job_id)
-        if body.callback_url:
+        background.add_task(jobs.snapshot, done.job.id)
+        if done.job.callback_url:
             # queued after the snapshot (which it would race); sent on the callback threads, not the request pool
-            background.add_task(services.callbacks.submit, job_id)
-    else:
-        try:
-            services.celery.send_task(
-                TASK_RUN_JOB, kwargs={"job_id": job_id}, queue=settings.job_queue, task_id=f"{job_id}:run"
-            )
-        except Exception as exc:  # noqa: BLE001 - the broker refused: the job must not stay queued forever
-            log.exception("job %s: could not enqueue", job_id)
-            detail = f"the job could not be queued ({type(exc).__name__}); retry shortly"
-            t = time.time()
-            jobs.transition(
-                job_id,
-                "failed",
-                ("queued",),
-                finished_at=t,
-                updated_at=t,
-                error=problem("enqueue-failed", "Could not queue the job", 503, detail, f"/v1/jobs/{job_id}"),
-            )
-            jobs.snapshot(job_id)
-            raise ProblemError(503, detail, slug="enqueue-failed", headers={"Retry-After": "5"}) from exc
-    return _accepted(response, job, settings.retry_after_seconds)
-
-
-def _check_callback(url: str, settings: Any) -> None:
-    """Refuse a callback the workers would not deliver (unsigned service, disallowed host) now, not later."""
-    from workers.webhooks import CallbackRefused, check_callback_url
-
-    try:
-        check_callback_url(url, settings)
-    except CallbackRefused as exc:
-        raise ProblemError(422, str(exc), slug="callback-refused", title="Callback URL refused") from exc
+            background.add_task(services.callbacks.submit, done.job.id)
+    response.status_code = 202
+    response.headers["Location"] = job_path(done.job.id)
+    response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    return present(done.job)
 
 
 @router.get("", response_model=JobList, summary="List jobs, newest first")
@@ -191,12 +102,12 @@ def list_jobs(
 ) -> JobList:
     limit = min(limit, settings.list_limit_max)
     items, nxt = jobs.list(status, limit, int(cursor) if cursor else None, principal.tenant)
-    return JobList(items=[Job.model_validate(public_job(j)) for j in items], next_cursor=str(nxt) if nxt else None)
+    return JobList(items=[present(j) for j in items], next_cursor=str(nxt) if nxt else None)
 
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job", responses=problem_responses(404, 503))
 def get_job(job_id: str, jobs: JobsDep, principal: PrincipalDep) -> Job:
-    return Job.model_validate(public_job(_job_or_404(jobs, job_id, principal.tenant)))
+    return present(_job_or_404(jobs, job_id, principal.tenant))
 
 
 @router.post(
@@ -216,33 +127,33 @@ def cancel_job(
     services: ServicesDep,
 ) -> Job:
     job = _job_or_404(jobs, job_id, principal.tenant)
-    if job["status"] in TERMINAL:
-        raise ProblemError(409, f"job {job_id} already ended ({job['status']}); there is nothing to cancel")
+    if job.ended:
+        raise ProblemError(409, f"job {job_id} already ended ({job.status}); there is nothing to cancel")
     job = jobs.request_cancel(job_id) or job
-    if job["status"] == "canceled" and job.get("callback_url"):
+    if job.status == "canceled" and job.callback_url:
         services.callbacks.submit(job_id)  # it ended here, while queued: no worker will report it
     response.headers["Retry-After"] = str(settings.retry_after_seconds)
-    return Job.model_validate(public_job(job))
+    return present(job)
 
 
-def _finished(jobs: JobStore, job_id: str, settings: Any, tenant: str) -> dict[str, Any]:
+def _finished(jobs: JobStore, job_id: str, settings: Any, tenant: str) -> JobRecord:
     job = _job_or_404(jobs, job_id, tenant)
-    if job["status"] == "succeeded":
+    if job.status == "succeeded":
         return job
-    if job["status"] in ("queued", "running"):
-        frac = (job.get("progress") or {}).get("fraction", 0.0)
+    if job.status in ("queued", "running"):
+        frac = job.progress.fraction if job.progress is not None else 0.0
         raise ProblemError(
             409,
-            f"job {job_id} is {job['status']} ({frac:.0%} done); the report exists once it succeeded. "
+            f"job {job_id} is {job.status} ({frac:.0%} done); the report exists once it succeeded. "
             f"Poll GET /v1/jobs/{job_id}",
             slug="job-not-finished",
             title="Job not finished",
             headers={"Retry-After": str(settings.retry_after_seconds)},
         )
-    why = (job.get("error") or {}).get("detail", "") if job["status"] == "failed" else ""
+    why = (job.error or {}).get("detail", "") if job.status == "failed" else ""
     raise ProblemError(
         409,
-        f"job {job_id} {job['status']}" + (f": {why}" if why else "") + "; it has no report",
+        f"job {job_id} {job.status}" + (f": {why}" if why else "") + "; it has no report",
         slug="job-not-finished",
         title="Job not finished",
     )
@@ -260,7 +171,7 @@ _REPORT_RESPONSES = {
 @router.get("/{job_id}/report", summary="The job's report (JSON)", responses=_REPORT_RESPONSES)
 def get_report(job_id: str, jobs: JobsDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
     job = _finished(jobs, job_id, settings, principal.tenant)
-    data = jobs.get_report(job["cache_key"])
+    data = jobs.get_report(_cache_key(job))
     if data is None:
         raise ProblemError(410, f"the report of job {job_id} is no longer stored; submit the job again")
     return Response(content=data, media_type="application/json")
@@ -280,7 +191,7 @@ def get_report_csv(
 ) -> Response:
     job = _finished(jobs, job_id, settings, principal.tenant)
     try:
-        data = store.read_bytes(f"results/{job['cache_key']}/per_image.csv")
+        data = ResultStore(store).per_image_csv(_cache_key(job))
     except NotFound as exc:
         raise ProblemError(410, f"the per-image CSV of job {job_id} is no longer stored") from exc
     return Response(
@@ -290,11 +201,13 @@ def get_report_csv(
     )
 
 
-def _artifacts(store: Any, job: dict[str, Any]) -> list[dict[str, Any]]:
-    try:
-        return store.read_json(f"results/{job['cache_key']}/artifacts.json")
-    except (NotFound, ValueError):
-        return []
+def _cache_key(job: JobRecord) -> str:
+    assert job.cache_key is not None  # a succeeded job has one
+    return job.cache_key
+
+
+def _artifacts(store: ArtifactStore, job: JobRecord) -> list[dict[str, Any]]:
+    return ResultStore(store).artifacts(_cache_key(job))
 
 
 @router.get(
@@ -330,7 +243,7 @@ def get_artifact(
     if entry is None:
         raise ProblemError(404, f"job {job_id} has no artifact {name!r}; list them at GET /v1/jobs/{job_id}/artifacts")
     try:
-        data = store.read_bytes(f"results/{job['cache_key']}/artifacts/{name}")
+        data = ResultStore(store).artifact(_cache_key(job), name)
     except NotFound as exc:
         raise ProblemError(410, f"artifact {name!r} of job {job_id} is no longer stored") from exc
     return Response(content=data, media_type=entry["media_type"])

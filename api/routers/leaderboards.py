@@ -16,8 +16,8 @@ from api.deps import JobsDep, PrincipalDep, RegistryDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.security.auth import authenticate
 from etm.leaderboard import METHOD, build_boards
+from jobs.records import tenant_of
 from jobs.storage import NotFound
-from workers.records import tenant_of
 
 router = APIRouter(
     prefix="/v1/leaderboards", tags=["jobs"], responses=problem_responses(401, 403, 503),

@@ -12,22 +12,24 @@ from api.pages import CSP, render_report_html
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import _artifacts, _finished
 from api.security.auth import authenticate
+from jobs.records import JobRecord
+from jobs.results import ResultStore
 from jobs.storage import NotFound
-from workers.records import public_job
+from jobs.view import public_job
 
 router = APIRouter(
     prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 403, 503), dependencies=[Depends(authenticate)]
 )
 
 
-def _overlays(store: Any, job: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
+def _overlays(store: Any, job: JobRecord) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
     """The job's overlays.json and the PNGs it names (what is missing is left out, not an error)."""
     names = {a["name"] for a in _artifacts(store, job)}
     if "overlays.json" not in names:
         return None, {}
-    prefix = f"results/{job['cache_key']}/artifacts"
+    results, key = ResultStore(store), job.cache_key or ""
     try:
-        index = store.read_json(f"{prefix}/overlays.json")
+        index = json.loads(results.artifact(key, "overlays.json"))
     except (NotFound, ValueError):
         return None, {}
     images: dict[str, bytes] = {}
@@ -36,7 +38,7 @@ def _overlays(store: Any, job: dict[str, Any]) -> tuple[dict[str, Any] | None, d
             name = e.get("name")
             if name in names and name not in images:
                 try:
-                    images[name] = store.read_bytes(f"{prefix}/{name}")
+                    images[name] = results.artifact(key, name)
                 except NotFound:
                     continue
     return index, images
@@ -57,7 +59,7 @@ def get_report_html(
     job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
     job = _finished(jobs, job_id, settings, principal.tenant)
-    data = jobs.get_report(job["cache_key"])
+    data = jobs.get_report(job.cache_key or "")
     if data is None:
         raise ProblemError(410, f"the report of job {job_id} is no longer stored; submit the job again")
     overlays, images = _overlays(store, job)

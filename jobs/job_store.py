@@ -1,13 +1,15 @@
 """Job records in Redis: creation, atomic state transitions, progress, cancellation, listing,
 idempotency keys, the Redis copy of reports and the counters behind ``/metrics``.
 
-Shared by the API (which creates and reads jobs) and the workers (which run them). No Celery here.
+Shared by the API (which creates and reads jobs) and the workers (which run them). Records are
+``jobs.records.JobRecord``; fields are written through ``encode_fields``, so every write is typed.
 
 Keys (``P`` = ``ETM_KEY_PREFIX``, default ``etm:``):
 
 ```
 P job:<id>            hash, one JSON value per field (status, spec, progress, error, ...)
 P job:<id>:shards     hash shard index -> images done (in-set progress of sharded jobs)
+P job:<id>:lease:<part>  the live delivery working on a part of the job (workers.lease)
 P jobs:<tenant>       sorted set of a tenant's job ids by creation sequence (listing, newest first)
 P seq                 creation sequence counter
 P idem:<sha256(tenant, key)>  {"job_id", "body_sha256"} for a tenant's Idempotency-Key
@@ -18,27 +20,35 @@ P stats:images        images processed, compute seconds, last job's images per s
 ```
 
 Every job carries its ``tenant`` (the API key's tenant, ``local`` with auth off); the final record in
-the store keeps it, so a GET after Redis lost the job still answers only that tenant. A record
-without one (written before tenants existed) belongs to ``local``.
+the store (``jobs/<id>.json``) keeps it, so a GET after Redis lost the job still answers only that
+tenant. A record without one (written before tenants existed) belongs to ``local``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
-import uuid
 from typing import Any
 
 import redis
 
+from jobs.records import (
+    DEFAULT_TENANT,
+    DELIVERIES,
+    JOB_ID_RE,
+    STATES,
+    TERMINAL,
+    JobRecord,
+    JobState,
+    Progress,
+    encode_fields,
+)
+from jobs.results import ResultStore
 from jobs.storage import ArtifactStore, NotFound
 
-DEFAULT_TENANT = "local"
-STATES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 DURATION_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
+FINAL_RECORDS = "jobs"  # store folder of the final records: jobs/<job id>.json
 
 # Sets the given fields and the status when the current status is one of ARGV[1] (a JSON list);
 # keeps the per-state counters in step. Returns 1 when done, 0 when the state did not allow it,
@@ -109,21 +119,6 @@ return 1
 """
 
 
-def tenant_of(job: dict[str, Any]) -> str:
-    return job.get("tenant") or DEFAULT_TENANT
-
-
-JOB_ID_RE = re.compile(r"j-[0-9a-f]{20}")
-
-
-def new_job_id() -> str:
-    return "j-" + uuid.uuid4().hex[:20]
-
-
-def body_sha256(body: Any) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 class JobStore:
     """Job records for one Redis and one artifact store."""
 
@@ -137,6 +132,7 @@ class JobStore:
     ) -> None:
         self.r = client
         self.store = store
+        self.results = ResultStore(store)
         self.p = prefix
         self.job_ttl = job_ttl
         self.report_ttl = report_ttl
@@ -152,65 +148,79 @@ class JobStore:
     def index_key(self, tenant: str) -> str:
         return f"{self.p}jobs:{tenant}"
 
+    def lease_key(self, job_id: str, part: str) -> str:
+        return f"{self.key(job_id)}:lease:{part}"
+
+    def _shards_key(self, job_id: str) -> str:
+        return f"{self.key(job_id)}:shards"
+
+    @staticmethod
+    def final_key(job_id: str) -> str:
+        return f"{FINAL_RECORDS}/{job_id}.json"
+
     @property
     def stats_key(self) -> str:
         return f"{self.p}stats:state"
 
     # -- records -------------------------------------------------------------------------------
-    def create(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Store a new job (its ``status`` is ``queued`` or, for cache hits, ``succeeded``)."""
-        job = dict(job)
+    def create(self, job: JobRecord) -> JobRecord:
+        """Store a new job (its ``status`` is ``queued`` or, for cache hits, ``succeeded``); the stored record,
+        with its creation sequence and times, is returned."""
         seq, sec, usec = self._next_seq(keys=[f"{self.p}seq"])
         t = int(sec) + int(usec) / 1e6
-        job["seq"] = int(seq)
         # Creation times come from the same atomic step as the sequence (see _NEXT_SEQ).
-        job["created_at"] = job["updated_at"] = t
-        if job.get("finished_at") is not None:  # a cache hit is finished when it is created
-            job["finished_at"] = t
+        stamps: dict[str, Any] = {"seq": int(seq), "created_at": t, "updated_at": t}
+        if job.finished_at is not None:  # a cache hit is finished when it is created
+            stamps["finished_at"] = t
+        job = job.model_copy(update=stamps)
         pipe = self.r.pipeline()
-        pipe.hset(self.key(job["id"]), mapping={k: json.dumps(v) for k, v in job.items()})
-        pipe.expire(self.key(job["id"]), self.job_ttl)
-        pipe.zadd(self.index_key(tenant_of(job)), {job["id"]: job["seq"]})
-        pipe.hincrby(self.stats_key, job["status"], 1)
+        pipe.hset(self.key(job.id), mapping=job.to_redis())
+        pipe.expire(self.key(job.id), self.job_ttl)
+        pipe.zadd(self.index_key(job.owner), {job.id: int(seq)})
+        pipe.hincrby(self.stats_key, job.status, 1)
         pipe.execute()
         return job
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
+    def get(self, job_id: str) -> JobRecord | None:
         """The job record from Redis, else the final snapshot in the store, else None."""
         if not JOB_ID_RE.fullmatch(job_id):  # not an id new_job_id makes; never a store path (a long one was a 500)
             return None
         raw = self.r.hgetall(self.key(job_id))
         if raw:
-            return {k.decode(): json.loads(v) for k, v in raw.items()}
+            return JobRecord.from_redis(raw)
         try:
-            return self.store.read_json(f"jobs/{job_id}.json")
+            return JobRecord.model_validate(self.store.read_json(self.final_key(job_id)))
         except (NotFound, ValueError):
             return None
 
-    def get_for(self, job_id: str, tenant: str) -> dict[str, Any] | None:
+    def get_for(self, job_id: str, tenant: str) -> JobRecord | None:
         """The job when it belongs to ``tenant``; None otherwise (another tenant's job looks unknown)."""
         job = self.get(job_id)
-        return job if job is not None and tenant_of(job) == tenant else None
+        return job if job is not None and job.owner == tenant else None
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
+        """Set record fields (checked against ``JobRecord``'s types)."""
         if fields:
-            self.r.hset(self.key(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
+            self.r.hset(self.key(job_id), mapping=encode_fields(**fields))
 
-    def transition(self, job_id: str, to: str, allowed: tuple[str, ...] | list[str], **fields: Any) -> bool:
+    def transition(self, job_id: str, to: JobState, allowed: tuple[JobState, ...], **fields: Any) -> bool:
         """Move the job to state ``to`` when its state is one of ``allowed``; set ``fields`` with it."""
         args: list[Any] = [json.dumps(list(allowed)), to]
-        for k, v in fields.items():
-            args += [k, json.dumps(v)]
+        for k, v in encode_fields(**fields).items():
+            args += [k, v]
         return int(self._transition(keys=[self.key(job_id), self.stats_key], args=args)) == 1
 
     def snapshot(self, job_id: str) -> None:
         """Write the final record to the store (GET falls back to it when Redis lost the job)."""
         job = self.get(job_id)
-        if job is not None and job.get("status") in TERMINAL:
-            self.store.write_json(f"jobs/{job_id}.json", job)
+        if job is not None and job.ended:
+            self.store.write_json(self.final_key(job_id), job.flat())
+
+    def drop_shard_progress(self, job_id: str) -> None:
+        self.r.delete(self._shards_key(job_id))
 
     def incr_delivery(self, job_id: str, part: str) -> int:
-        return int(self.r.hincrby(self.key(job_id), f"deliveries:{part}", 1))
+        return int(self.r.hincrby(self.key(job_id), f"{DELIVERIES}{part}", 1))
 
     def cancel_requested(self, job_id: str) -> bool:
         """True when the job should stop: cancel asked for, or already ended (e.g. another shard failed)."""
@@ -219,7 +229,7 @@ class JobStore:
             return True  # the record is gone: nobody waits for the result
         return bool(vals[0] and json.loads(vals[0])) or json.loads(vals[1]) in TERMINAL
 
-    def request_cancel(self, job_id: str) -> dict[str, Any] | None:
+    def request_cancel(self, job_id: str) -> JobRecord | None:
         """Ask a job to stop. A queued job is canceled at once; a running one at its next batch."""
         if not self.r.exists(self.key(job_id)):
             return self.get(job_id)
@@ -233,32 +243,28 @@ class JobStore:
     # -- progress ------------------------------------------------------------------------------
     def write_progress(self, job_id: str, stage: str, done: int, total: int, fraction: float) -> None:
         t = time.time()
-        self.set_fields(
-            job_id,
-            progress={"stage": stage, "done": done, "total": total, "fraction": round(fraction, 4), "updated_at": t},
-            updated_at=t,
-        )
+        self.set_fields(job_id, progress=Progress.at(stage, done, total, round(fraction, 4), t), updated_at=t)
 
     def write_shard_progress(
         self, job_id: str, shard: int, done: int, total: int, stage: str, lo: float, hi: float
     ) -> None:
         t = time.time()
         self._shard_progress(
-            keys=[self.key(job_id), f"{self.key(job_id)}:shards"],
+            keys=[self.key(job_id), self._shards_key(job_id)],
             args=[shard, done, total, stage, lo, hi, t, self.job_ttl],
         )
-        self.r.hset(self.key(job_id), "updated_at", json.dumps(t))
+        self.set_fields(job_id, updated_at=t)
 
     # -- listing -------------------------------------------------------------------------------
     def list(
         self, status: str | None, limit: int, cursor: int | None, tenant: str = DEFAULT_TENANT
-    ) -> tuple[list[dict[str, Any]], int | None]:
+    ) -> tuple[list[JobRecord], int | None]:
         """``tenant``'s jobs, newest first; ``cursor`` is the ``seq`` of the last job of the previous page
         (None: the newest).
 
         Returns the page and the next cursor (None when there is nothing after this page).
         """
-        out: list[dict[str, Any]] = []
+        out: list[JobRecord] = []
         hi = f"({cursor}" if cursor is not None else "+inf"
         page = max(limit, 50)
         budget = 5000  # records looked at per call, so that a rare status cannot make one call unbounded
@@ -279,8 +285,8 @@ class JobStore:
                 if not raw:  # expired record: drop it from the index
                     gone.append(jid)
                     continue
-                job = {k.decode(): json.loads(v) for k, v in raw.items()}
-                if status is None or job["status"] == status:
+                job = JobRecord.from_redis(raw)
+                if status is None or job.status == status:
                     out.append(job)
                     if len(out) == limit:
                         full = True
@@ -327,18 +333,15 @@ class JobStore:
         raw = self.r.get(f"{self.p}report:{cache_key}")
         if raw is not None:
             return raw
-        try:
-            return self.store.read_bytes(f"results/{cache_key}/report.json")
-        except NotFound:
-            return None
+        return self.results.report(cache_key)
 
     # -- metrics -------------------------------------------------------------------------------
     def succeed(self, job_id: str, seconds: float, images: int, **fields: Any) -> bool:
         """running -> succeeded and the job counted in the duration/images metrics, atomically."""
         rate = images / seconds if seconds > 0 else 0
         args: list[Any] = [seconds, images, rate, ",".join(map(str, DURATION_BUCKETS))]
-        for k, v in fields.items():
-            args += [k, json.dumps(v)]
+        for k, v in encode_fields(**fields).items():
+            args += [k, v]
         keys = [self.key(job_id), self.stats_key, f"{self.p}stats:duration", f"{self.p}stats:images"]
         return int(self._succeed(keys=keys, args=args)) == 1
 
@@ -360,57 +363,3 @@ class JobStore:
         }
 
 
-# -- public representation -----------------------------------------------------------------------
-
-PROBLEM_BASE = "https://explain-to-me.dev/problems/"
-
-
-def problem(slug: str, title: str, status: int, detail: str, instance: str | None = None) -> dict[str, Any]:
-    """An RFC 9457 problem object (as served with ``application/problem+json``)."""
-    out: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
-    if instance is not None:
-        out["instance"] = instance
-    return out
-
-
-def _iso(ts: Any) -> str | None:
-    from etm.timestamps import iso
-
-    return iso(float(ts)) if isinstance(ts, (int, float)) else None
-
-
-def public_job(job: dict[str, Any]) -> dict[str, Any]:
-    """A job record as the API serves it (and as callbacks receive it)."""
-    jid = job["id"]
-    prog = dict(job.get("progress") or {"stage": "queued", "done": 0, "total": 0, "fraction": 0.0})
-    if "updated_at" in prog:
-        prog["updated_at"] = _iso(prog["updated_at"])
-    step = job.get("step")
-    if job["status"] == "running" and isinstance(step, dict):  # inside one long salience call (workers.jobs)
-        prog["step"] = {**step, "updated_at": _iso(step.get("updated_at"))}
-    base = f"/v1/jobs/{jid}"
-    links = {"self": base, "cancel": f"{base}/cancel"}
-    if job["status"] == "succeeded":
-        links |= {"report": f"{base}/report", "report_csv": f"{base}/report.csv", "artifacts": f"{base}/artifacts"}
-    return {
-        "id": jid,
-        "status": job["status"],
-        "created_at": _iso(job.get("created_at")),
-        "started_at": _iso(job.get("started_at")),
-        "finished_at": _iso(job.get("finished_at")),
-        "updated_at": _iso(job.get("updated_at")),
-        "progress": prog,
-        "cache_hit": bool(job.get("cache_hit", False)),
-        "cache_key": job.get("cache_key"),
-        "n_images": job.get("n_images"),
-        "shards": job.get("shards"),
-        "queue": job.get("queue"),
-        "cancel_requested": bool(job.get("cancel_requested", False)),
-        "duration_seconds": job.get("duration_seconds"),
-        "images_per_second": job.get("images_per_second"),
-        "error": job.get("error"),
-        "spec": job.get("spec"),
-        "callback_url": job.get("callback_url"),
-        "callback": job.get("callback"),
-        "links": links,
-    }

@@ -24,17 +24,17 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
 from etm.settings import Settings
-from workers.records import JobStore, public_job
+from jobs.job_store import JobStore
+from jobs.records import CallbackOutcome, JobRecord
+from jobs.view import callback_body
 
 log = logging.getLogger("etm.webhooks")
 
@@ -204,50 +204,48 @@ async def _post_async(target: Target, body: bytes, headers: dict[str, str], time
         ) from exc
 
 
-def deliver(settings: Settings, jobs: JobStore, job: dict[str, Any]) -> dict[str, Any]:
-    """POST the final job to its callback_url; record and return the outcome
-    (``attempts``, ``status_code``, ``error``, ``delivered``, ``delays_seconds``)."""
-    body = json.dumps(public_job(job), separators=(",", ":")).encode()
-    outcome: dict[str, Any] = {
-        "attempts": 0, "status_code": None, "error": None, "delivered": False, "delays_seconds": []
-    }
+def deliver(settings: Settings, jobs: JobStore, job: JobRecord) -> CallbackOutcome:
+    """POST the final job to its callback_url; record and return the outcome."""
+    assert job.callback_url is not None
+    body = callback_body(job)
+    outcome = CallbackOutcome(attempts=0)
     retry_after: str | None = None
     for attempt in range(1, settings.callback_attempts + 1):
         if attempt > 1:
             delay = backoff(settings, attempt, retry_after)
-            outcome["delays_seconds"].append(round(delay, 3))
+            outcome.delays_seconds.append(round(delay, 3))
             time.sleep(delay)
-        outcome["attempts"] = attempt
+        outcome.attempts = attempt
         try:
-            target = check_callback_url(job["callback_url"], settings)
+            target = check_callback_url(job.callback_url, settings)
         except CallbackRefused as exc:  # configuration or DNS said no: repeating will not help
-            outcome["error"] = str(exc)
+            outcome.error = str(exc)
             break
         assert settings.webhook_secret is not None  # checked above
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "explain-to-me-webhook/1",
             SIGNATURE_HEADER: sign(settings.webhook_secret.get_secret_value(), int(time.time()), body),
-            "X-ETM-Job": job["id"],
+            "X-ETM-Job": job.id,
             "X-ETM-Attempt": str(attempt),
         }
         try:
             resp = _post(target, body, headers, settings.callback_timeout)
         except httpx.HTTPError as exc:
-            outcome.update(status_code=None, error=f"{type(exc).__name__}: {exc}")
+            outcome.status_code, outcome.error = None, f"{type(exc).__name__}: {exc}"
             continue
-        outcome.update(status_code=resp.status_code, error=None)
+        outcome.status_code, outcome.error = resp.status_code, None
         if resp.is_success:
-            outcome["delivered"] = True
+            outcome.delivered = True
             break
-        outcome["error"] = f"the receiver answered {resp.status_code}"
+        outcome.error = f"the receiver answered {resp.status_code}"
         if resp.status_code < 500 and resp.status_code != 429:
             break
         retry_after = resp.headers.get("Retry-After")
-    level = logging.INFO if outcome["delivered"] else logging.WARNING
-    log.log(level, "job %s: callback %s after %d attempt(s): %s", job["id"],
-            "delivered" if outcome["delivered"] else "not delivered", outcome["attempts"],
-            outcome["status_code"] or outcome["error"])
-    jobs.set_fields(job["id"], callback=outcome)
-    jobs.snapshot(job["id"])
+    level = logging.INFO if outcome.delivered else logging.WARNING
+    log.log(level, "job %s: callback %s after %d attempt(s): %s", job.id,
+            "delivered" if outcome.delivered else "not delivered", outcome.attempts,
+            outcome.status_code or outcome.error)
+    jobs.set_fields(job.id, callback=outcome)
+    jobs.snapshot(job.id)
     return outcome
