@@ -26,6 +26,7 @@ def rise_masks(n_masks: int, grid: int, p: float, size: tuple[int, int], seed: i
 
 @register(
     "rise",
+    title="RISE",
     has_native=False,
     params={
         "n_masks": Param(1000, int, 1, 10_000),  # the masks are held at input size: 10,000 at 224 px are 2 GB

@@ -1,13 +1,20 @@
 """One registry of salience methods, grouped by family in their own modules.
 
-- ``activation``: ``cam``, ``scorecam`` (read the target layer's activations)
 - ``gradient``: ``gradcam`` (default), ``gradcam++``, ``integrated_gradients``, ``smoothgrad``
+- ``activation``: ``cam``, ``scorecam`` (read the target layer's activations)
 - ``perturbation``: ``rise`` (black box)
 - ``attention``: ``rollout``, ``gradient_rollout`` (transformers: every block's attention)
+
+The registry is the only list of methods: the spec's validation and its OpenAPI enum, the parameter checks
+and the capability table read it. A method is one function and one ``register`` line, which declares its
+parameters (``Param``), a title and, for a method outside the built-in capability table
+(``etm.models.capabilities``), a ``capability`` check; plugins (``ETM_PLUGINS``, see ``etm.plugins``) register
+theirs the same way.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,26 +76,65 @@ class Param:
         return self.hi is None or value <= self.hi
 
 
-_METHODS: dict[str, tuple[MethodFn, bool, dict[str, Param]]] = {}
+# Whether a method can run on a model, and why (``available``, ``reason``): for methods that the built-in
+# capability table does not know (plugins).
+CapabilityFn = Callable[[Model], tuple[bool, str]]
 
 
-def register(name: str, has_native: bool, params: dict[str, Param] | None = None) -> Callable[[MethodFn], MethodFn]:
+@dataclass(frozen=True)
+class Method:
+    """A registered salience method: its function and what it says about itself.
+
+    ``fn(model, images, *, fixed, layer, seeds, **params)`` returns ``(map [N, h, w], logits [N, C])``.
+    ``has_native``: the map lives at the target layer's resolution (a layer is resolved for it); otherwise
+    it is the input-size map. ``capability``: see ``CapabilityFn`` (None: the built-in table decides).
+    """
+
+    name: str
+    fn: MethodFn
+    has_native: bool
+    params: dict[str, Param]
+    title: str = ""
+    capability: CapabilityFn | None = None
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(
+    name: str,
+    has_native: bool,
+    params: dict[str, Param] | None = None,
+    title: str = "",
+    capability: CapabilityFn | None = None,
+) -> Callable[[MethodFn], MethodFn]:
+    """Register the decorated function as salience method ``name`` (see ``Method``)."""
+
     def deco(fn: MethodFn) -> MethodFn:
-        _METHODS[name] = (fn, has_native, params or {})
+        if name in _METHODS and _METHODS[name].fn is not fn:
+            raise ValueError(f"salience method {name!r} is registered already")
+        _METHODS[name] = Method(name, fn, has_native, dict(params or {}), title or name, capability)
         return fn
 
     return deco
 
 
 def method_names() -> list[str]:
+    """The registered methods, in registration order (the built-ins first, ``gradcam``, the default, leading)."""
     _ensure_loaded()
-    return sorted(_METHODS)
+    return list(_METHODS)
+
+
+def methods() -> dict[str, Method]:
+    """Every registered method by name."""
+    _ensure_loaded()
+    return dict(_METHODS)
 
 
 def method_params(name: str) -> dict[str, Param]:
     """The declared parameters of method ``name``."""
     _ensure_loaded()
-    return dict(_METHODS[name][2])
+    return dict(_METHODS[name].params)
 
 
 def method_defaults(name: str) -> dict[str, Any]:
@@ -110,7 +156,7 @@ def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, A
     _ensure_loaded()
     if name not in _METHODS:
         raise BadInput(f"unknown salience method {name!r}; choose from {sorted(_METHODS)}")
-    declared = _METHODS[name][2]
+    declared = _METHODS[name].params
     params = params or {}
     unknown = sorted(set(params) - set(declared))
     if unknown:
@@ -125,9 +171,16 @@ def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, A
     return {k: params.get(k, p.default) for k, p in declared.items()}
 
 
+_FAMILIES = ("gradient", "activation", "perturbation", "attention")  # import order = registration order
+
+
 def _ensure_loaded() -> None:
-    # Importing the family modules registers their methods.
-    from etm.salience import activation, attention, gradient, perturbation  # noqa: F401
+    # Importing the family modules registers their methods; then the plugins' (ETM_PLUGINS).
+    from etm.plugins import load_plugins
+
+    for family in _FAMILIES:
+        importlib.import_module(f"etm.salience.{family}")
+    load_plugins()
 
 
 def resolve_target(model: Model, target: str | int) -> int | None:
@@ -166,7 +219,7 @@ def compute_salience(
     cap = model.capabilities.get(method)
     if cap is None or not cap.available:
         raise MethodUnavailable(cap.reason if cap else f"{method} is not available for this model")
-    fn, has_native, _ = _METHODS[method]
+    fn, has_native = _METHODS[method].fn, _METHODS[method].has_native
     opts = check_method_params(method, params)
     fixed = resolve_target(model, target)
     images = images.to(model.device, torch.float32)
