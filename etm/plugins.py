@@ -11,7 +11,9 @@ operator installs, as trusted as the service itself; job submitters cannot name 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+from pathlib import Path
 
 ENV = "ETM_PLUGINS"
 _loaded: set[str] = set()
@@ -20,6 +22,21 @@ _loaded: set[str] = set()
 def plugin_modules() -> list[str]:
     """The module names ``ETM_PLUGINS`` lists (empty entries and spaces ignored)."""
     return [m.strip() for m in os.environ.get(ENV, "").split(",") if m.strip()]
+
+
+def plugin_paths() -> list[Path]:
+    """The files or package folders of the plugins' top-level packages, which the sandboxed model process must be
+    able to read (it sees the ``etm`` package and the Python environment only; see ``etm.sandbox.bwrap``)."""
+    out = []
+    for name in plugin_modules():
+        spec = importlib.util.find_spec(name.split(".")[0])
+        if spec is None:
+            continue  # load_plugins names it
+        if spec.submodule_search_locations:
+            out += [Path(p).resolve() for p in spec.submodule_search_locations]
+        elif spec.origin:
+            out.append(Path(spec.origin).resolve())
+    return out
 
 
 def load_plugins() -> list[str]:

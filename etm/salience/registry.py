@@ -120,9 +120,11 @@ def register(
 
 
 def method_names() -> list[str]:
-    """The registered methods, in registration order (the built-ins first, ``gradcam``, the default, leading)."""
+    """The registered methods: the built-ins in their families' order (``gradcam``, the default, first), then the
+    plugins' in registration order, however the imports were interleaved."""
     _ensure_loaded()
-    return list(_METHODS)
+    order = list(_METHODS)
+    return sorted(order, key=lambda n: (not _METHODS[n].fn.__module__.startswith(__package__ + "."), order.index(n)))
 
 
 def methods() -> dict[str, Method]:
