@@ -31,11 +31,19 @@ def __getattr__(name: str) -> tuple[str, ...]:
 
 def _measures_enum(schema: dict[str, Any]) -> None:
     # Called when the JSON schema is generated (the OpenAPI document at app start), after plugins registered.
-    schema.setdefault("items", {})["enum"] = [*_measure_names(), "all"]
+    from etm.measures import MEASURES
+
+    schema.setdefault("items", {})["enum"] = [*MEASURES, "all"]
+    listed = ", ".join(f"`{n}` ({c.title})" for n, c in MEASURES.items())
+    schema["description"] = f"Measure families to compute (default: all of them; ['all'] says so): {listed}."
 
 
 def _method_enum(schema: dict[str, Any]) -> None:
+    from etm.salience.registry import methods
+
     schema["enum"] = _method_names()
+    titles = {n: m.title for n, m in methods().items()}
+    schema["description"] = "Salience method: " + ", ".join(f"`{n}` ({titles[n]})" for n in schema["enum"]) + "."
 
 
 # ``profile: paper`` replicates Crum et al. in one switch: what it sets where the job leaves a field
@@ -77,14 +85,14 @@ class EvaluationSpec(BaseModel):
     ood_split: str | None = Field(None, description="Split of the out-of-set dataset (as `split`).")
     measures: list[str] = Field(
         default_factory=_measure_names,
-        description="Measure families to compute (default: every registered one); ['all'] is every one.",
+        description="Measure families to compute.",  # the full text, with the families: _measures_enum
         json_schema_extra=_measures_enum,
     )
     measure_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per measure family, its parameters; an unknown name is refused with the accepted ones.",
     )
-    method: str = Field("gradcam", description="Salience method.", json_schema_extra=_method_enum)
+    method: str = Field("gradcam", description="Salience method.", json_schema_extra=_method_enum)  # see _method_enum
     method_params: dict[str, Any] = Field(default_factory=dict)
     layer: str = "auto"
     target: Literal["predicted"] | int | str = "predicted"
