@@ -63,7 +63,7 @@ def test_the_spec_and_its_schema_read_the_registries(toys: Any) -> None:
                        r"\['bootstrap_resamples', 'map'\]"):
         EvaluationSpec(candidates=[{"name": "a", "models": ["m"]}], dataset="d", measures=["mass"],
                        measure_params={"mass": {"mapp": "native"}})
-    with pytest.raises(ValidationError, match="must be one of"):
+    with pytest.raises(ValidationError, match="map must be one of 'native', 'upsampled', got 'sideways'"):
         EvaluationSpec(candidates=[{"name": "a", "models": ["m"]}], dataset="d", measures=["mass"],
                        measure_params={"mass": {"map": "sideways"}})
     with pytest.raises(ValidationError, match="unknown salience method 'edgez'"):

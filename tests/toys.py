@@ -23,7 +23,8 @@ from etm.measures import register_measure
 from etm.measures.base import BatchContext, Columns, Measure, MeasureResult
 from etm.models.base import Model
 from etm.ops.maps import is_empty
-from etm.salience.registry import Param, register
+from etm.params import Param
+from etm.salience.registry import register
 from etm.stats import DEFAULT_RESAMPLES, row_nanmean, summarize_runs
 
 MAPS = ("native", "upsampled")
@@ -53,11 +54,7 @@ class MassCentreMeasure(Measure):
     about = "Where the salience's centre of mass lies. Lower: closer to the image centre."
     variants = {"mass.center": ("extra", "lower")}
     notes = {"mass.center": "centre of mass's distance from the image centre (share of the half-diagonal)"}
-
-    def __init__(self, params: dict[str, Any] | None = None) -> None:
-        super().__init__(params)
-        if self.params["map"] not in MAPS:
-            raise ValueError(f"mass param 'map' must be one of {list(MAPS)}, got {self.params['map']!r}")
+    param_types = {"map": Param("native", str, choices=MAPS)}
 
     def default_params(self) -> dict[str, Any]:
         return {"bootstrap_resamples": DEFAULT_RESAMPLES, "map": "native"}

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from etm.params import Param, shown
 from etm.salience.base import SalienceResult
 
 Direction = Literal["higher", "lower"] | None
@@ -140,6 +141,8 @@ class Measure(ABC):
         title, about: the family's heading on the report page and how to read it.
         variants: variant name -> (kind, direction), e.g. ``{"entropy.spatial": ("default", "lower")}``.
         notes: variant name -> a one-line note on what the variant computes (the report page's).
+        param_types: parameter name -> its declared type and range (``etm.params.Param``), checked when the
+            measure is made (so at submission): every parameter in ``default_params`` may be declared.
         curve_titles: curve key in ``details["curves"]`` -> the curve's title on the page.
         needs_oos: True when the measure also runs on the out-of-set dataset (``per_image_oos``).
         needs_salience: False when ``per_image`` reads only ``clean[r].logits``/``.predicted`` (no maps).
@@ -155,6 +158,7 @@ class Measure(ABC):
     about: str = ""
     variants: dict[str, tuple[str, Direction]] = {}
     notes: dict[str, str] = {}
+    param_types: dict[str, Param] = {}
     curve_titles: dict[str, str] = {}
     needs_oos: bool = False
     # False for measures that read only the clean forward pass (accuracy): a job of only those computes no
@@ -168,6 +172,13 @@ class Measure(ABC):
         unknown = sorted(set(params or {}) - declared)
         if unknown:  # a typo would otherwise be ignored, and still enter the cache key
             raise ValueError(f"unknown parameter(s) {unknown} for {self.name}; accepted: {sorted(declared)}")
+        bad = [
+            f"{k} must be {p.allowed()}, got {shown(params[k])}"
+            for k, p in self.param_types.items()
+            if params and k in params and not p.accepts(params[k])
+        ]
+        if bad:
+            raise ValueError(f"bad parameter(s) for {self.name}: " + "; ".join(bad))
         self.params = {**self.default_params(), **(params or {})}
 
     def default_params(self) -> dict[str, Any]:

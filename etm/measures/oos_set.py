@@ -33,6 +33,7 @@ from etm.measures.base import BatchContext, Columns, Measure, MeasureResult
 from etm.measures.entropy import INPUT_SIZE_NOTE, histogram_entropy, spatial_entropy
 from etm.ops.maps import is_empty, to_uint8
 from etm.ops.ssim import ssim
+from etm.params import Param
 from etm.stats import (
     DEFAULT_RESAMPLES,
     as_float,
@@ -62,6 +63,10 @@ class OosSetMeasure(Measure):
     about = "Entropy on out-of-set images minus entropy in-set. No preferred direction."
     variants = {"oos.set": ("default", None)}
     notes = {"oos.set": "out-of-set minus in-set entropy"}
+    param_types = {
+        "entropy": Param("spatial", str, choices=("spatial", "histogram")),
+        "bins": Param(20, int, 1, 10_000),
+    }
     needs_oos = True
 
     def default_params(self) -> dict[str, Any]:

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from etm.models.base import Model
+from etm.params import Param
 from etm.salience.progress import report_step
-from etm.salience.registry import Param, register, targets_for
+from etm.salience.registry import register, targets_for
 
 
 @register("cam", title="CAM", has_native=True, params={"chunk": Param(32, int, 1, 4096)})

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from etm.models.base import Model
-from etm.salience.registry import Param, register, targets_for
+from etm.params import Param
+from etm.salience.registry import register, targets_for
 
 if TYPE_CHECKING:
     from etm.models.onnx_model import OnnxModel

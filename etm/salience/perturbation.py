@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from etm.models.base import Model
-from etm.salience.registry import Param, register, targets_for
+from etm.params import Param
+from etm.salience.registry import register, targets_for
 
 
 def rise_masks(n_masks: int, grid: int, p: float, size: tuple[int, int], seed: int) -> torch.Tensor:

@@ -15,7 +15,6 @@ theirs the same way.
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,55 +24,11 @@ import torch.nn.functional as F
 
 from etm.errors import BadInput, MethodUnavailable
 from etm.models.base import Model
+from etm.params import Param, shown
 from etm.salience.base import SalienceResult
 
 # A method computes the native map [N, h, w] (or input-size map) for given images and targets.
 MethodFn = Callable[..., torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a salience method, declared once: its default, its type and what it may be.
-
-    ``kind`` is ``int`` (a JSON integer, not a boolean), ``float`` (any finite JSON number) or ``str``
-    (one of ``choices``). Numbers lie in ``[lo, hi]``; ``lo_open`` excludes ``lo`` itself. ``nullable``
-    also accepts JSON null (the method says what null means).
-    """
-
-    default: Any
-    kind: type
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    choices: tuple[str, ...] = ()
-    nullable: bool = False
-
-    def allowed(self) -> str:
-        return self._allowed() + (" or null" if self.nullable else "")
-
-    def _allowed(self) -> str:
-        if self.kind is str:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        what = "an integer" if self.kind is int else "a number"
-        lo = f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}"
-        if self.lo is not None and self.hi is not None:
-            return f"{what} {lo} and <= {self.hi:g}"
-        return f"{what} {lo}" if self.lo is not None else what
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        if self.kind is str:
-            return isinstance(value, str) and value in self.choices
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        if self.kind is int and not isinstance(value, int):
-            return False
-        if isinstance(value, float) and not math.isfinite(value):  # ints compare exactly, however large
-            return False
-        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
-            return False
-        return self.hi is None or value <= self.hi
 
 
 # Whether a method can run on a model, and why (``available``, ``reason``): for methods that the built-in
@@ -143,11 +98,6 @@ def method_defaults(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in method_params(name).items()}
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
     """``params`` checked against method ``name``'s declaration; the full parameters (defaults filled in).
 
@@ -164,7 +114,7 @@ def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, A
     if unknown:
         raise BadInput(f"unknown method_params {unknown} for {name}; known: {sorted(declared)}")
     bad = [
-        f"{k} must be {p.allowed()}, got {_shown(params[k])}"
+        f"{k} must be {p.allowed()}, got {shown(params[k])}"
         for k, p in declared.items()
         if k in params and not p.accepts(params[k])
     ]
