@@ -239,7 +239,7 @@ def instrument():
     originals.append((OnnxModel, "forward", OnnxModel.forward))
     OnnxModel.forward = wrap_forward(OnnxModel.forward)
     for name, cls in MEASURES.items():
-        for meth in ("per_image", "per_image_ood"):
+        for meth in ("per_image", "per_image_oos"):
             if meth in cls.__dict__:
                 originals.append((cls, meth, cls.__dict__[meth]))
                 setattr(cls, meth, wrap_measure(name, cls.__dict__[meth]))

@@ -8,7 +8,8 @@ not grow with the number of images except for the per-image result columns.
 Sharding: ``run_inset(spec, shard=(i, n))`` processes a contiguous, batch-aligned range of the
 in-set images, so every image sees exactly the batch it sees in an unsharded run and the numbers
 are bitwise identical. ``finish`` concatenates the shards' columns in order, runs the out-of-set
-pass (which needs the whole in-set mean map) and summarises. ``evaluate`` = ``finish(run_inset())``.
+pass (whose measures may need state from the whole in-set: ``Measure.inset_state``, summed over batches
+and shards, then ``Measure.finish_inset``) and summarises. ``evaluate`` = ``finish(run_inset())``.
 Datasets are opened through their validation index (``etm.datasets.open_dataset``) once one
 exists: a shard then reads, validates and decodes only the images of its own range, and ``finish``
 reads no in-set image at all (it merges columns; the out-of-set pass reads the out-of-set images).
@@ -37,11 +38,12 @@ import torch
 from etm.datasets import Dataset, content_sha256, iter_batches, open_dataset
 from etm.datasets.batches import Batch
 from etm.errors import BadInput, Canceled, ModelRuntimeError
-from etm.measures import MEASURES, needs_salience
+from etm.measures import needs_salience
 from etm.measures.base import BatchContext, Columns, Measure
-from etm.measures.oos_set import inset_state, inset_sums
+from etm.measures.params import measure_for
 from etm.models import checks
 from etm.models.base import Model, ModelOutOfMemory, OutputNotFinite, is_out_of_memory, release_memory
+from etm.models.compatibility import check_input_sizes, require_method
 from etm.models.loader import load_model
 from etm.report import EvaluationResult, build_report
 from etm.salience.registry import compute_salience, forward_only
@@ -90,7 +92,7 @@ class Partial:
     shard: tuple[int, int]
     n_images: int
     columns: dict[str, dict[str, Columns]]  # candidate -> measure family -> columns
-    inset_sums: dict[str, tuple[np.ndarray, np.ndarray]]  # candidate -> (sums [K,h,w], counts [K])
+    inset: dict[str, dict[str, Columns]]  # candidate -> measure family -> summed ``Measure.inset_state``
     keys: list[str]
     seconds: dict[str, float]
 
@@ -103,9 +105,10 @@ class Partial:
             for fam, cols in fams.items():
                 for col, arr in cols.items():
                     arrays[f"col|{cand}|{fam}|{col}"] = arr
-        for cand, (sums, counts) in self.inset_sums.items():
-            arrays[f"sum|{cand}"] = sums
-            arrays[f"cnt|{cand}"] = counts
+        for cand, fams in self.inset.items():
+            for fam, sums in fams.items():
+                for key, arr in sums.items():
+                    arrays[f"ins|{cand}|{fam}|{key}"] = arr
         arrays["seconds"] = np.array([f"{k}={v}" for k, v in self.seconds.items()], dtype=str)
         with open(path, "wb") as f:
             np.savez(f, **arrays)
@@ -115,19 +118,18 @@ class Partial:
         with np.load(path, allow_pickle=False) as z:
             meta = z["meta"].tolist()
             columns: dict[str, dict[str, Columns]] = {}
-            sums: dict[str, list[np.ndarray]] = {}
+            inset: dict[str, dict[str, Columns]] = {}
             for name in z.files:
                 parts = name.split("|")
-                if parts[0] == "col":
-                    columns.setdefault(parts[1], {}).setdefault(parts[2], {})[parts[3]] = z[name]
-                elif parts[0] in ("sum", "cnt"):
-                    sums.setdefault(parts[1], [None, None])[0 if parts[0] == "sum" else 1] = z[name]
+                if parts[0] in ("col", "ins"):
+                    into = columns if parts[0] == "col" else inset
+                    into.setdefault(parts[1], {}).setdefault(parts[2], {})[parts[3]] = z[name]
             seconds = {s.split("=")[0]: float(s.split("=")[1]) for s in z["seconds"].tolist()}
             return cls(
                 shard=(meta[0], meta[1]),
                 n_images=meta[2],
                 columns=columns,
-                inset_sums={k: (v[0], v[1]) for k, v in sums.items()},
+                inset=inset,
                 keys=z["keys"].tolist(),
                 seconds=seconds,
             )
@@ -168,16 +170,10 @@ def load_families(spec: EvaluationSpec, resolver: Resolver) -> list[Family]:
     fams = []
     for cand in spec.candidates:
         models = [resolver.model(ref) for ref in cand.models]
-        sizes = {tuple(m.metadata.input_size) for m in models}
-        if len(sizes) > 1:
-            raise BadInput(
-                f"candidate {cand.name!r} mixes input sizes {sorted(sizes)}; runs of one family must "
-                "share the input size so their maps can be compared"
-            )
-        for m in models if needs_salience(spec.measures) else ():  # accuracy alone runs no method
-            cap = m.capabilities.get(spec.method)
-            if cap is None or not cap.available:
-                raise BadInput(f"candidate {cand.name!r}: {cap.reason if cap else spec.method + ' unavailable'}")
+        check_input_sizes(cand.name, (m.metadata.input_size for m in models))
+        runs_method = needs_salience(spec.measures)  # accuracy alone runs no salience method
+        for ref, m in zip(cand.models, models, strict=True) if runs_method else ():
+            require_method(m.capabilities, spec.method, f"candidate {cand.name!r}, model {ref}")
         fams.append(Family(cand.name, models, list(cand.models)))
     return fams
 
@@ -185,12 +181,7 @@ def load_families(spec: EvaluationSpec, resolver: Resolver) -> list[Family]:
 def make_measures(spec: EvaluationSpec, family: Family) -> dict[str, Measure]:
     out: dict[str, Measure] = {}
     for name in spec.measures:
-        cls = MEASURES[name]
-        params = {"bootstrap_resamples": spec.bootstrap_resamples, **spec.measure_params.get(name, {})}
-        try:
-            m = cls(params)
-        except (TypeError, ValueError) as exc:
-            raise BadInput(f"bad parameters for measure {name!r}: {exc}") from exc
+        m = measure_for(spec, name)
         if hasattr(m, "positive_index"):
             m.positive_index = family.models[0].metadata.positive_index  # type: ignore[attr-defined]
         m.pascore_class = pascore_class(spec, family)
@@ -209,7 +200,7 @@ def _label_index(models: Sequence[Model], labels: Sequence[str]) -> torch.Tensor
     return torch.tensor([names.index(lb) if lb in names else -1 for lb in labels], dtype=torch.long)
 
 
-def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any] | None = None) -> BatchContext:
+def _context(spec: EvaluationSpec, fam: Family, batch: Any) -> BatchContext:
     seeds = image_seeds(spec.seed, batch.keys)
     # Measures combine the batch with salience results, which live on the model's device (CUDA for .pt2
     # on a GPU worker; ONNX Runtime hands results back on the CPU).
@@ -251,7 +242,6 @@ def _context(spec: EvaluationSpec, fam: Family, batch: Any, inset: dict[str, Any
         logits_fn=logits,
         probabilities_fn=lambda run, logits: fam.models[run].probabilities(logits),
         seed=spec.seed,
-        inset=inset or {},
         pascore_class=pascore_class(spec, fam),
     )
 
@@ -275,18 +265,26 @@ def _named_fault(exc: ModelRuntimeError, fam: Family, run: int, keys: Sequence[s
 
 
 def _score_batch(
-    spec: EvaluationSpec, fam: Family, batch: Batch, measures: dict[str, Measure], inset: dict[str, Any] | None
-) -> tuple[dict[str, Columns], tuple[torch.Tensor, torch.Tensor] | None]:
-    """Every measure's columns for one batch of one family (and its in-set sums on the in-set pass).
+    spec: EvaluationSpec,
+    fam: Family,
+    batch: Batch,
+    measures: dict[str, Measure],
+    inset: dict[str, dict[str, Any]] | None,
+) -> tuple[dict[str, Columns], dict[str, Columns]]:
+    """Every measure's columns for one batch of one family, and on the in-set pass (``inset`` None) what each
+    measure carries to the out-of-set pass (``Measure.inset_state``); on the out-of-set pass ``inset`` holds,
+    per measure, what its ``finish_inset`` made of that (given to it as ``ctx.inset``).
 
     Nothing is stored here, so a batch that fails half-way (out of memory) leaves no partial columns.
     """
-    ctx = _context(spec, fam, batch, inset)
-    cols = {name: (m.per_image_ood(ctx) if inset is not None else m.per_image(ctx)) for name, m in measures.items()}
-    if inset is None:
-        cols[CHECKS] = _check_columns(fam, ctx)
-    # The in-set mean map (for oos.set) exists only where maps were computed.
-    return cols, (inset_sums(ctx) if inset is None and needs_salience(spec.measures) else None)
+    ctx = _context(spec, fam, batch)
+    if inset is not None:
+        cols = {name: m.per_image_oos(replace(ctx, inset=inset.get(name, {}))) for name, m in measures.items()}
+        return cols, {}
+    cols = {name: m.per_image(ctx) for name, m in measures.items()}
+    cols[CHECKS] = _check_columns(fam, ctx)
+    states = {name: st for name, m in measures.items() if (st := m.inset_state(ctx)) is not None}
+    return cols, states
 
 
 def _check_columns(fam: Family, ctx: BatchContext) -> Columns:
@@ -368,6 +366,16 @@ def _concat(store: dict[str, list[np.ndarray]]) -> Columns:
     return {k: np.concatenate(v) for k, v in store.items()}
 
 
+def _add(total: Columns, state: Columns) -> None:
+    """``total += state`` per key (integer arrays: the sum does not depend on the order of the batches)."""
+    for k, v in state.items():
+        arr = np.asarray(v)
+        if arr.dtype.kind not in "iub":
+            raise TypeError(f"in-set state {k!r} must be an integer array to be summed exactly, got {arr.dtype}")
+        arr = arr.astype(np.int64)
+        total[k] = arr if k not in total else total[k] + arr
+
+
 def _pass(
     spec: EvaluationSpec,
     dataset: Dataset,
@@ -377,12 +385,13 @@ def _pass(
     stage: str,
     progress: ProgressFn | None,
     should_cancel: CancelFn | None,
-    ood_state: dict[str, dict[str, Any]] | None,
-) -> tuple[dict[str, dict[str, Columns]], dict[str, tuple[np.ndarray, np.ndarray]], float]:
-    """One streaming pass over ``indices``; returns columns, in-set sums (in-set pass only), seconds."""
+    oos_state: dict[str, dict[str, dict[str, Any]]] | None,
+) -> tuple[dict[str, dict[str, Columns]], dict[str, dict[str, Columns]], float]:
+    """One streaming pass over ``indices``; returns columns, the measures' summed in-set state (in-set pass
+    only; see ``Measure.inset_state``) and seconds. ``oos_state``: candidate -> measure -> ``ctx.inset``."""
     t0 = time.perf_counter()
     store: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {f.name: {} for f in families}
-    sums: dict[str, list[torch.Tensor]] = {}
+    sums: dict[str, dict[str, Columns]] = {f.name: {} for f in families}
     total, done = len(indices) * len(families), 0
     by_size: dict[tuple[int, int], list[Family]] = {}
     for fam in families:
@@ -393,24 +402,22 @@ def _pass(
             for fam in fams:
                 if should_cancel and should_cancel():
                     raise Canceled(f"canceled during {stage}")
-                inset = ood_state[fam.name] if ood_state is not None else None
+                inset = oos_state[fam.name] if oos_state is not None else None
 
-                def score(part: Batch, fam: Family = fam, inset: dict[str, Any] | None = inset) -> Any:
+                def score(part: Batch, fam: Family = fam, inset: dict[str, dict[str, Any]] | None = inset) -> Any:
                     return _score_batch(spec, fam, part, measures[fam.name], inset)
 
-                for part_cols, part_sums in _fitting(score, batch, fits, fam, stage):
+                for part_cols, part_states in _fitting(score, batch, fits, fam, stage):
                     for name, cols in part_cols.items():
                         if cols:
                             _append(store[fam.name].setdefault(name, {}), cols)
-                    if part_sums is not None:
-                        s, c = part_sums
-                        prev = sums.get(fam.name)
-                        sums[fam.name] = [s, c] if prev is None else [prev[0] + s, prev[1] + c]
+                    for name, state in part_states.items():
+                        _add(sums[fam.name].setdefault(name, {}), state)
                 done += len(batch.keys)
                 if progress:
                     progress(stage, done, total)
     cols = {fam: {m: _concat(s) for m, s in fams.items()} for fam, fams in store.items()}
-    return cols, {k: (v[0].numpy(), v[1].numpy()) for k, v in sums.items()}, time.perf_counter() - t0
+    return cols, {fam: s for fam, s in sums.items() if s}, time.perf_counter() - t0
 
 
 def run_inset(
@@ -433,7 +440,7 @@ def run_inset(
         shard=shard or (0, 1),
         n_images=len(indices),
         columns=cols,
-        inset_sums=sums,
+        inset=sums,
         keys=[dataset.items[i].key for i in indices],
         seconds={"load": t_load, "in-set": secs},
     )
@@ -476,23 +483,23 @@ def finish(
         columns[fam.name] = {
             m: {c: np.concatenate([f[m][c] for f in fams if m in f]) for c in fams[0][m]} for m in fams[0]
         }
-    ood_cols: dict[str, dict[str, Columns]] | None = None
-    ood_ds = None
+    oos_cols: dict[str, dict[str, Columns]] | None = None
+    oos_ds = None
     seconds = {k: sum(p.seconds.get(k, 0.0) for p in parts) for k in ("load", "in-set")}
-    ood_measures = {f.name: {n: m for n, m in make_measures(spec, f).items() if m.needs_ood} for f in families}
+    oos_measures = {f.name: {n: m for n, m in make_measures(spec, f).items() if m.needs_oos} for f in families}
     if spec.ood_dataset is not None:
-        ood_ds = resolver.dataset(spec.ood_dataset, spec.ood_split)
-    if ood_ds is not None and any(ood_measures.values()):
-        state: dict[str, dict[str, Any]] = {}
+        oos_ds = resolver.dataset(spec.ood_dataset, spec.ood_split)
+    if oos_ds is not None and any(oos_measures.values()):
+        state: dict[str, dict[str, dict[str, Any]]] = {}
         for fam in families:
-            if fam.name not in parts[0].inset_sums:  # no maps were computed (accuracy only)
-                state[fam.name] = {}
-                continue
-            s = sum(p.inset_sums[fam.name][0].astype(np.int64) for p in parts)
-            c = sum(p.inset_sums[fam.name][1].astype(np.int64) for p in parts)
-            state[fam.name] = inset_state(torch.from_numpy(np.asarray(s)), torch.from_numpy(np.asarray(c)))
-        ood_cols, _, secs = _pass(
-            spec, ood_ds, range(len(ood_ds)), families, ood_measures, "out-of-set", progress, should_cancel, state
+            state[fam.name] = {}
+            for name, m in oos_measures[fam.name].items():
+                total: Columns = {}
+                for p in parts:  # a shard with no images carries no state
+                    _add(total, p.inset.get(fam.name, {}).get(name, {}))
+                state[fam.name][name] = m.finish_inset(total)
+        oos_cols, _, secs = _pass(
+            spec, oos_ds, range(len(oos_ds)), families, oos_measures, "out-of-set", progress, should_cancel, state
         )
         seconds["out-of-set"] = secs
     t1 = time.perf_counter()
@@ -502,7 +509,7 @@ def finish(
         results[fam.name] = {
             name: m.summarize(
                 columns[fam.name].get(name, {}),
-                (ood_cols or {}).get(fam.name, {}).get(name) if ood_cols is not None else None,
+                (oos_cols or {}).get(fam.name, {}).get(name) if oos_cols is not None else None,
                 spec.seed,
             )
             for name, m in ms.items()
@@ -516,7 +523,7 @@ def finish(
     return build_report(
         spec,
         dataset,
-        ood_ds,
+        oos_ds,
         families,
         results,
         columns,

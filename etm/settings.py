@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         Path("benchdata/models"), description="Committed benchmark model families (built-ins)."
     )
     register_builtins: bool = Field(True, description="Register the benchmark datasets and models as built-ins.")
+    plugins: str = Field(
+        "",
+        description="Comma-separated Python modules that register measures and salience methods of their own "
+        "(e.g. `tests.toys`), imported by the API, the workers and the sandboxed model process (etm.plugins).",
+    )
 
     # -- HTTP ----------------------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Interface the devserver's API listens on (`make run`).")

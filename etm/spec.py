@@ -6,20 +6,45 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-MEASURE_FAMILIES = (
-    "entropy",
-    "noise",
-    "oos_set",
-    "geometry",
-    "stability",
-    "degradation",
-    "agreement",
-    "accuracy",
-)
-METHODS = (
-    "gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise", "rollout",
-    "gradient_rollout",
-)
+
+def _measure_names() -> list[str]:
+    from etm.measures import measure_names  # here: the measures import torch, the spec module does not
+
+    return measure_names()
+
+
+def _method_names() -> list[str]:
+    from etm.salience.registry import method_names
+
+    return method_names()
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``MEASURE_FAMILIES`` and ``METHODS``: the registries' names now (``etm.measures.MEASURES``,
+    ``etm.salience.registry``), read when asked, so that registered plugins count and no list is kept here."""
+    if name == "MEASURE_FAMILIES":
+        return tuple(_measure_names())
+    if name == "METHODS":
+        return tuple(_method_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _measures_enum(schema: dict[str, Any]) -> None:
+    # Called when the JSON schema is generated (the OpenAPI document at app start), after plugins registered.
+    from etm.measures import MEASURES
+
+    schema.setdefault("items", {})["enum"] = [*MEASURES, "all"]
+    listed = ", ".join(f"`{n}` ({c.title})" for n, c in MEASURES.items())
+    schema["description"] = f"Measure families to compute (default: all of them; ['all'] says so): {listed}."
+
+
+def _method_enum(schema: dict[str, Any]) -> None:
+    from etm.salience.registry import methods
+
+    schema["enum"] = _method_names()
+    titles = {n: m.title for n, m in methods().items()}
+    schema["description"] = "Salience method: " + ", ".join(f"`{n}` ({titles[n]})" for n in schema["enum"]) + "."
+
 
 # ``profile: paper`` replicates Crum et al. in one switch: what it sets where the job leaves a field
 # at its default (fields and measure params the job gives explicitly win). See docs/MEASURES.md.
@@ -52,14 +77,22 @@ class EvaluationSpec(BaseModel):
     split: str | None = Field(
         None, description="Split to use when the dataset has splits; default test, else all images."
     )
-    ood_dataset: str | None = None
-    ood_split: str | None = None
-    measures: list[str] = Field(default_factory=lambda: list(MEASURE_FAMILIES))
-    measure_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    method: Literal[
-        "gradcam", "cam", "gradcam++", "scorecam", "integrated_gradients", "smoothgrad", "rise", "rollout",
-        "gradient_rollout",
-    ] = "gradcam"
+    ood_dataset: str | None = Field(
+        None,
+        description="The out-of-set dataset (library/CLI: a folder; API: a dataset id): images of other sources, "
+        "for oos.set and the accuracy.ood variants.",
+    )
+    ood_split: str | None = Field(None, description="Split of the out-of-set dataset (as `split`).")
+    measures: list[str] = Field(
+        default_factory=_measure_names,
+        description="Measure families to compute.",  # the full text, with the families: _measures_enum
+        json_schema_extra=_measures_enum,
+    )
+    measure_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per measure family, its parameters; an unknown name is refused with the accepted ones.",
+    )
+    method: str = Field("gradcam", description="Salience method.", json_schema_extra=_method_enum)  # see _method_enum
     method_params: dict[str, Any] = Field(default_factory=dict)
     layer: str = "auto"
     target: Literal["predicted"] | int | str = "predicted"
@@ -83,12 +116,37 @@ class EvaluationSpec(BaseModel):
     @field_validator("measures")
     @classmethod
     def _known_measures(cls, v: list[str]) -> list[str]:
+        known = _measure_names()
         if v == ["all"]:
-            return list(MEASURE_FAMILIES)
-        unknown = [m for m in v if m not in MEASURE_FAMILIES]
+            return known
+        unknown = [m for m in v if m not in known]
         if unknown:
-            raise ValueError(f"unknown measure(s) {unknown}; choose from {list(MEASURE_FAMILIES)} or 'all'")
-        return sorted(set(v), key=MEASURE_FAMILIES.index)
+            raise ValueError(f"unknown measure(s) {unknown}; choose from {known} or 'all'")
+        return sorted(set(v), key=known.index)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        known = _method_names()
+        if v not in known:
+            raise ValueError(f"unknown salience method {v!r}; choose from {known}")
+        return v
+
+    @field_validator("measure_params")
+    @classmethod
+    def _declared_measure_params(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each family's parameters as its class declares them (names; values where the class checks them), so a
+        typo is refused when the job is submitted, naming the accepted keys, not when a worker runs it."""
+        from etm.measures import MEASURES
+
+        for name, params in v.items():
+            if name not in MEASURES:
+                raise ValueError(f"measure_params names {name!r}, which is not a measure; choose from {list(MEASURES)}")
+            try:
+                MEASURES[name](params)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"bad parameters for measure {name!r}: {exc}") from exc
+        return v
 
     @model_validator(mode="after")
     def _apply_profile(self) -> EvaluationSpec:

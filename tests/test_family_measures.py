@@ -13,7 +13,7 @@ from skimage.metrics import structural_similarity
 from etm.measures.accuracy import AccuracyMeasure
 from etm.measures.agreement import AgreementMeasure
 from etm.measures.base import BatchContext
-from etm.measures.oos_set import OodSetMeasure, inset_state, inset_sums
+from etm.measures.oos_set import OosSetMeasure
 from etm.measures.stability import StabilityMeasure, run_pairs
 from etm.ops.paper import to_uint8_truncated
 from etm.salience.base import SalienceResult
@@ -176,11 +176,11 @@ def test_accuracy_balanced_accuracy_and_auroc_by_hand() -> None:
 def test_accuracy_on_the_out_of_set_dataset() -> None:
     m = AccuracyMeasure({"bootstrap_resamples": 100})
     cols = m.per_image(_ctx([_result(_maps(7, n=4), _logits_for([0.9, 0.2, 0.8, 0.1]))], [1, 0, 1, 0]))
-    ood = m.per_image_ood(_ctx([_result(_maps(8, n=4), _logits_for([0.9, 0.9, 0.2, 0.2]))], [1, 0, 1, 0]))
+    ood = m.per_image_oos(_ctx([_result(_maps(8, n=4), _logits_for([0.9, 0.9, 0.2, 0.2]))], [1, 0, 1, 0]))
     out = {r.name: r for r in m.summarize(cols, ood, 0)}
     assert out["accuracy"].value == 1.0 and out["accuracy.auroc"].value == 1.0
     assert out["accuracy.ood"].value == 0.5 and out["accuracy.ood.auroc"].value == 0.5
-    unlabelled = m.per_image_ood(_ctx([_result(_maps(8, n=4))]))
+    unlabelled = m.per_image_oos(_ctx([_result(_maps(8, n=4))]))
     out = {r.name: r for r in m.summarize(cols, unlabelled, 0)}
     assert out["accuracy.ood"].value is None
     assert out["accuracy.ood"].details["message"] == "no labelled images"
@@ -198,12 +198,12 @@ def test_oos_set_on_two_known_distributions() -> None:
     inset_logits = _logits_for([0.97] * n_in)
     ood = torch.ones(n_out, 7, 7)  # uniform maps: entropy 1
     ood_logits = _logits_for([0.62] * n_out)
-    m = OodSetMeasure({"bootstrap_resamples": 200})
+    m = OosSetMeasure({"bootstrap_resamples": 200})
 
     in_ctx = _ctx([_result(inset, inset_logits)])
-    sums, counts = inset_sums(in_ctx)
-    assert counts.tolist() == [n_in] and sums.dtype == torch.int64
-    state = inset_state(sums, counts)
+    sums = m.inset_state(in_ctx)
+    assert sums is not None and sums["counts"].tolist() == [n_in] and sums["sums"].dtype == np.int64
+    state = m.finish_inset(sums)
     mean8 = state["mean_map8"][0]
     expected = np.zeros((7, 7), dtype=np.uint8)
     for r, c in cells:
@@ -211,11 +211,11 @@ def test_oos_set_on_two_known_distributions() -> None:
     np.testing.assert_array_equal(mean8.numpy(), expected)
 
     cols = m.per_image(in_ctx)
-    ood_cols = m.per_image_ood(_ctx([_result(ood, ood_logits)], inset=state))
+    oos_cols = m.per_image_oos(_ctx([_result(ood, ood_logits)], inset=state))
     want_ssim = structural_similarity(np.zeros((7, 7), np.uint8), expected)  # uniform map -> all zeros
-    np.testing.assert_allclose(ood_cols["ssim_to_inset_mean"][:, 0], want_ssim, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(oos_cols["ssim_to_inset_mean"][:, 0], want_ssim, rtol=0, atol=1e-10)
 
-    (r,) = m.summarize(cols, ood_cols, 0)
+    (r,) = m.summarize(cols, oos_cols, 0)
     assert r.name == "oos.set" and r.direction is None and r.variant == "default"
     assert r.value == pytest.approx(1.0) and r.ci == pytest.approx((1.0, 1.0))
     assert r.details["wasserstein1"] == pytest.approx(1.0)
@@ -229,7 +229,7 @@ def test_oos_set_on_two_known_distributions() -> None:
 
 def test_oos_set_wasserstein_between_shifted_samples() -> None:
     rng = np.random.default_rng(9)
-    m = OodSetMeasure({"bootstrap_resamples": 200})
+    m = OosSetMeasure({"bootstrap_resamples": 200})
     h_in = rng.uniform(0.2, 0.4, size=(50, 1))
     h_out = h_in[:40] + 0.3
     cols = {"entropy": h_in, "score": np.full((50, 1), 0.9), "empty": np.zeros((50, 1), bool),
@@ -247,6 +247,6 @@ def test_oos_set_wasserstein_between_shifted_samples() -> None:
 
 
 def test_oos_set_without_ood_dataset() -> None:
-    m = OodSetMeasure()
+    m = OosSetMeasure()
     (r,) = m.summarize(m.per_image(_ctx([_result(_maps(0))])), None, 0)
     assert r.value is None and "no out-of-set dataset" in r.details["message"]

@@ -1,6 +1,10 @@
 """The five measures of Crum et al. (and the extras), one module per measure family.
 
-``MEASURES`` maps the family names a job selects (``EvaluationSpec.measures``) to their classes.
+``MEASURES`` is the registry: family name (what ``EvaluationSpec.measures`` selects) -> class, in the order
+jobs and reports list them. It is the only list of measures: the spec's validation, the OpenAPI enum, the
+report's notes and the page's titles all read it. A new measure is one module (a ``Measure`` subclass that
+describes itself, see ``etm.measures.base``) and one ``register_measure`` line; a plugin module named in
+``ETM_PLUGINS`` registers its own the same way (docs/MEASURES.md, "Adding a measure or a method").
 """
 
 from __future__ import annotations
@@ -12,24 +16,49 @@ from etm.measures.degradation import DegradationMeasure
 from etm.measures.entropy import EntropyMeasure
 from etm.measures.geometry import GeometryMeasure
 from etm.measures.noise import NoiseMeasure
-from etm.measures.oos_set import OodSetMeasure
+from etm.measures.oos_set import OosSetMeasure
 from etm.measures.stability import StabilityMeasure
 
-MEASURES: dict[str, type[Measure]] = {
-    "entropy": EntropyMeasure,
-    "noise": NoiseMeasure,
-    "oos_set": OodSetMeasure,
-    "geometry": GeometryMeasure,
-    "stability": StabilityMeasure,
-    "degradation": DegradationMeasure,
-    "agreement": AgreementMeasure,
-    "accuracy": AccuracyMeasure,
-}
+MEASURES: dict[str, type[Measure]] = {}
+
+
+def register_measure(cls: type[Measure]) -> type[Measure]:
+    """Add a measure family to the registry under ``cls.name`` (usable as a class decorator).
+
+    Raises:
+        ValueError: the class has no name, or another class has the name or one of its variants.
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    taken = {v: n for n, c in MEASURES.items() if c is not cls for v in c.variants}
+    clash = sorted(v for v in cls.variants if v in taken)
+    if (cls.name in MEASURES and MEASURES[cls.name] is not cls) or clash:
+        raise ValueError(f"measure {cls.name!r} clashes with a registered one (name or variants {clash})")
+    MEASURES[cls.name] = cls
+    return cls
+
+
+for _cls in (
+    EntropyMeasure,
+    NoiseMeasure,
+    OosSetMeasure,
+    GeometryMeasure,
+    StabilityMeasure,
+    DegradationMeasure,
+    AgreementMeasure,
+    AccuracyMeasure,
+):
+    register_measure(_cls)
 
 # Bump when a change alters any reported number: it is part of the result-cache key.
 # 1.1.0: the paper variants follow the authors' 8-bit arithmetic; 1.2.0: Score-CAM weighs at most 256 channels
 # per image by default (max_channels).
 MEASURES_VERSION = "1.2.0"
+
+
+def measure_names() -> list[str]:
+    """The registered measure families, in registry order."""
+    return list(MEASURES)
 
 
 def needs_salience(measures: list[str]) -> bool:
@@ -38,31 +67,16 @@ def needs_salience(measures: list[str]) -> bool:
 
 
 def variant_notes() -> dict[str, str]:
-    """Measure name -> what its number is, in a few words (shown under each measure on the report page)."""
-    return {
-        "entropy.spatial": "spatial entropy of the native map",
-        "entropy.histogram": "entropy of the 8-bit value histogram (paper)",
-        "oos.noise": "area under the SSIM curve (paper)",
-        "oos.set": "out-of-set minus in-set entropy",
-        "geometry.ssim": "SSIM after undoing the transform",
-        "geometry.pearson": "Pearson r after undoing the transform",
-        "stability.ssim": "mean pairwise SSIM of 8-bit maps (paper)",
-        "stability.pearson": "mean pairwise Pearson r",
-        "degradation.deletion": "AUC(LeRF) - AUC(MoRF) of deletion curves",
-        "degradation.blur": "drop(object blurred) - drop(background blurred) (paper)",
-        "agreement.human": "Pearson r of map and mask",
-        "agreement.human.ssim": "SSIM of map and mask",
-        "agreement.human.mass": "share of salience inside the mask",
-    }
+    """Variant name -> the one-line note the report page shows under it, from every registered measure."""
+    return {v: note for cls in MEASURES.values() for v, note in cls.notes.items()}
 
 
 def curve_titles() -> dict[str, str]:
-    """Curve kind (a key of a measure's ``details.curves``) -> the title of its chart."""
-    return {
-        "score": "target-class score",
-        "entropy": "salience entropy",
-        "ssim": "SSIM to the clean map",
-        "morf": "MoRF: most salient deleted first",
-        "lerf": "LeRF: least salient deleted first",
-        "random": "random order",
-    }
+    """Curve key (in a variant's ``details["curves"]``) -> the curve's title on the report page."""
+    return {k: title for cls in MEASURES.values() for k, title in cls.curve_titles.items()}
+
+
+# Last: a plugin registers its measures (and methods) with the functions above.
+from etm.plugins import load_plugins  # noqa: E402
+
+load_plugins()

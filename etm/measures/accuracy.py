@@ -72,6 +72,8 @@ class AccuracyMeasure(Measure):
     """
 
     name = "accuracy"
+    title = "Accuracy"
+    about = "Classification performance, for context."
     variants = {
         "accuracy": ("extra", "higher"),
         "accuracy.balanced": ("extra", "higher"),
@@ -80,7 +82,7 @@ class AccuracyMeasure(Measure):
         "accuracy.ood.balanced": ("extra", "higher"),
         "accuracy.ood.auroc": ("extra", "higher"),
     }
-    needs_ood = True
+    needs_oos = True
     needs_salience = False  # logits and predictions only: an accuracy-only job runs no salience method
     positive_index: int | None = None
 
@@ -110,7 +112,7 @@ class AccuracyMeasure(Measure):
             "positive_index": np.full(n, pos, dtype=np.int64),
         }
 
-    def per_image_ood(self, ctx: BatchContext) -> Columns:
+    def per_image_oos(self, ctx: BatchContext) -> Columns:
         return self.per_image(ctx)
 
     def _block(self, cols: Columns, prefix: str, rng_seed: int, reps: int) -> list[MeasureResult]:
@@ -171,9 +173,9 @@ class AccuracyMeasure(Measure):
             )
         return out
 
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         reps = int(self.params["bootstrap_resamples"])
         out = self._block(cols, "accuracy", rng_seed, reps)
-        if ood_cols and len(ood_cols.get("label", ())):
-            out += self._block(ood_cols, "accuracy.ood", rng_seed, reps)
+        if oos_cols and len(oos_cols.get("label", ())):
+            out += self._block(oos_cols, "accuracy.ood", rng_seed, reps)
         return out

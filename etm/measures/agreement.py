@@ -38,10 +38,17 @@ class AgreementMeasure(Measure):
     """
 
     name = "agreement"
+    title = "Agreement with people"
+    about = "How well salience matches human annotation masks. Higher: the model looks where people look."
     variants = {
         "agreement.human": ("extra", "higher"),
         "agreement.human.ssim": ("extra", "higher"),
         "agreement.human.mass": ("extra", "higher"),
+    }
+    notes = {
+        "agreement.human": "Pearson r of map and mask",
+        "agreement.human.ssim": "SSIM of map and mask",
+        "agreement.human.mass": "share of salience inside the mask",
     }
 
     def default_params(self) -> dict[str, Any]:
@@ -76,7 +83,7 @@ class AgreementMeasure(Measure):
             cols["empty"][has, r] = emp
         return cols
 
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         reps = int(self.params["bootstrap_resamples"])
         has = np.asarray(cols["has_mask"], dtype=bool)
         n_masked = int(has.sum())

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from etm.params import Param, shown
 from etm.salience.base import SalienceResult
 
 Direction = Literal["higher", "lower"] | None
@@ -45,7 +46,7 @@ class BatchContext:
             method, target rule and layer (targets re-decided on those images).
         logits_fn: ``logits_fn(run, images)`` forward-only pass, returns logits [N, C].
         probabilities_fn: ``probabilities_fn(run, logits)`` per-class probabilities [N, C].
-        inset: state from the in-set pass, given to out-of-set batches (e.g. the mean 8-bit map).
+        inset: on out-of-set batches, what the measure's ``finish_inset`` made of the in-set pass.
         pascore_class: the score measures report (``EvaluationSpec.score``): None = the probability
             of the target class; a class index = the paper's PAScore, ``sigmoid(logits)[:, c]``.
     """
@@ -132,18 +133,34 @@ class MeasureResult:
 
 class Measure(ABC):
     """A family of measure variants computed from the same passes (e.g. entropy.spatial and
-    entropy.histogram).
+    entropy.histogram). The class describes itself: the registry (``etm.measures.MEASURES``), the spec's
+    validation, the OpenAPI enums and the report page read these attributes, never a list of their own.
 
     Class attributes:
-        name: the family, e.g. ``"entropy"``.
+        name: the family, e.g. ``"entropy"`` (what ``EvaluationSpec.measures`` names).
+        title, about: the family's heading on the report page and how to read it.
         variants: variant name -> (kind, direction), e.g. ``{"entropy.spatial": ("default", "lower")}``.
-        needs_ood: True when the measure runs on the out-of-set dataset (``oos.set``).
+        notes: variant name -> a one-line note on what the variant computes (the report page's).
+        param_types: parameter name -> its declared type and range (``etm.params.Param``), checked when the
+            measure is made (so at submission): every parameter in ``default_params`` may be declared.
+        curve_titles: curve key in ``details["curves"]`` -> the curve's title on the page.
+        needs_oos: True when the measure also runs on the out-of-set dataset (``per_image_oos``).
         needs_salience: False when ``per_image`` reads only ``clean[r].logits``/``.predicted`` (no maps).
+
+    State from the in-set pass to the out-of-set pass (e.g. ``oos.set``'s in-set mean map) goes through
+    two hooks, so that the plan knows no measure's internals: ``inset_state`` per in-set batch (integer
+    arrays that the plan adds up over batches and shards), then ``finish_inset`` once on the sums, whose
+    result the out-of-set batches see as ``ctx.inset``.
     """
 
     name: str = ""
+    title: str = ""
+    about: str = ""
     variants: dict[str, tuple[str, Direction]] = {}
-    needs_ood: bool = False
+    notes: dict[str, str] = {}
+    param_types: dict[str, Param] = {}
+    curve_titles: dict[str, str] = {}
+    needs_oos: bool = False
     # False for measures that read only the clean forward pass (accuracy): a job of only those computes no
     # salience, so it needs no method the model can run.
     needs_salience: bool = True
@@ -155,6 +172,13 @@ class Measure(ABC):
         unknown = sorted(set(params or {}) - declared)
         if unknown:  # a typo would otherwise be ignored, and still enter the cache key
             raise ValueError(f"unknown parameter(s) {unknown} for {self.name}; accepted: {sorted(declared)}")
+        bad = [
+            f"{k} must be {p.allowed()}, got {shown(params[k])}"
+            for k, p in self.param_types.items()
+            if params and k in params and not p.accepts(params[k])
+        ]
+        if bad:
+            raise ValueError(f"bad parameter(s) for {self.name}: " + "; ".join(bad))
         self.params = {**self.default_params(), **(params or {})}
 
     def default_params(self) -> dict[str, Any]:
@@ -169,12 +193,23 @@ class Measure(ABC):
     def per_image(self, ctx: BatchContext) -> Columns:
         """Per-image columns for one in-set batch."""
 
-    def per_image_ood(self, ctx: BatchContext) -> Columns:
-        """Per-image columns for one out-of-set batch (only when ``needs_ood``)."""
+    def per_image_oos(self, ctx: BatchContext) -> Columns:
+        """Per-image columns for one out-of-set batch (only when ``needs_oos``); ``ctx.inset`` holds
+        what ``finish_inset`` made of the in-set pass."""
+        return {}
+
+    def inset_state(self, ctx: BatchContext) -> dict[str, np.ndarray] | None:
+        """What this in-set batch adds to the state the out-of-set pass needs, or None (the default: no
+        state). Integer arrays only: the plan adds them up over batches and shards, so the sum does not
+        depend on the order or the sharding."""
+        return None
+
+    def finish_inset(self, sums: dict[str, np.ndarray]) -> dict[str, Any]:
+        """``ctx.inset`` of the out-of-set batches, from the summed ``inset_state`` of the whole in-set."""
         return {}
 
     @abstractmethod
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         """Dataset-level results from the concatenated columns."""
 
     def result(

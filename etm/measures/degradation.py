@@ -131,7 +131,21 @@ class DegradationMeasure(Measure):
     """
 
     name = "degradation"
+    title = "Salience-guided degradation"
+    about = (
+        "Score drop when the most vs the least salient pixels are removed or blurred. Higher: the salient pixels "
+        "really drive the decision."
+    )
     variants = {DELETION: ("default", "higher"), BLUR: ("paper", "higher")}
+    notes = {
+        DELETION: "AUC(LeRF) - AUC(MoRF) of deletion curves",
+        BLUR: "drop(object blurred) - drop(background blurred) (paper)",
+    }
+    curve_titles = {
+        "morf": "MoRF: most salient deleted first",
+        "lerf": "LeRF: least salient deleted first",
+        "random": "random order",
+    }
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
@@ -289,7 +303,7 @@ class DegradationMeasure(Measure):
         return cols
 
     # -- summary ---------------------------------------------------------------------------------
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         reps = int(self.params["bootstrap_resamples"])
         notes = [INPUT_SIZE_NOTE] if bool(np.any(cols["native_is_input_size"])) else []
         out = []

@@ -127,7 +127,13 @@ class EntropyMeasure(Measure):
     """
 
     name = "entropy"
+    title = "Salience entropy"
+    about = "How spread out the salience map is. Lower: the model looks at fewer places."
     variants = {"entropy.spatial": ("default", "lower"), "entropy.histogram": ("paper", "lower")}
+    notes = {
+        "entropy.spatial": "spatial entropy of the native map",
+        "entropy.histogram": "entropy of the 8-bit value histogram (paper)",
+    }
 
     def default_params(self) -> dict[str, Any]:
         return {"bootstrap_resamples": DEFAULT_RESAMPLES, "bins": 20, "histogram_normaliser": None}
@@ -160,7 +166,7 @@ class EntropyMeasure(Measure):
             "cells": np.full(n, h * w, dtype=np.int64),
         }
 
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         reps = int(self.params["bootstrap_resamples"])
         bins = int(self.params["bins"])
         input_size = bool(np.any(cols["native_is_input_size"]))

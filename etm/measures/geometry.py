@@ -51,7 +51,13 @@ class GeometryMeasure(Measure):
     """
 
     name = "geometry"
+    title = "Geometric consistency"
+    about = "Does salience move with the image under flips, rotations and shifts? Higher: it follows the content."
     variants = {"geometry.ssim": ("default", "higher"), "geometry.pearson": ("extra", "higher")}
+    notes = {
+        "geometry.ssim": "SSIM after undoing the transform",
+        "geometry.pearson": "Pearson r after undoing the transform",
+    }
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
@@ -104,7 +110,7 @@ class GeometryMeasure(Measure):
         cols["square"] = np.full(n, h == w)
         return cols
 
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         reps = int(self.params["bootstrap_resamples"])
         square = bool(np.all(cols["square"])) if len(cols["square"]) else True
         names = self.transform_names(square)

@@ -69,7 +69,14 @@ class NoiseMeasure(Measure):
     """
 
     name = "noise"
+    title = "Reaction to noise"
+    about = (
+        "How salience holds up as salt-and-pepper noise is added (area under the mean-SSIM curve). Higher: the "
+        "maps degrade more gracefully."
+    )
     variants = {"oos.noise": ("paper", "higher")}
+    notes = {"oos.noise": "area under the SSIM curve (paper)"}
+    curve_titles = {"score": "target-class score", "entropy": "salience entropy", "ssim": "SSIM to the clean map"}
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
@@ -120,7 +127,7 @@ class NoiseMeasure(Measure):
         out["native_is_input_size"] = np.full(n, any(r.native_is_input_size for r in ctx.clean))
         return out
 
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         reps = int(self.params["bootstrap_resamples"])
         amounts = np.asarray(self.params["amounts"], dtype=np.float64)
         curves: dict[str, list[dict[str, Any]]] = {}

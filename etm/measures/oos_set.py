@@ -12,13 +12,14 @@ described, not ranked):
 Per image, a family's value is the mean over its runs. Entropy is ``entropy.spatial`` by default
 (param ``entropy: "histogram"`` for the paper's variant).
 
-The in-set mean map is state that the engine carries from the in-set pass to the out-of-set pass:
+The in-set mean map is state carried from the in-set pass to the out-of-set pass, through the
+``Measure`` hooks:
 
-1. for every in-set batch, ``inset_sums(ctx)`` gives per run the int64 sum of the non-empty 8-bit
-   native maps and their count; the engine adds these up over all batches and shards (integer sums,
-   so the order does not matter);
-2. before the out-of-set pass it sets ``ctx.inset = inset_state(sums, counts)``, i.e.
-   ``ctx.inset["mean_map8"]`` = per run ``round(sums[k] / counts[k])`` as uint8 [h, w].
+1. ``inset_state(ctx)``, per in-set batch: per run the int64 sum of the non-empty 8-bit native maps
+   and their count; the plan adds these up over all batches and shards (integer sums, so the order
+   does not matter);
+2. ``finish_inset(sums)``, once before the out-of-set pass: ``ctx.inset["mean_map8"]`` = per run
+   ``round(sums[k] / counts[k])`` as uint8 [h, w].
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from etm.measures.base import BatchContext, Columns, Measure, MeasureResult
 from etm.measures.entropy import INPUT_SIZE_NOTE, histogram_entropy, spatial_entropy
 from etm.ops.maps import is_empty, to_uint8
 from etm.ops.ssim import ssim
+from etm.params import Param
 from etm.stats import (
     DEFAULT_RESAMPLES,
     as_float,
@@ -41,35 +43,11 @@ from etm.stats import (
     two_sample_difference,
 )
 
-NO_OOD = "no out-of-set dataset given (set ood_dataset)"
+NO_OOS = "no out-of-set dataset given (set ood_dataset)"
 NO_INSET_STATE = "the in-set mean map was not available to the out-of-set pass"
 
 
-def inset_sums(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per run, the int64 sum of the batch's non-empty 8-bit native maps [K, h, w] and their count [K]."""
-    sums, counts = [], []
-    for res in ctx.clean:
-        keep = ~is_empty(res.native)
-        maps8 = to_uint8(res.native).to(torch.int64) * keep.view(-1, 1, 1)
-        sums.append(maps8.sum(dim=0).cpu())
-        counts.append(keep.sum().cpu())
-    return torch.stack(sums), torch.stack(counts).to(torch.int64)
-
-
-def inset_state(sums: torch.Tensor, counts: torch.Tensor) -> dict[str, Any]:
-    """``ctx.inset`` for the out-of-set pass from the summed ``inset_sums`` of the whole in-set.
-
-    ``mean_map8``: per run the uint8 [h, w] mean map ``round(sum / n)`` (half to even), or None for
-    a run whose in-set maps were all empty.
-    """
-    means: list[torch.Tensor | None] = []
-    for s, c in zip(sums, counts, strict=True):
-        n = int(c)
-        means.append(torch.round(s.to(torch.float64) / n).to(torch.uint8) if n > 0 else None)
-    return {"mean_map8": means, "inset_counts": [int(c) for c in counts]}
-
-
-class OodSetMeasure(Measure):
+class OosSetMeasure(Measure):
     """Shift of salience entropy, salience maps and scores between the in-set and an out-of-set.
 
     Params: ``bootstrap_resamples`` (the engine passes the job's value), ``entropy`` ("spatial" or
@@ -81,8 +59,15 @@ class OodSetMeasure(Measure):
     """
 
     name = "oos_set"
+    title = "Out-of-set shift"
+    about = "Entropy on out-of-set images minus entropy in-set. No preferred direction."
     variants = {"oos.set": ("default", None)}
-    needs_ood = True
+    notes = {"oos.set": "out-of-set minus in-set entropy"}
+    param_types = {
+        "entropy": Param("spatial", str, choices=("spatial", "histogram")),
+        "bins": Param(20, int, 1, 10_000),
+    }
+    needs_oos = True
 
     def default_params(self) -> dict[str, Any]:
         return {"bootstrap_resamples": DEFAULT_RESAMPLES, "entropy": "spatial", "bins": 20}
@@ -111,7 +96,7 @@ class OodSetMeasure(Measure):
             "native_is_input_size": np.full(len(ctx.keys), any(r.native_is_input_size for r in ctx.clean)),
         }
 
-    def per_image_ood(self, ctx: BatchContext) -> Columns:
+    def per_image_oos(self, ctx: BatchContext) -> Columns:
         cols = self.per_image(ctx)
         means = ctx.inset.get("mean_map8")
         n, k = cols["entropy"].shape
@@ -126,21 +111,43 @@ class OodSetMeasure(Measure):
         cols["has_inset_mean"] = np.full(n, means is not None)
         return cols
 
+    def inset_state(self, ctx: BatchContext) -> dict[str, np.ndarray] | None:
+        """Per run, the int64 sum of the batch's non-empty 8-bit native maps ``sums`` [K, h, w] and their
+        count ``counts`` [K]."""
+        sums, counts = [], []
+        for res in ctx.clean:
+            keep = ~is_empty(res.native)
+            maps8 = to_uint8(res.native).to(torch.int64) * keep.view(-1, 1, 1)
+            sums.append(maps8.sum(dim=0).cpu())
+            counts.append(keep.sum().cpu())
+        return {"sums": torch.stack(sums).numpy(), "counts": torch.stack(counts).to(torch.int64).numpy()}
+
+    def finish_inset(self, sums: dict[str, np.ndarray]) -> dict[str, Any]:
+        """``mean_map8``: per run the uint8 [h, w] mean map ``round(sum / n)`` (half to even), or None for
+        a run whose in-set maps were all empty."""
+        if "sums" not in sums:  # no in-set batch gave maps
+            return {}
+        means: list[torch.Tensor | None] = []
+        for s, c in zip(torch.from_numpy(sums["sums"]), torch.from_numpy(sums["counts"]), strict=True):
+            n = int(c)
+            means.append(torch.round(s.to(torch.float64) / n).to(torch.uint8) if n > 0 else None)
+        return {"mean_map8": means, "inset_counts": [int(c) for c in sums["counts"]]}
+
     def _scores(self, values: np.ndarray, seed: int, reps: int, bins: int) -> dict[str, Any]:
         per_image = row_nanmean(values)
         return {**summarize(per_image, seed, reps), "histogram": histogram(per_image, bins, (0.0, 1.0))}
 
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         reps = int(self.params["bootstrap_resamples"])
         bins = int(self.params["bins"])
         kind, direction = self.variants["oos.set"]
         params = {"entropy": f"entropy.{self.params['entropy']}", "bootstrap_resamples": reps, "ssim_data_range": 255}
-        if not ood_cols or not len(ood_cols.get("entropy", ())):
-            return [self.unavailable("oos.set", params, {"message": NO_OOD})]
-        h_in, h_out = cols["entropy"], ood_cols["entropy"]
+        if not oos_cols or not len(oos_cols.get("entropy", ())):
+            return [self.unavailable("oos.set", params, {"message": NO_OOS})]
+        h_in, h_out = cols["entropy"], oos_cols["entropy"]
         in_img, out_img = row_nanmean(h_in), row_nanmean(h_out)
         diff = two_sample_difference(out_img, in_img, rng_seed, reps)
-        sim = ood_cols["ssim_to_inset_mean"]
+        sim = oos_cols["ssim_to_inset_mean"]
         per_run = []
         for r in range(h_in.shape[1]):
             per_run.append(
@@ -160,15 +167,15 @@ class OodSetMeasure(Measure):
             "ssim_to_inset_mean": summarize(row_nanmean(sim), rng_seed, reps),
             "scores": {
                 "inset": self._scores(cols["score"], rng_seed, reps, bins),
-                "ood": self._scores(ood_cols["score"], rng_seed, reps, bins),
+                "ood": self._scores(oos_cols["score"], rng_seed, reps, bins),
             },
             "n_inset": int(np.isfinite(in_img).sum()),
             "n_ood": int(np.isfinite(out_img).sum()),
-            "empty_maps": {"inset": int(np.sum(cols["empty"])), "ood": int(np.sum(ood_cols["empty"]))},
+            "empty_maps": {"inset": int(np.sum(cols["empty"])), "ood": int(np.sum(oos_cols["empty"]))},
         }
-        if not np.all(ood_cols.get("has_inset_mean", True)):
+        if not np.all(oos_cols.get("has_inset_mean", True)):
             details["ssim_note"] = NO_INSET_STATE
-        if np.any(cols["native_is_input_size"]) or np.any(ood_cols["native_is_input_size"]):
+        if np.any(cols["native_is_input_size"]) or np.any(oos_cols["native_is_input_size"]):
             details["note"] = INPUT_SIZE_NOTE
         return [
             MeasureResult(
@@ -179,7 +186,7 @@ class OodSetMeasure(Measure):
                 direction=direction,
                 variant=kind,
                 parameters=params,
-                n_empty=int(np.sum(cols["empty"]) + np.sum(ood_cols["empty"])),
+                n_empty=int(np.sum(cols["empty"]) + np.sum(oos_cols["empty"])),
                 per_run=per_run,
                 details=details,
             )

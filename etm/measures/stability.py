@@ -61,7 +61,16 @@ class StabilityMeasure(Measure):
     """
 
     name = "stability"
+    title = "Stability across runs"
+    about = (
+        "Similarity of the salience maps of independently trained runs. Higher: the recipe, not the seed, decides "
+        "where the model looks."
+    )
     variants = {"stability.ssim": ("paper", "higher"), "stability.pearson": ("extra", "higher")}
+    notes = {
+        "stability.ssim": "mean pairwise SSIM of 8-bit maps (paper)",
+        "stability.pearson": "mean pairwise Pearson r",
+    }
 
     def default_params(self) -> dict[str, Any]:
         return {"bootstrap_resamples": DEFAULT_RESAMPLES}
@@ -95,7 +104,7 @@ class StabilityMeasure(Measure):
         cols.update(ssim_pairs=s_pairs, pearson_pairs=r_pairs, ssim_to_mean=s_mean, pearson_to_mean=r_mean)
         return cols
 
-    def summarize(self, cols: Columns, ood_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
+    def summarize(self, cols: Columns, oos_cols: Columns | None, rng_seed: int) -> list[MeasureResult]:
         reps = int(self.params["bootstrap_resamples"])
         k = int(cols["n_runs"][0]) if len(cols["n_runs"]) else 0
         empty = np.asarray(cols["empty"], dtype=bool)

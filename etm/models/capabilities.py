@@ -135,7 +135,22 @@ def capability_table(model: Model) -> dict[str, Capability]:
         caps.append(Capability("smoothgrad", True, "smoothgrad: autograd on the input"))
     caps.append(Capability("rise", True, "rise: black-box, forward passes on random masks"))
     caps += _attention_caps(model)
-    return {c.method: c for c in caps}
+    table = {c.method: c for c in caps}
+    return table | _declared_caps(model, table)
+
+
+def _declared_caps(model: Model, known: dict[str, Capability]) -> dict[str, Capability]:
+    """Methods the table above does not know (plugins), by their own ``capability`` check; one without a check is
+    left out, so a job asking for it is refused as unavailable (never guessed)."""
+    from etm.salience.registry import methods
+
+    out = {}
+    for name, method in methods().items():
+        if name in known or method.capability is None:
+            continue
+        available, reason = method.capability(model)
+        out[name] = Capability(name, bool(available), f"{name}: {reason}")
+    return out
 
 
 def _attention_caps(model: Model) -> list[Capability]:

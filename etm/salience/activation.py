@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from etm.models.base import Model
+from etm.params import Param
 from etm.salience.progress import report_step
-from etm.salience.registry import Param, register, targets_for
+from etm.salience.registry import register, targets_for
 
 
-@register("cam", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
+@register("cam", title="CAM", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
 def cam(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,6 +40,7 @@ SCORECAM_MAX_CHANNELS = 256
 
 @register(
     "scorecam",
+    title="Score-CAM",
     has_native=True,
     params={
         "batch": Param(64, int, 1, 4096),

@@ -51,7 +51,7 @@ def _check(probs: list[torch.Tensor]) -> None:
         raise BadInput("the blocks attend over different numbers of tokens (windowed attention): no rollout")
 
 
-@register("rollout", has_native=True)
+@register("rollout", title="Attention rollout", has_native=True)
 def rollout(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str | None, seeds: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +68,7 @@ def rollout(
     return _to_grid(model, rolled, readout).float(), logits
 
 
-@register("gradient_rollout", has_native=True)
+@register("gradient_rollout", title="Gradient-weighted attention rollout", has_native=True)
 def gradient_rollout(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str | None, seeds: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

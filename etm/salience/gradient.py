@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from etm.models.base import Model
-from etm.salience.registry import Param, register, targets_for
+from etm.params import Param
+from etm.salience.registry import register, targets_for
 
 if TYPE_CHECKING:
     from etm.models.onnx_model import OnnxModel
@@ -88,7 +89,7 @@ def _activation_and_grad(
     return act, grad, logits
 
 
-@register("gradcam", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
+@register("gradcam", title="Grad-CAM", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
 def gradcam(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +99,7 @@ def gradcam(
     return torch.relu(torch.einsum("nk,nkhw->nhw", alpha, act)), logits
 
 
-@register("gradcam++", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
+@register("gradcam++", title="Grad-CAM++", has_native=True, params={"chunk": Param(32, int, 1, 4096)})
 def gradcam_pp(
     model: Model, images: torch.Tensor, *, fixed: int | None, layer: str, seeds: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +124,7 @@ def _input_gradients(model: Model, images: torch.Tensor, targets: torch.Tensor) 
 
 @register(
     "integrated_gradients",
+    title="Integrated Gradients",
     has_native=False,
     params={
         "steps": Param(32, int, 2, 1024),  # the trapezoid rule needs both ends
@@ -162,6 +164,7 @@ def integrated_gradients(
 
 @register(
     "smoothgrad",
+    title="SmoothGrad",
     has_native=False,
     params={"samples": Param(25, int, 1, 1024), "noise": Param(0.15, float, 0, 1)},  # noise: sigma / [0, 1] range
 )

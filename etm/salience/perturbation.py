@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from etm.models.base import Model
-from etm.salience.registry import Param, register, targets_for
+from etm.params import Param
+from etm.salience.registry import register, targets_for
 
 
 def rise_masks(n_masks: int, grid: int, p: float, size: tuple[int, int], seed: int) -> torch.Tensor:
@@ -26,6 +27,7 @@ def rise_masks(n_masks: int, grid: int, p: float, size: tuple[int, int], seed: i
 
 @register(
     "rise",
+    title="RISE",
     has_native=False,
     params={
         "n_masks": Param(1000, int, 1, 10_000),  # the masks are held at input size: 10,000 at 224 px are 2 GB

@@ -1,14 +1,20 @@
 """One registry of salience methods, grouped by family in their own modules.
 
-- ``activation``: ``cam``, ``scorecam`` (read the target layer's activations)
 - ``gradient``: ``gradcam`` (default), ``gradcam++``, ``integrated_gradients``, ``smoothgrad``
+- ``activation``: ``cam``, ``scorecam`` (read the target layer's activations)
 - ``perturbation``: ``rise`` (black box)
 - ``attention``: ``rollout``, ``gradient_rollout`` (transformers: every block's attention)
+
+The registry is the only list of methods: the spec's validation and its OpenAPI enum, the parameter checks
+and the capability table read it. A method is one function and one ``register`` line, which declares its
+parameters (``Param``), a title and, for a method outside the built-in capability table
+(``etm.models.capabilities``), a ``capability`` check; plugins (``ETM_PLUGINS``, see ``etm.plugins``) register
+theirs the same way.
 """
 
 from __future__ import annotations
 
-import math
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,86 +25,78 @@ import torch.nn.functional as F
 from etm.errors import BadInput
 from etm.models.base import Model
 from etm.models.compatibility import require_method, target_index
+from etm.params import Param, shown
 from etm.salience.base import SalienceResult
 
 # A method computes the native map [N, h, w] (or input-size map) for given images and targets.
 MethodFn = Callable[..., torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a salience method, declared once: its default, its type and what it may be.
+# Whether a method can run on a model, and why (``available``, ``reason``): for methods that the built-in
+# capability table does not know (plugins).
+CapabilityFn = Callable[[Model], tuple[bool, str]]
 
-    ``kind`` is ``int`` (a JSON integer, not a boolean), ``float`` (any finite JSON number) or ``str``
-    (one of ``choices``). Numbers lie in ``[lo, hi]``; ``lo_open`` excludes ``lo`` itself. ``nullable``
-    also accepts JSON null (the method says what null means).
+
+@dataclass(frozen=True)
+class Method:
+    """A registered salience method: its function and what it says about itself.
+
+    ``fn(model, images, *, fixed, layer, seeds, **params)`` returns ``(map [N, h, w], logits [N, C])``.
+    ``has_native``: the map lives at the target layer's resolution (a layer is resolved for it); otherwise
+    it is the input-size map. ``capability``: see ``CapabilityFn`` (None: the built-in table decides).
     """
 
-    default: Any
-    kind: type
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    choices: tuple[str, ...] = ()
-    nullable: bool = False
-
-    def allowed(self) -> str:
-        return self._allowed() + (" or null" if self.nullable else "")
-
-    def _allowed(self) -> str:
-        if self.kind is str:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        what = "an integer" if self.kind is int else "a number"
-        lo = f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}"
-        if self.lo is not None and self.hi is not None:
-            return f"{what} {lo} and <= {self.hi:g}"
-        return f"{what} {lo}" if self.lo is not None else what
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        if self.kind is str:
-            return isinstance(value, str) and value in self.choices
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        if self.kind is int and not isinstance(value, int):
-            return False
-        if isinstance(value, float) and not math.isfinite(value):  # ints compare exactly, however large
-            return False
-        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
-            return False
-        return self.hi is None or value <= self.hi
+    name: str
+    fn: MethodFn
+    has_native: bool
+    params: dict[str, Param]
+    title: str = ""
+    capability: CapabilityFn | None = None
 
 
-_METHODS: dict[str, tuple[MethodFn, bool, dict[str, Param]]] = {}
+_METHODS: dict[str, Method] = {}
 
 
-def register(name: str, has_native: bool, params: dict[str, Param] | None = None) -> Callable[[MethodFn], MethodFn]:
+def register(
+    name: str,
+    has_native: bool,
+    params: dict[str, Param] | None = None,
+    title: str = "",
+    capability: CapabilityFn | None = None,
+) -> Callable[[MethodFn], MethodFn]:
+    """Register the decorated function as salience method ``name`` (see ``Method``)."""
+
     def deco(fn: MethodFn) -> MethodFn:
-        _METHODS[name] = (fn, has_native, params or {})
+        if name in _METHODS and _METHODS[name].fn is not fn:
+            raise ValueError(f"salience method {name!r} is registered already")
+        _METHODS[name] = Method(name, fn, has_native, dict(params or {}), title or name, capability)
         return fn
 
     return deco
 
 
 def method_names() -> list[str]:
+    """The registered methods: the built-ins in their families' order (``gradcam``, the default, first), then the
+    plugins' in registration order, however the imports were interleaved."""
     _ensure_loaded()
-    return sorted(_METHODS)
+    order = list(_METHODS)
+    return sorted(order, key=lambda n: (not _METHODS[n].fn.__module__.startswith(__package__ + "."), order.index(n)))
+
+
+def methods() -> dict[str, Method]:
+    """Every registered method by name."""
+    _ensure_loaded()
+    return dict(_METHODS)
 
 
 def method_params(name: str) -> dict[str, Param]:
     """The declared parameters of method ``name``."""
     _ensure_loaded()
-    return dict(_METHODS[name][2])
+    return dict(_METHODS[name].params)
 
 
 def method_defaults(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in method_params(name).items()}
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -111,13 +109,13 @@ def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, A
     _ensure_loaded()
     if name not in _METHODS:
         raise BadInput(f"unknown salience method {name!r}; choose from {sorted(_METHODS)}")
-    declared = _METHODS[name][2]
+    declared = _METHODS[name].params
     params = params or {}
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise BadInput(f"unknown method_params {unknown} for {name}; known: {sorted(declared)}")
     bad = [
-        f"{k} must be {p.allowed()}, got {_shown(params[k])}"
+        f"{k} must be {p.allowed()}, got {shown(params[k])}"
         for k, p in declared.items()
         if k in params and not p.accepts(params[k])
     ]
@@ -126,9 +124,16 @@ def check_method_params(name: str, params: dict[str, Any] | None) -> dict[str, A
     return {k: params.get(k, p.default) for k, p in declared.items()}
 
 
+_FAMILIES = ("gradient", "activation", "perturbation", "attention")  # import order = registration order
+
+
 def _ensure_loaded() -> None:
-    # Importing the family modules registers their methods.
-    from etm.salience import activation, attention, gradient, perturbation  # noqa: F401
+    # Importing the family modules registers their methods; then the plugins' (ETM_PLUGINS).
+    from etm.plugins import load_plugins
+
+    for family in _FAMILIES:
+        importlib.import_module(f"etm.salience.{family}")
+    load_plugins()
 
 
 def resolve_target(model: Model, target: str | int) -> int | None:
@@ -155,7 +160,7 @@ def compute_salience(
     if method not in _METHODS:
         raise BadInput(f"unknown salience method {method!r}; choose from {sorted(_METHODS)}")
     require_method(model.capabilities, method)
-    fn, has_native, _ = _METHODS[method]
+    fn, has_native = _METHODS[method].fn, _METHODS[method].has_native
     opts = check_method_params(method, params)
     fixed = resolve_target(model, target)
     images = images.to(model.device, torch.float32)

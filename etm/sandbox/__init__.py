@@ -39,5 +39,6 @@ def limits_for(settings: Settings, kind: Literal["inspect", "job"], gpu: bool = 
         settings_env=(
             ("ETM_MAX_IMAGE_PIXELS", str(settings.max_image_pixels)),
             ("ETM_ORT_ARENA_MAX_BYTES", str(settings.ort_arena_max_bytes)),
+            ("ETM_PLUGINS", settings.plugins),  # the model process must know the plugins' measures and methods
         ),
     )

@@ -65,11 +65,13 @@ class Mounts:
 
 
 def python_paths() -> list[Path]:
-    """The interpreter's prefixes and the folder holding the ``etm`` package (bound read-only)."""
+    """The interpreter's prefixes, the folder holding the ``etm`` package and the plugins' (``ETM_PLUGINS``), bound
+    read-only."""
     import etm
+    from etm.plugins import plugin_paths
 
     pkg = Path(etm.__file__).resolve().parent
-    paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), pkg}
+    paths = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), pkg, *plugin_paths()}
     exe = Path(sys.executable).resolve()
     paths.add(exe.parent)
     return sorted(paths)
