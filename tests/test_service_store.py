@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import stat
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -18,7 +20,7 @@ from etm.spec import EvaluationSpec
 from jobs.admission import check_spec
 from jobs.registry import Registry, UnknownReference
 from jobs.storage import ArtifactStore, NotFound
-from tests.servicekit import zip_folder
+from tests.servicekit import REPO, zip_folder
 
 
 def _with(spec: EvaluationSpec, **changes: object) -> EvaluationSpec:
@@ -201,3 +203,16 @@ def test_stale_capability_table_is_recomputed(tmp_path: Path, family_onnx: list[
     spec = EvaluationSpec(candidates=[{"name": "a", "models": [rec["id"]]}], dataset=ds["id"], method="rise")
     assert check_spec(reg, spec).models[rec["id"]]["capabilities"]["rise"]["available"]
     assert [m["capabilities_version"] for m in reg.list_models(refresh=False)] == [capabilities_version()]
+
+
+def test_capability_version_does_not_depend_on_import_order() -> None:
+    """The API, the workers and the sandboxed model process import the method families in different orders;
+    a version that followed the order made every read of a record re-inspect its model (one sandbox start per
+    model and listing)."""
+    code = "import {first}\nfrom etm.models.capabilities import capabilities_version\nprint(capabilities_version())"
+    versions = {
+        subprocess.run([sys.executable, "-c", code.format(first=first)], capture_output=True, text=True,
+                       check=True, cwd=REPO).stdout.strip()
+        for first in ("etm.salience.activation", "etm.salience.gradient", "etm.salience.attention", "api.app")
+    }
+    assert len(versions) == 1, versions

@@ -23,8 +23,12 @@ CAPABILITIES_VERSION = "etm-capabilities-v1"
 
 
 def capabilities_version() -> str:
-    """The version of the tables this code computes: ``CAPABILITIES_VERSION`` and the registered methods."""
-    text = "\n".join([CAPABILITIES_VERSION, *method_names()])
+    """The version of the tables this code computes: ``CAPABILITIES_VERSION`` and the registered methods.
+
+    The names are sorted: registration order follows import order, which differs between the API, the workers
+    and the sandboxed model process, and a version that differed between them would make every read of a
+    record re-inspect its model."""
+    text = "\n".join([CAPABILITIES_VERSION, *sorted(method_names())])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 if TYPE_CHECKING:
