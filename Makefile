@@ -56,7 +56,7 @@ soak: venv
 # bounded run; prints what each operation answered. FUZZ_EXAMPLES per operation (default 300).
 FUZZ_EXAMPLES ?= 300
 fuzz: venv
-	ETM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ETM_FUZZ_SUMMARY=1 $(PY) -m pytest tests/test_api_fuzz.py -q -s
+	ETM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ETM_FUZZ_SUMMARY=1 $(PY) -m pytest tests/api/test_api_fuzz.py -q -s
 
 # 100 clients polling and submitting for 60 s against a fresh service on loopback (bench/load.py):
 # requests/s, p50/p99 per operation, errors and jobs lost (both must be 0). Options: LOAD_ARGS='--clients 50'

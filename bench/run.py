@@ -6,7 +6,7 @@ Speed targets are reported (``met`` yes/no), not enforced: the machine is shared
 
     .venv/bin/python -m bench.run                 # everything, sized to finish in ~15 min on 2 cores
     .venv/bin/python -m bench.run --only 1 4      # some figures
-    .venv/bin/python -m bench.run --quick         # toy sizes (what tests/test_bench_smoke.py runs)
+    .venv/bin/python -m bench.run --quick         # toy sizes (what tests/bench/test_bench_smoke.py runs)
 
 Figure 6 starts its own service on loopback (redis-server, the API, one worker), as
 ``python -m bench.service_overhead`` does, with the same 3 rounds: its p99 is about the 7th slowest of ~750

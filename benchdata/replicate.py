@@ -6,7 +6,7 @@ Usage::
 
 Writes ``docs/REPLICATION.md`` (a table of every measure for both families with CIs, the direction
 Crum et al. report, and whether we see it), ``docs/replication/report.json`` and salience overlays
-``docs/replication/overlays.png``. The same expectations are asserted by ``tests/test_replication.py``.
+``docs/replication/overlays.png``. The same expectations are asserted by ``tests/benchdata/test_replication.py``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ EXPECTED: dict[str, str | None] = {
     "oos.set": None,
 }
 # The paper's directions this benchmark shows with non-overlapping 95% CIs on a subset of the test
-# split (docs/REPLICATION.md); tests/test_replication.py asserts them and the report-page test expects
+# split (docs/REPLICATION.md); tests/benchdata/test_replication.py asserts them and the report-page test expects
 # cyborg ranked first on them.
 SEEN = ("entropy.spatial", "stability.ssim", "geometry.ssim", "agreement.human", "accuracy.ood", "oos.noise")
 # Directions whose effect is smaller: they separate on the whole test split (the degradation run).

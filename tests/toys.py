@@ -2,7 +2,7 @@
 
 It proves that adding a measure or a method is one module and one registry line: name it in ``ETM_PLUGINS``
 (``ETM_PLUGINS=tests.toys``) and the API validates jobs that use it, the OpenAPI enums list it, the workers and
-the sandboxed model process compute it, and the report and the page show it (tests/test_plugins.py).
+the sandboxed model process compute it, and the report and the page show it (tests/etm/test_plugins.py).
 
 - ``mass`` (variant ``mass.center``): how far the salience map's centre of mass lies from the image centre, as
   a share of the half-diagonal (0: centred, 1: in a corner). A real measure, if a simple one.

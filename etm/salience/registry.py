@@ -79,8 +79,16 @@ def method_names() -> list[str]:
     """The registered methods: the built-ins in their families' order (``gradcam``, the default, first), then the
     plugins' in registration order, however the imports were interleaved."""
     _ensure_loaded()
-    order = list(_METHODS)
-    return sorted(order, key=lambda n: (not _METHODS[n].fn.__module__.startswith(__package__ + "."), order.index(n)))
+    order = list(_METHODS)  # registration order follows import order, which differs between processes
+
+    def rank(name: str) -> tuple[int, int, int]:
+        fn = _METHODS[name].fn
+        family = fn.__module__.removeprefix(__package__ + ".")
+        if fn.__module__.startswith(__package__ + ".") and family in _FAMILIES:  # a built-in: family, then file
+            return (0, _FAMILIES.index(family), fn.__code__.co_firstlineno)
+        return (1, 0, order.index(name))
+
+    return sorted(order, key=rank)
 
 
 def methods() -> dict[str, Method]:

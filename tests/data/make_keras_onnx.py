@@ -1,5 +1,5 @@
 """Make ``tests/data/keras_nhwc.onnx``: a small Keras classifier converted by tf2onnx, with what Keras
-itself says about it, for ``tests/test_onnx_inputs_outputs.py``.
+itself says about it, for ``tests/etm/test_onnx_inputs_outputs.py``.
 
 TensorFlow is not a dependency of this project (it is a 600 MB install), so the converted file and the
 reference values are committed; rerun this to regenerate them (the values then change with the seed):

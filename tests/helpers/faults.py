@@ -1,4 +1,4 @@
-"""Fault injection on a running ServiceKit, shared by tests/test_faults.py and the soak (tests/soak.py).
+"""Fault injection on a running ServiceKit, shared by tests/workers/test_faults.py and the soak (tests/soak.py).
 
 A fault kit: one worker with one pool process, the result cache off (every job really computes), a
 Redis with the append-only file on, and short limits so that a message of a worker killed whole comes

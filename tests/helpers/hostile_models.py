@@ -6,7 +6,7 @@ Each function writes one file (plus a JSON sidecar, so metadata is never the rea
 into ``tmp`` and returns its path. The payloads are real: loaded without the validators (torch's own
 ``torch.export.load(...).module()(x)``, or an ONNX Runtime session) they write ``marker_path``, read
 ``secret_path`` / ``secret_relpath`` into the model's scores, create ``target_path``, allocate
-terabytes or run for hours. ``tests/test_model_validators.py`` proves it in throwaway subprocesses
+terabytes or run for hours. ``tests/etm/test_model_validators.py`` proves it in throwaway subprocesses
 for every entry of ``PT2_MARKER_PAYLOADS``, the ``from_file`` payloads, every external-data place
 (subgraph ones from bytes, as this service loads; the top-level ones, which ONNX Runtime refuses from
 bytes, from a path, as a CLI would) and the input-dependent loop. ``PT2_STOPPED_BY_TORCH`` lists the
@@ -361,7 +361,7 @@ def pt2_dynamic_arithmetic(tmp: Path) -> Path:
 
 
 # Every .pt2 payload that writes ``marker_path`` when torch 2.14 loads and runs it without the
-# validators (``torch.export.load(path).module()(images)``): proven in tests/test_model_validators.py.
+# validators (``torch.export.load(path).module()(images)``): proven in tests/etm/test_model_validators.py.
 PT2_MARKER_PAYLOADS: dict[str, Callable[[Path, Path], Path]] = {
     "sympy_input": lambda t, m: pt2_sympy_exec(t, m, "input"),
     "sympy_intermediate": lambda t, m: pt2_sympy_exec(t, m, "intermediate"),

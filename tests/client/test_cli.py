@@ -13,7 +13,7 @@ import pytest
 
 from client.cli import main
 
-SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "openapi" / "report.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "openapi" / "report.schema.json").read_text())
 
 
 def _etm(*args: str) -> None:

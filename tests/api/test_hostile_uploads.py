@@ -23,7 +23,7 @@ from tests.helpers.tiny import tiny_dataset
 from tests.servicekit import ServiceKit
 
 pytestmark = pytest.mark.timeout(600)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRET = b"TOPSECRT"  # the 8 bytes a read payload would copy into the scores
 
 

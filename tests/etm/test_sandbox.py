@@ -18,7 +18,7 @@ from etm.errors import Canceled, ModelRefused, ModelRuntimeError
 from etm.sandbox import Limits, SandboxCrashed, SandboxTimeout, run
 from etm.sandbox.files import UnsafeOutput, read_bytes
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 PROBE = r"""
 import json, os, socket

@@ -351,7 +351,7 @@ def test_blur_variant_matches_direct_computation() -> None:
     assert [r.name for r in res] == ["degradation.blur"] and res[0].variant == "paper"
     head = (cols["blur_after_background"] - cols["blur_after_object"]).mean()
     # On 16x16 maps the authors' sigma-5 smoothing leaves almost one level, so both modes blur alike here;
-    # the direction on real models is tests/test_replication.py's.
+    # the direction on real models is tests/benchdata/test_replication.py's.
     assert res[0].value == pytest.approx(head)
     modes = res[0].details["modes"]
     assert modes["object"]["score_drop"]["value"] >= modes["background"]["score_drop"]["value"]

@@ -16,7 +16,7 @@ from tests.helpers.tiny import export, tiny_family
 from tests.servicekit import ServiceKit
 
 pytestmark = pytest.mark.timeout(300)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class HeavyNet(torch.nn.Module):

@@ -81,7 +81,7 @@ def test_a_keras_model_converted_by_tf2onnx_scores_and_explains_as_keras_does() 
     read as probabilities (score_activation none), and Grad-CAM equal to ``tf.GradientTape``'s."""
     import numpy as np
 
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).parents[1] / "data"
     ref = np.load(data / "keras_nhwc_reference.npz")
     model = load_model(data / "keras_nhwc.onnx")
     assert model.nhwc_input and tuple(model.metadata.input_size) == (32, 32)

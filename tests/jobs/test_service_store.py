@@ -205,11 +205,12 @@ def test_stale_capability_table_is_recomputed(tmp_path: Path, family_onnx: list[
     assert [m["capabilities_version"] for m in reg.list_models(refresh=False)] == [capabilities_version()]
 
 
-def test_capability_version_does_not_depend_on_import_order() -> None:
+def test_capability_version_and_method_order_do_not_depend_on_import_order() -> None:
     """The API, the workers and the sandboxed model process import the method families in different orders;
     a version that followed the order made every read of a record re-inspect its model (one sandbox start per
-    model and listing)."""
-    code = "import {first}\nfrom etm.models.capabilities import capabilities_version\nprint(capabilities_version())"
+    model and listing), and a method list that followed it reordered the OpenAPI enum."""
+    code = ("import {first}\nfrom etm.models.capabilities import capabilities_version\n"
+            "from etm.salience.registry import method_names\nprint(capabilities_version(), method_names())")
     versions = {
         subprocess.run([sys.executable, "-c", code.format(first=first)], capture_output=True, text=True,
                        check=True, cwd=REPO).stdout.strip()
