@@ -20,6 +20,7 @@ from etm.models.base import ModelOutOfMemory
 from etm.models.metadata import ModelMetadata
 from etm.settings import Settings
 from etm.spec import EvaluationSpec
+from jobs.admission import check_spec
 from jobs.errors import EnqueueFailed, IdempotencyKeyReused, WorkerLost
 from jobs.job_store import JobStore
 from jobs.problems import PROBLEMS, kind_of, problem_for
@@ -178,7 +179,7 @@ def test_a_cached_result_is_answered_without_sending(
     store, body = tenant_registry
     jobs = JobStore(client, store, prefix=f"t{time.time_ns()}:")
     reg = Registry(store).for_tenant("t1")
-    cache_key = reg.check_spec(EvaluationSpec.model_validate(body)).cache_key
+    cache_key = check_spec(reg, EvaluationSpec.model_validate(body)).cache_key
     jobs.results.publish(cache_key, b'{"report": 1}', b"a,b\n", {"curves.json": b"{}"})
     sent = Sent()
     done = submit(body, tenant="t1", settings=Settings(), jobs=jobs, registry=reg, send=sent)
