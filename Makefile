@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	@# Test reference only: TorchCAM 0.3.2, the version the paper's authors used. Its metadata caps torch
 	@# below 2.0, but the pure-Python code runs on 2.14, so it is installed without its dependencies.
 	$(PY) -m pip install -q --no-deps 'torchcam==0.3.2'
+	@# Test reference only: Quantus 0.6.0, the anchor of the sanity, robustness, localisation and faithfulness
+	@# measures (tests/etm/test_quantus_anchors.py). Its metadata asks for opencv-python (GUI build, libGL);
+	@# scikit-image's opencv-python-headless already provides cv2, so it is installed without dependencies.
+	$(PY) -m pip install -q --no-deps 'quantus==0.6.0'
 	touch $(STAMP)
 
 run: venv

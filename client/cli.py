@@ -488,7 +488,7 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--ood", default=None, help="out-of-set dataset folder")
     p.add_argument("--ood-split", default=None)
-    p.add_argument("--measures", default="all", help="all or a comma list of measure families")
+    p.add_argument("--measures", default="all", help="all (all but the opt-in families) or a comma list")
     p.add_argument("--params", default=None, help="JSON file of per-measure parameters")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--max-images", type=int, default=None)
@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood", default=None, help="out-of-set dataset id")
     p.add_argument("--ood-split", default=None)
     p.add_argument("--measures", nargs="+", default=None, metavar="MEASURE",
-                   help="measure families (space or comma separated) or all (default: all)")
+                   help="measure families (space or comma separated), or all: every one but the opt-in ones (default)")
     p.add_argument("--params", default=None, help="per-measure parameters: JSON or a JSON file")
     p.add_argument("--method", default=None, help="salience method (default gradcam)")
     p.add_argument("--layer", default=None, help="target layer: auto, torchcam or a layer/node name")

@@ -13,6 +13,12 @@ def _measure_names() -> list[str]:
     return measure_names()
 
 
+def _default_measure_names() -> list[str]:
+    from etm.measures import default_measure_names
+
+    return default_measure_names()
+
+
 def _method_names() -> list[str]:
     from etm.salience.registry import method_names
 
@@ -34,8 +40,11 @@ def _measures_enum(schema: dict[str, Any]) -> None:
     from etm.measures import MEASURES
 
     schema.setdefault("items", {})["enum"] = [*MEASURES, "all"]
-    listed = ", ".join(f"`{n}` ({c.title})" for n, c in MEASURES.items())
-    schema["description"] = f"Measure families to compute (default: all of them; ['all'] says so): {listed}."
+    listed = ", ".join(f"`{n}` ({c.title}{', opt-in' if c.opt_in else ''})" for n, c in MEASURES.items())
+    schema["description"] = (
+        "Measure families to compute (default, or ['all']: every family but the opt-in ones, which cost several "
+        f"standard jobs and run only when named): {listed}."
+    )
 
 
 def _method_enum(schema: dict[str, Any]) -> None:
@@ -84,7 +93,7 @@ class EvaluationSpec(BaseModel):
     )
     ood_split: str | None = Field(None, description="Split of the out-of-set dataset (as `split`).")
     measures: list[str] = Field(
-        default_factory=_measure_names,
+        default_factory=_default_measure_names,
         description="Measure families to compute.",  # the full text, with the families: _measures_enum
         json_schema_extra=_measures_enum,
     )
@@ -118,10 +127,10 @@ class EvaluationSpec(BaseModel):
     def _known_measures(cls, v: list[str]) -> list[str]:
         known = _measure_names()
         if v == ["all"]:
-            return known
+            return _default_measure_names()
         unknown = [m for m in v if m not in known]
         if unknown:
-            raise ValueError(f"unknown measure(s) {unknown}; choose from {known} or 'all'")
+            raise ValueError(f"unknown measure(s) {unknown}; choose from {known} or 'all' (all but the opt-in ones)")
         return sorted(set(v), key=known.index)
 
     @field_validator("method")

@@ -61,6 +61,11 @@ def measure_names() -> list[str]:
     return list(MEASURES)
 
 
+def default_measure_names() -> list[str]:
+    """The families a job computes when it names none, or names ``all``: every family but the opt-in ones."""
+    return [n for n, c in MEASURES.items() if not c.opt_in]
+
+
 def needs_salience(measures: list[str]) -> bool:
     """Whether a job of these measure families computes salience maps (and so needs its method to run)."""
     return any(MEASURES[m].needs_salience for m in measures)

@@ -146,6 +146,7 @@ class Measure(ABC):
         curve_titles: curve key in ``details["curves"]`` -> the curve's title on the page.
         needs_oos: True when the measure also runs on the out-of-set dataset (``per_image_oos``).
         needs_salience: False when ``per_image`` reads only ``clean[r].logits``/``.predicted`` (no maps).
+        opt_in: True when the family runs only if a job names it (not in the default list, not in ``all``).
 
     State from the in-set pass to the out-of-set pass (e.g. ``oos.set``'s in-set mean map) goes through
     two hooks, so that the plan knows no measure's internals: ``inset_state`` per in-set batch (integer
@@ -164,6 +165,9 @@ class Measure(ABC):
     # False for measures that read only the clean forward pass (accuracy): a job of only those computes no
     # salience, so it needs no method the model can run.
     needs_salience: bool = True
+    # True for families that cost several standard jobs (model randomisation, sensitivity sampling, clustering):
+    # they run only when a job names them; the default list and ``["all"]`` are the standard families.
+    opt_in: bool = False
     # Set by the plan from the job (``EvaluationSpec.score``), for the report: see BatchContext.
     pascore_class: int | None = None
 
