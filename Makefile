@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 venv: $(STAMP)
 
 # torch==2.14.1 / torchvision==0.29.1 install from this machine's local wheels (see README).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tools/openapi-lint/package-lock.json
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	@# measures (tests/etm/test_quantus_anchors.py). Its metadata asks for opencv-python (GUI build, libGL);
 	@# scikit-image's opencv-python-headless already provides cv2, so it is installed without dependencies.
 	$(PY) -m pip install -q --no-deps 'quantus==0.6.0'
+	@# Spectral, the OpenAPI linter of make test (tools/openapi-lint, pinned by its package-lock.json).
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tools/openapi-lint --no-audit --no-fund --silent; \
+	else echo "npm not found: the OpenAPI lint test will fail until Node.js is installed"; fi
 	touch $(STAMP)
 
 run: venv

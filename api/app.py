@@ -10,9 +10,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api import problems
+from api import offline_docs, problems
 from api.deps import Services
 from api.guard import RequestGuard
+from api.openapi_doc import operation_id, refine
 from api.routers import datasets, families, health, jobs, leaderboards, models, report_html
 from api.security.auth import warn_auth_off
 from etm.settings import Settings
@@ -62,13 +63,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Explain-to-Me",
         version="1.0.0",
         summary="Salience-based explainability measures for image classifiers, as a service.",
+        contact={"name": "Explain-to-Me maintainers (docs/SERVICE.md)"},
         description=DESCRIPTION,
         lifespan=_lifespan,
+        servers=[{"url": "/", "description": "This service (the host and port you reached it at)"}],
+        generate_unique_id_function=operation_id,
+        docs_url=None,  # Swagger UI and ReDoc from the package's own files: api/offline_docs.py
+        redoc_url=None,
         openapi_tags=[
-            {"name": "jobs", "description": "Evaluation jobs, their reports and artifacts."},
-            {"name": "models", "description": "Model files and built-in model families."},
             {"name": "datasets", "description": "Image datasets (archives) and built-in datasets."},
             {"name": "health", "description": "Liveness, readiness, metrics."},
+            {"name": "jobs", "description": "Evaluation jobs, their reports and artifacts."},
+            {"name": "models", "description": "Model files and built-in model families."},
         ],
     )
     app.state.services = Services(settings)
@@ -80,49 +86,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(r)
     # Runs before FastAPI reads a body: authenticates every /v1 request and bounds JSON bodies (api/guard.py).
     app.add_middleware(RequestGuard, services=app.state.services)
-    _problem_only_errors(app)
-    _bearer_security(app)
+    _refined_openapi(app)
+    offline_docs.install(app)
     return app
 
 
-def _bearer_security(app: FastAPI) -> None:
-    """Document the bearer key on every operation that can answer 401 (clients and fuzzers read it)."""
+def _refined_openapi(app: FastAPI) -> None:
+    """Serve the document as ``api.openapi_doc.refine`` completes it (security, problems, report schema, headers)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = generate()
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes["apiKey"] = {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "An API key etm_<id>_<secret> (etm-admin keys create); not needed with ETM_AUTH=off.",
-            }
-            for ops in schema.get("paths", {}).values():
-                for op in ops.values():
-                    if "401" in op.get("responses", {}):
-                        op["security"] = [{"apiKey": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _problem_only_errors(app: FastAPI) -> None:
-    """Error responses are documented as application/problem+json only (FastAPI would also list the
-    route's default application/json for a response ``model``)."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = generate()
-            for ops in schema.get("paths", {}).values():
-                for op in ops.values():
-                    for code, resp in op.get("responses", {}).items():
-                        content = resp.get("content", {})
-                        if code[:1] in "45" and "application/problem+json" in content:
-                            content.pop("application/json", None)
-            app.openapi_schema = schema
+            app.openapi_schema = refine(generate())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import Annotated, Any
 
 import redis
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from api.callbacks import CallbackSender
 from api.inspection import worker_describe
@@ -115,3 +115,10 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobsDep = Annotated[JobStore, Depends(get_jobs)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]  # tenant-scoped: authenticates the request
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+
+
+# Path parameters, described once (the OpenAPI document and generated clients show these texts).
+JobId = Annotated[str, Path(description="The job's id, as POST /v1/jobs answered it.")]
+ModelId = Annotated[str, Path(description="A model id (POST /v1/models) or a built-in's, e.g. builtin:xent/run0.")]
+DatasetId = Annotated[str, Path(description="A dataset id (POST /v1/datasets) or a built-in's, e.g. builtin:faces.")]
+ArtifactName = Annotated[str, Path(description="An artifact's name, as GET /v1/jobs/{job_id}/artifacts lists it.")]

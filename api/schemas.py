@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.examples import EXAMPLE_JOB
 from etm.spec import EvaluationSpec
+from etm.timestamps import IsoTime
 from jobs.view import Job  # the job as clients see it: one model for GET and the callback body
 
 
@@ -47,7 +48,7 @@ class ModelOut(BaseModel):
     builtin: bool = False
     family: str | None = Field(None, description="Built-in models: the family (training recipe).")
     run: int | None = Field(None, description="Built-in models: the run index within the family.")
-    created_at: str | None = None
+    created_at: IsoTime | None = None
 
 
 class ModelList(BaseModel):
@@ -122,7 +123,7 @@ class DatasetOut(BaseModel):
     skipped: list[SkippedFile] = Field(..., description=_SKIPPED)
     skipped_by_reason: dict[str, int] = Field(default_factory=dict, description=_BY_REASON)
     archive: ArchiveSummary | None = None
-    created_at: str | None = None
+    created_at: IsoTime | None = None
 
 
 class DatasetList(BaseModel):

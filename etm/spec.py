@@ -51,6 +51,8 @@ def _method_enum(schema: dict[str, Any]) -> None:
     from etm.salience.registry import methods
 
     schema["enum"] = _method_names()
+    # Names for generated clients' enum members: ``gradcam++`` would become ``GRADCAM``, like ``gradcam``.
+    schema["x-enum-varnames"] = [n.replace("+", "_plus").replace("-", "_").upper() for n in schema["enum"]]
     titles = {n: m.title for n, m in methods().items()}
     schema["description"] = "Salience method: " + ", ".join(f"`{n}` ({titles[n]})" for n in schema["enum"]) + "."
 

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
+
+from pydantic import WithJsonSchema
+
+# An ISO 8601 UTC time as the service writes it (``iso``), documented as ``format: date-time`` so that generated
+# clients parse it; kept a string so that the JSON is byte for byte what ``iso`` wrote.
+IsoTime = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
 
 
 def now() -> float:

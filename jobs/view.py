@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from etm.timestamps import iso
+from etm.timestamps import IsoTime, iso
 from jobs.records import JobRecord, JobState
 
 JobStatus = JobState
@@ -26,7 +26,7 @@ class ProgressStep(BaseModel):
     done: int = Field(..., description="Units done in this call (Score-CAM: masked forward passes).")
     total: int
     eta_seconds: float | None = Field(None, description="Remaining time of this call at its rate so far.")
-    updated_at: str | None = None
+    updated_at: IsoTime | None = None
 
 
 class Progress(BaseModel):
@@ -34,7 +34,7 @@ class Progress(BaseModel):
     done: int
     total: int
     fraction: float = Field(..., ge=0, le=1, description="Overall fraction of the job done.")
-    updated_at: str | None = None
+    updated_at: IsoTime | None = None
     step: ProgressStep | None = Field(None, description="While a running job is inside one long salience call.")
 
 
@@ -51,10 +51,10 @@ class Job(BaseModel):
 
     id: str
     status: JobStatus
-    created_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    updated_at: str | None
+    created_at: IsoTime | None
+    started_at: IsoTime | None
+    finished_at: IsoTime | None
+    updated_at: IsoTime | None
     progress: Progress
     cache_hit: bool = Field(..., description="True when the report came from the result cache.")
     cache_key: str | None

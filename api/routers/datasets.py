@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import RegistryDep, SettingsDep
+from api.deps import DatasetId, RegistryDep, SettingsDep
 from api.problems import ProblemError, problem_responses
 from api.schemas import DatasetList, DatasetOut
 from api.security.auth import authenticate
@@ -85,6 +85,7 @@ async def upload_dataset(
 
 @router.get("", response_model=DatasetList, summary="List datasets (built-ins first)")
 def list_datasets(registry: RegistryDep) -> DatasetList:
+    """The built-in datasets, then the tenant's uploads, with their splits, counts and annotations."""
     return DatasetList(items=[DatasetOut.model_validate(r) for r in registry.list_datasets()])
 
 
@@ -96,14 +97,16 @@ def _get(registry: RegistryDep, dataset_id: str) -> dict:
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, summary="Get a dataset", responses=problem_responses(404))
-def get_dataset(dataset_id: str, registry: RegistryDep) -> DatasetOut:
+def get_dataset(dataset_id: DatasetId, registry: RegistryDep) -> DatasetOut:
+    """One dataset: its splits, image counts, masks and what the upload skipped and why."""
     return DatasetOut.model_validate(_get(registry, dataset_id))
 
 
 @router.delete(
     "/{dataset_id}", status_code=204, summary="Delete an uploaded dataset", responses=problem_responses(404, 409)
 )
-def delete_dataset(dataset_id: str, registry: RegistryDep) -> Response:
+def delete_dataset(dataset_id: DatasetId, registry: RegistryDep) -> Response:
+    """Remove an uploaded dataset; a built-in answers 409 (it cannot be deleted). Finished reports stay."""
     _get(registry, dataset_id)
     registry.delete_dataset(dataset_id)
     return Response(status_code=204)

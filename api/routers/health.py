@@ -17,6 +17,7 @@ router = APIRouter(tags=["health"], responses=problem_responses(503))
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the API process answers")
 def healthz() -> Health:
+    """200 while the API process answers; says nothing of Redis or the workers (that is `/readyz`)."""
     return Health(status="ok")
 
 
@@ -82,4 +83,5 @@ def readyz(services: ServicesDep) -> Response:
     },
 )
 def metrics(services: ServicesDep) -> Response:
+    """Jobs per state, queue depths, job durations and images scored, in the Prometheus text format."""
     return Response(render(services.jobs), media_type=CONTENT_TYPE_LATEST)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response
-from fastapi.responses import PlainTextResponse
 
-from api.deps import JobsDep, PrincipalDep, ServicesDep, SettingsDep, StoreDep
+from api.deps import ArtifactName, JobId, JobsDep, PrincipalDep, ServicesDep, SettingsDep, StoreDep
+from api.openapi_doc import response_headers
 from api.problems import ProblemError, problem_responses
 from api.schemas import ArtifactList, JobList, JobRequest
 from api.security.auth import authenticate
@@ -53,7 +53,11 @@ def _job_or_404(jobs: JobStore, job_id: str, tenant: str) -> JobRecord:
     "are dataset ids, plus an optional `callback_url`. Answers 202 with `Location` and `Retry-After`. A job "
     "whose result is cached comes back already `succeeded` with `cache_hit: true`. With an `Idempotency-Key` "
     "header, repeating the same body returns the same job; another body with the same key is a 422.",
-    responses=problem_responses(409, 413, 415, 429, 503),
+    responses={
+        202: {"description": "Accepted (or already succeeded from the cache).",
+              "headers": response_headers("Location", "Retry-After", "Idempotent-Replayed")},
+        **problem_responses(409, 413, 415, 429, 503),
+    },
     dependencies=[Depends(limit("jobs")), Depends(require_json)],
 )
 def create_job(
@@ -100,13 +104,15 @@ def list_jobs(
         str | None, Query(pattern=r"^[0-9]{1,19}$", description="next_cursor of the previous page.")
     ] = None,
 ) -> JobList:
+    """The tenant's jobs, newest first, a page at a time (``next_cursor``), optionally only those in one state."""
     limit = min(limit, settings.list_limit_max)
     items, nxt = jobs.list(status, limit, int(cursor) if cursor else None, principal.tenant)
     return JobList(items=[present(j) for j in items], next_cursor=str(nxt) if nxt else None)
 
 
 @router.get("/{job_id}", response_model=Job, summary="Get a job", responses=problem_responses(404, 503))
-def get_job(job_id: str, jobs: JobsDep, principal: PrincipalDep) -> Job:
+def get_job(job_id: JobId, jobs: JobsDep, principal: PrincipalDep) -> Job:
+    """The job's state, progress (stage, done/total, ETA), links to its results once it succeeded, or its error."""
     return present(_job_or_404(jobs, job_id, principal.tenant))
 
 
@@ -116,10 +122,11 @@ def get_job(job_id: str, jobs: JobsDep, principal: PrincipalDep) -> Job:
     response_model=Job,
     summary="Cancel a job",
     description="A queued job is canceled at once; a running one stops at its next batch (within seconds).",
-    responses=problem_responses(404, 409),
+    responses={202: {"description": "Cancel requested.", "headers": response_headers("Retry-After")},
+               **problem_responses(404, 409)},
 )
 def cancel_job(
-    job_id: str,
+    job_id: JobId,
     jobs: JobsDep,
     response: Response,
     settings: SettingsDep,
@@ -161,15 +168,22 @@ def _finished(jobs: JobStore, job_id: str, settings: Any, tenant: str) -> JobRec
 
 _REPORT_RESPONSES = {
     200: {
-        "description": "The versioned report (see openapi/report.schema.json).",
-        "content": {"application/json": {"schema": {"type": "object"}}},
+        "description": "The versioned report (openapi/report.schema.json).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Report"}}},
     },
     **problem_responses(404, 409, 410),
 }
 
 
-@router.get("/{job_id}/report", summary="The job's report (JSON)", responses=_REPORT_RESPONSES)
-def get_report(job_id: str, jobs: JobsDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
+@router.get(
+    "/{job_id}/report",
+    summary="The job's report (JSON)",
+    description="Every measure of every candidate with its 95% CI, the paired comparisons, the ranking and the "
+    "provenance, as versioned JSON (`schema_version`, `measures_version`).",
+    response_class=Response,
+    responses=_REPORT_RESPONSES,
+)
+def get_report(job_id: JobId, jobs: JobsDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
     job = _finished(jobs, job_id, settings, principal.tenant)
     data = jobs.get_report(_cache_key(job))
     if data is None:
@@ -180,14 +194,16 @@ def get_report(job_id: str, jobs: JobsDep, settings: SettingsDep, principal: Pri
 @router.get(
     "/{job_id}/report.csv",
     summary="Per-image results (CSV)",
-    response_class=PlainTextResponse,
+    description="One row per candidate, run and image, with every per-image value behind the report's numbers.",
+    response_class=Response,
     responses={
-        200: {"content": {"text/csv": {}}, "description": "One row per candidate, run and image."},
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+              "description": "One row per candidate, run and image."},
         **problem_responses(404, 409, 410),
     },
 )
 def get_report_csv(
-    job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+    job_id: JobId, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
     job = _finished(jobs, job_id, settings, principal.tenant)
     try:
@@ -219,7 +235,7 @@ def _artifacts(store: ArtifactStore, job: JobRecord) -> list[dict[str, Any]]:
     responses=problem_responses(404, 409),
 )
 def list_artifacts(
-    job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+    job_id: JobId, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
 ) -> ArtifactList:
     job = _finished(jobs, job_id, settings, principal.tenant)
     return ArtifactList(
@@ -230,13 +246,18 @@ def list_artifacts(
 @router.get(
     "/{job_id}/artifacts/{name}",
     summary="Download one artifact",
+    description="A salience overlay (`image/png`), or one of the indexes `overlays.json` and `curves.json`, which "
+    "answer `application/json`; the artifact list gives each one's media type. Generated clients read the body as "
+    "bytes (openapi/generator-config.yml maps image/png to bytes for openapi-python-client).",
+    response_class=Response,
     responses={
-        200: {"content": {"image/png": {}, "application/json": {}}, "description": "The artifact."},
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "The artifact's bytes."},
         **problem_responses(404, 409, 410),
     },
 )
 def get_artifact(
-    job_id: str, name: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+    job_id: JobId, name: ArtifactName, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
     job = _finished(jobs, job_id, settings, principal.tenant)
     entry = next((a for a in _artifacts(store, job) if a["name"] == name), None)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from api.deps import JobsDep, PrincipalDep, RegistryDep, StoreDep
+from api.deps import DatasetId, JobsDep, PrincipalDep, RegistryDep, StoreDep
 from api.problems import ProblemError, problem_responses
 from api.security.auth import authenticate
 from etm.leaderboard import METHOD, build_boards
@@ -74,7 +74,7 @@ class Leaderboard(BaseModel):
     responses=problem_responses(404),
 )
 def get_leaderboard(
-    dataset_id: str,
+    dataset_id: DatasetId,
     jobs: JobsDep,
     store: StoreDep,
     registry: RegistryDep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import RegistryDep, ServicesDep, SettingsDep
+from api.deps import ModelId, RegistryDep, ServicesDep, SettingsDep
 from api.inspection import worker_describe
 from api.problems import ProblemError, problem_responses
 from api.schemas import ModelList, ModelOut
@@ -94,6 +94,7 @@ async def upload_model(
 
 @router.get("", response_model=ModelList, summary="List models (built-ins first)")
 def list_models(registry: RegistryDep) -> ModelList:
+    """The built-in models, then the tenant's uploads, each with its metadata and capability table."""
     return ModelList(items=[ModelOut.model_validate(r) for r in registry.list_models()])
 
 
@@ -105,14 +106,16 @@ def _get(registry: RegistryDep, model_id: str, refresh: bool = True) -> dict:
 
 
 @router.get("/{model_id:path}", response_model=ModelOut, summary="Get a model", responses=problem_responses(404))
-def get_model(model_id: str, registry: RegistryDep) -> ModelOut:
+def get_model(model_id: ModelId, registry: RegistryDep) -> ModelOut:
+    """One model: format, metadata, which salience methods it can run and why not, warnings."""
     return ModelOut.model_validate(_get(registry, model_id))
 
 
 @router.delete(
     "/{model_id:path}", status_code=204, summary="Delete an uploaded model", responses=problem_responses(404, 409)
 )
-def delete_model(model_id: str, registry: RegistryDep) -> Response:
+def delete_model(model_id: ModelId, registry: RegistryDep) -> Response:
+    """Remove an uploaded model; a built-in answers 409 (it cannot be deleted). Finished reports stay."""
     _get(registry, model_id, refresh=False)  # no inspection of a model about to go
     registry.delete_model(model_id)
     return Response(status_code=204)

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 
-from api.deps import JobsDep, PrincipalDep, SettingsDep, StoreDep
+from api.deps import JobId, JobsDep, PrincipalDep, SettingsDep, StoreDep
 from api.pages import CSP, render_report_html
 from api.problems import ProblemError, problem_responses
 from api.routers.jobs import _artifacts, _finished
@@ -47,16 +47,17 @@ def _overlays(store: Any, job: JobRecord) -> tuple[dict[str, Any] | None, dict[s
 @router.get(
     "/{job_id}/report.html",
     summary="The job's report as one HTML page",
+    response_class=Response,
     description="The ranking, every measure with its 95% CI, salience overlays of the same images across "
     "candidates, noise and deletion curves, the stability matrices and the provenance, in one self-contained "
     "page: images are inline data: URIs, charts inline SVG; it runs no script and loads nothing.",
     responses={
-        200: {"content": {"text/html": {}}, "description": "The report page."},
+        200: {"content": {"text/html": {"schema": {"type": "string"}}}, "description": "The report page."},
         **problem_responses(404, 409, 410),
     },
 )
 def get_report_html(
-    job_id: str, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+    job_id: JobId, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
     job = _finished(jobs, job_id, settings, principal.tenant)
     data = jobs.get_report(job.cache_key or "")

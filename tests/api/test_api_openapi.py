@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 from api.examples import DEMO_JOB, EXAMPLE_JOB
 from api.export_openapi import OPENAPI_FILE, openapi_text
 from api.schemas import JobRequest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_committed_openapi_matches_the_app() -> None:
@@ -42,3 +46,25 @@ def test_readme_curl_example_is_the_tested_one() -> None:
     if "/v1/jobs \\" not in readme:
         pytest.skip("the README has no curl example for POST /v1/jobs yet")
     assert example_body() in readme, "README's curl body differs from api/examples.py EXAMPLE_JOB"
+
+
+SPECTRAL = REPO_ROOT / "tools" / "openapi-lint" / "node_modules" / ".bin" / "spectral"
+
+
+def test_openapi_passes_spectral_with_the_committed_ruleset() -> None:
+    """Spectral (installed by `make venv` with npm ci from tools/openapi-lint) finds no warning or error."""
+    assert SPECTRAL.is_file(), "Spectral is missing: `make venv` installs it with npm (Node.js 18+ on PATH)"
+    proc = subprocess.run(
+        [str(SPECTRAL), "lint", str(OPENAPI_FILE), "--ruleset", str(REPO_ROOT / "openapi" / ".spectral.yaml"),
+         "--fail-severity=warn"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_method_enum_names_are_distinct_for_generators() -> None:
+    """``gradcam`` and ``gradcam++`` are one Python name to a generator unless the document names them."""
+    method = json.loads(OPENAPI_FILE.read_text())["components"]["schemas"]["JobRequest"]["properties"]["method"]
+    names = method["x-enum-varnames"]
+    assert len(names) == len(set(names)) == len(method["enum"]) and "GRADCAM_PLUS_PLUS" in names
+    JobRequest.model_validate({**EXAMPLE_JOB, "method": "gradcam++"})  # still accepted as input
