@@ -10,7 +10,7 @@ etm jobs submit --candidate NAME=ID[,ID...] ... --dataset ID [--ood ID] [--measu
 etm jobs status|wait|report|cancel|artifacts JOB    etm jobs list
 etm compare JOB                                     etm leaderboard DATASET
 etm gate JOB --require 'stability.ssim>=0.6' [--require ...] [--candidate NAME]
-etm mlflow-log JOB --tracking-uri URI [--experiment NAME]
+etm mlflow-log JOB [--tracking-uri URI] [--run-id ID | --parent-run-id ID] [--experiment NAME]
 ```
 
 The service is ``--url`` or ``$ETM_API_URL`` (default http://127.0.0.1:8000); ``--api-key`` or ``$ETM_API_KEY``
@@ -409,14 +409,15 @@ def cmd_mlflow_log(args: argparse.Namespace) -> int:
     with _client(args) as c:
         try:
             out = log_job(c, args.job, args.tracking_uri, args.experiment, args.run_name,
-                          with_artifacts=not args.no_artifacts)
-        except MlflowMissing as exc:
+                          with_artifacts=not args.no_artifacts, run_id=args.run_id, parent_run_id=args.parent_run_id)
+        except (MlflowMissing, ValueError) as exc:
             raise UsageError(str(exc)) from exc
     if args.json:
         print_json(out)
     else:
-        err(f"logged job {args.job} to {args.tracking_uri}: run {out['run_id']} with "
-            f"{len(out['candidate_runs'])} candidate runs, {out['metrics']} metrics")
+        what = ("was logged there already; nothing added" if out["already_logged"] else
+                f"{len(out['candidate_runs'])} candidate runs, {out['metrics']} metrics")
+        err(f"job {args.job} -> MLflow {out['tracking_uri']}, run {out['run_id']}: {what}")
         print(out["run_id"])
     return ExitCode.OK
 
@@ -612,7 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mlflow-log", parents=[remote], help="log a job's measures and report to MLflow")
     p.add_argument("job")
-    p.add_argument("--tracking-uri", required=True, help="e.g. file:///tmp/mlruns, sqlite:///mlflow.db, http://...")
+    p.add_argument("--tracking-uri", default=None,
+                   help="e.g. http://mlflow:5000, sqlite:///mlflow.db (default: MLFLOW_TRACKING_URI, else ./mlruns)")
+    into = p.add_mutually_exclusive_group()
+    into.add_argument("--run-id", default=None, help="log into this existing run (e.g. the model's training run)")
+    into.add_argument("--parent-run-id", default=None, help="make the job's run a child of this existing run")
     p.add_argument("--experiment", default=None, help="default explain-to-me")
     p.add_argument("--run-name", default=None)
     p.add_argument("--no-artifacts", action="store_true", help="metrics and report.json only")

@@ -270,7 +270,48 @@ def test_mlflow_log(capsys: pytest.CaptureFixture[str], kit: ServiceKit, done: d
         lo, hi = report.measure(cand, "stability.ssim")["ci"]
         assert (metrics["stability.ssim.ci_low"], metrics["stability.ssim.ci_high"]) == pytest.approx((lo, hi))
         assert metrics["stability.ssim.rank"] == report.comparison.rank_of(cand, "stability.ssim")
+        assert parent.data.metrics[f"{cand}.entropy.spatial"] == pytest.approx(report.value(cand, "entropy.spatial"))
+    assert "ood_split" not in parent.data.params and "null" not in parent.data.params.values()  # unset: left out
+    assert parent.data.params["seed"] == "0" and parent.data.params["max_images"] == "16"
+    # Again, the same job: found by its id, nothing added (a retried CI step leaves one set of runs).
+    code, out, err = run_etm(capsys, "mlflow-log", job_id, "--tracking-uri", uri, "--experiment", "etm-test",
+                             "--url", kit.base_url)
+    assert code == 0 and out.strip() == run_id and "nothing added" in err, err
+    assert len(ml.search_runs([exp.experiment_id], filter_string=f"tags.`etm.job_id` = '{job_id}'")) == 3
     assert mlflow.__version__
+
+
+def test_mlflow_log_into_an_existing_training_run_twice(capsys: pytest.CaptureFixture[str], kit: ServiceKit,
+                                                         done: dict[str, Any], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's habits: the server from MLFLOW_TRACKING_URI, the job logged into the model's own training run,
+    twice (a retried step), giving one set of metrics and one child run per candidate."""
+    pytest.importorskip("mlflow", reason="mlflow is not installed (the optional 'mlflow' extra)")
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    ml = MlflowClient(tracking_uri=uri)
+    exp_id = ml.create_experiment("training")
+    train = ml.create_run(exp_id, run_name="train run0")
+    ml.log_metric(train.info.run_id, "loss", 0.25)
+    job_id, report = done["job"].id, done["report"]
+    for attempt in range(2):
+        code, out, err = run_etm(capsys, "mlflow-log", job_id, "--run-id", train.info.run_id, "--no-artifacts",
+                                 "--url", kit.base_url)
+        assert code == 0 and out.strip() == train.info.run_id, err
+        assert ("nothing added" in err) == (attempt == 1), err
+    run = ml.get_run(train.info.run_id)
+    assert run.info.status == "RUNNING"  # not ours to end
+    assert run.data.metrics["loss"] == 0.25 and run.data.params["etm.method"] == "gradcam"
+    history = ml.get_metric_history(train.info.run_id, "etm.a.entropy.spatial")
+    assert [m.value for m in history] == [pytest.approx(report.value("a", "entropy.spatial"))]  # one, not two
+    children = ml.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{train.info.run_id}'")
+    assert sorted(r.data.tags["etm.candidate"] for r in children) == ["a", "b"]
+    for r in children:
+        assert len(ml.get_metric_history(r.info.run_id, "entropy.spatial")) == 1
+    code, _, err = run_etm(capsys, "mlflow-log", job_id, "--run-id", "0" * 32, "--url", kit.base_url)
+    assert code == 2 and "no run" in err, err
 
 
 def test_python_m_client_cli_runs(kit: ServiceKit, done: dict[str, Any]) -> None:
