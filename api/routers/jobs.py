@@ -243,23 +243,63 @@ def list_artifacts(
     )
 
 
+_INDEX_RESPONSES = {
+    200: {"content": {"application/json": {"schema": {"type": "object"}}}, "description": "The index (JSON)."},
+    **problem_responses(404, 409, 410),
+}
+
+
+# The two JSON indexes have paths of their own, declared before the overlays' template: each path then has one
+# media type, so the document says exactly what comes back and generated clients parse each body correctly.
+@router.get(
+    "/{job_id}/artifacts/overlays.json",
+    summary="Which image each overlay shows",
+    description="The overlay index: per candidate, each overlay PNG's image key, label and per-run predictions.",
+    response_class=Response,
+    responses=_INDEX_RESPONSES,
+)
+def get_overlay_index(
+    job_id: JobId, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    return _artifact_response(job_id, "overlays.json", jobs, store, settings, principal.tenant)
+
+
+@router.get(
+    "/{job_id}/artifacts/curves.json",
+    summary="Every measure's curves per candidate",
+    description="The curves behind the report's charts (noise, deletion, ...), per candidate and measure.",
+    response_class=Response,
+    responses=_INDEX_RESPONSES,
+)
+def get_curves(
+    job_id: JobId, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
+) -> Response:
+    return _artifact_response(job_id, "curves.json", jobs, store, settings, principal.tenant)
+
+
 @router.get(
     "/{job_id}/artifacts/{name}",
-    summary="Download one artifact",
-    description="A salience overlay (`image/png`), or one of the indexes `overlays.json` and `curves.json`, which "
-    "answer `application/json`; the artifact list gives each one's media type. Generated clients read the body as "
-    "bytes (openapi/generator-config.yml maps image/png to bytes for openapi-python-client).",
+    summary="Download one overlay image",
+    description="A salience overlay PNG, by the name the artifact list gives (the JSON indexes have their own "
+    "paths). Generated clients read it as bytes (openapi/generator-config.yml maps image/png to bytes for "
+    "openapi-python-client).",
     response_class=Response,
     responses={
         200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-              "description": "The artifact's bytes."},
+              "description": "The PNG."},
         **problem_responses(404, 409, 410),
     },
 )
 def get_artifact(
     job_id: JobId, name: ArtifactName, jobs: JobsDep, store: StoreDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
-    job = _finished(jobs, job_id, settings, principal.tenant)
+    return _artifact_response(job_id, name, jobs, store, settings, principal.tenant)
+
+
+def _artifact_response(
+    job_id: str, name: str, jobs: JobStore, store: ArtifactStore, settings: Any, tenant: str
+) -> Response:
+    job = _finished(jobs, job_id, settings, tenant)
     entry = next((a for a in _artifacts(store, job) if a["name"] == name), None)
     if entry is None:
         raise ProblemError(404, f"job {job_id} has no artifact {name!r}; list them at GET /v1/jobs/{job_id}/artifacts")
