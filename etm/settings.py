@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         description="Largest extracted/compressed size ratio of a dataset archive member (and of the whole "
         "archive) once it has inflated past 1 MiB; beyond it the upload is refused as a zip bomb.",
     )
+    dataset_index_dir: Path | None = Field(
+        None,
+        description="Where the datasets' validation indexes are kept (read by etm.cache_paths from the environment); "
+        "default $XDG_CACHE_HOME or ~/.cache, then explain-to-me/dataset-index. Never inside a dataset folder.",
+    )
     max_image_pixels: int = Field(
         100_000_000,
         ge=1,

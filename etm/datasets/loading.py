@@ -20,14 +20,14 @@ skipped and listed with its reason, never raised. Only whole-dataset problems ra
 
 Validation index (``open_dataset``): a full validation reads every image's bytes, which a worker
 that evaluates one shard of a split does not need. ``open_dataset`` writes what a full validation
-found (items, their hashes, the skipped files) to ``<root>/.etm/index-*.json``, stamped with the
+found (items, their hashes, the skipped files) to ``index_dir(root)/index-*.json``, stamped with the
 listing and every listed file's size and modification time. A later ``open_dataset`` whose listing
 and stamp are unchanged rebuilds the same ``Dataset`` from it without opening any image; its items
 are then *unverified* and are validated and hashed again, against the index, only when a batch is
 about to read them (``Dataset.verify``, called by ``iter_batches``). A file that changed without
 changing its size and time therefore fails the pass that reads it, with the same error whichever
-shard reads it, instead of being skipped. The folder is hidden: the layouts never list it and
-archive extraction never brings one in, so an index is only ever written by this module.
+shard reads it, instead of being skipped. The index lives in a cache folder (``etm.cache_paths``), never in the
+dataset folder: a user's folder (tracked by git or DVC, or mounted read-only) is only ever read.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from etm.cache_paths import index_dir
 from etm.datasets.images import check_image, is_obviously_not_image, max_image_pixels
 from etm.datasets.splits import SPLIT_NAMES, choose_split, is_split_name
 from etm.errors import DatasetError
@@ -54,7 +55,6 @@ from etm.text import is_utf8, utf8_safe
 MASKS_DIR = "masks"
 MANIFEST = "manifest.csv"
 HASH_VERSION = "etm-dataset-v1"
-INDEX_DIR = ".etm"
 INDEX_VERSION = "etm-dataset-index-v1"
 
 _ACCEPTED = "PNG, JPEG or WebP"
@@ -155,7 +155,7 @@ class Dataset:
             raise DatasetError(
                 f"{len(problems)} file(s) of dataset {self.root} changed after the dataset was validated{where}: "
                 f"{_name_some(problems)}. Restore them, or delete "
-                f"{self.root / INDEX_DIR} so that the dataset is validated again (unusable files are then skipped)"
+                f"{index_dir(self.root)} so that the dataset is validated again (unusable files are then skipped)"
             )
         self.unverified.difference_update(it.key for it in todo)
 
@@ -249,7 +249,7 @@ def open_dataset(root: str | Path, split: str | None = None) -> Dataset:
     root_path = _root(root)
     listing = _list(root_path, split)
     stamp = _stamp(root_path, listing)  # before validating: a file changed meanwhile makes the index stale
-    path = root_path / INDEX_DIR / f"index-{hashlib.sha256(repr(listing.split).encode()).hexdigest()[:16]}.json"
+    path = index_dir(root_path) / f"index-{hashlib.sha256(repr(listing.split).encode()).hexdigest()[:16]}.json"
     indexed = _read_index(path, root_path, stamp)
     if indexed is not None:
         return indexed
@@ -397,8 +397,8 @@ def _write_index(path: Path, ds: Dataset, stamp: str) -> None:
         ],
         "skipped": [[s.path, s.reason] for s in ds.skipped],
     }
-    with contextlib.suppress(OSError):  # a read-only dataset folder is validated in full every time
-        path.parent.mkdir(exist_ok=True)
+    with contextlib.suppress(OSError):  # an unwritable cache: the dataset is validated in full every time
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

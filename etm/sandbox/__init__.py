@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from etm.cache_paths import INDEX_HOME_ENV, index_home
 from etm.sandbox.bwrap import SandboxUnavailable
 from etm.sandbox.runner import Limits, Outcome, SandboxCrashed, SandboxTimeout, run
 from etm.settings import Settings
@@ -40,5 +41,6 @@ def limits_for(settings: Settings, kind: Literal["inspect", "job"], gpu: bool = 
             ("ETM_MAX_IMAGE_PIXELS", str(settings.max_image_pixels)),
             ("ETM_ORT_ARENA_MAX_BYTES", str(settings.ort_arena_max_bytes)),
             ("ETM_PLUGINS", settings.plugins),  # the model process must know the plugins' measures and methods
+            (INDEX_HOME_ENV, str(index_home())),  # where the datasets' validation indexes are (read-only there)
         ),
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from etm.cache_paths import index_dir
 from etm.sandbox.files import UnsafeOutput, read_bytes
 from etm.sandbox.runner import Limits, Outcome, run
 from etm.settings import Settings
@@ -103,7 +104,10 @@ class Inputs:
 
     def readable(self) -> list[Path]:
         files = [f for p in self.models.values() for f in model_files(p)]
-        return [*files, *self.datasets.values()]
+        # The validation indexes ``prepare_datasets`` wrote (kept in a cache folder, not in the datasets): the
+        # child reads them instead of validating every image again. Absent when the cache is not writable.
+        indexes = [d for d in (index_dir(p) for p in self.datasets.values()) if d.is_dir()]
+        return [*files, *self.datasets.values(), *indexes]
 
 
 def prepare_datasets(spec: Any, inputs: Inputs) -> None:

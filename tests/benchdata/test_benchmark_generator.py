@@ -158,8 +158,9 @@ def test_fingerprints_stay_in_the_inspected_regions() -> None:
 
 
 def test_data_fingerprint_ignores_the_services_validation_index(small: Path) -> None:
-    """Opening a split in the service writes ``.etm/`` inside it; that must not change which data a
-    trained family is recorded against (MANIFEST.json's ``data.tree_sha256``)."""
+    """Earlier versions wrote their validation index into ``.etm/`` inside the dataset folder (it now lives in
+    a cache folder); one left behind must not change which data a trained family is recorded against
+    (MANIFEST.json's ``data.tree_sha256``)."""
     from benchdata.train import data_fingerprint
 
     before = data_fingerprint(small)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from etm.cache_paths import index_dir
 from etm.datasets import decode_batch, iter_batches, load_dataset, open_dataset
 from etm.errors import DatasetError
 from tests.helpers.tiny import tiny_dataset
@@ -29,7 +30,7 @@ def _same_size_rewrite(path: Path) -> None:
 
 def test_indexed_open_equals_a_full_validation(root: Path) -> None:
     first = open_dataset(root)  # validates everything and writes the index
-    assert first.unverified == set() and (root / ".etm").is_dir()
+    assert first.unverified == set() and index_dir(root).is_dir()
     again = open_dataset(root)
     full = load_dataset(root)
     assert again.index_path is not None and again.unverified == {it.key for it in full.items}
@@ -52,7 +53,7 @@ def test_a_listed_change_makes_the_index_stale(root: Path) -> None:
     assert ds == load_dataset(root)
     assert open_dataset(root).unverified  # and indexed again
 
-    (root / ".etm" / next(p.name for p in (root / ".etm").iterdir())).write_text("{torn")
+    next(index_dir(root).iterdir()).write_text("{torn")
     assert open_dataset(root).unverified == set()  # an unreadable index is ignored, not trusted
 
 
@@ -66,3 +67,17 @@ def test_a_mask_changed_behind_the_index_fails_the_batch_that_reads_it(root: Pat
     with pytest.raises(DatasetError, match=r"changed after the dataset was validated .*: the mask of "
                        rf"{ds.items[3].key} \(masks/{mask.name}\): not a readable image"):
         list(iter_batches(ds, [3], 1, (24, 24)))
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_opening_never_writes_into_the_dataset_folder(root: Path) -> None:
+    """A user's folder (git- or DVC-tracked, a read-only mount) is only read: the index lives in the cache."""
+    before = _tree(root)
+    assert open_dataset(root).unverified == set()
+    again = open_dataset(root)
+    assert again.index_path is not None and again.index_path.is_relative_to(index_dir(root))
+    assert again.unverified  # the index was written (elsewhere) and used
+    assert _tree(root) == before  # not a file added, changed or touched
