@@ -63,11 +63,47 @@ def _step_text(job: Job) -> str:
     return f" ({step.get('method')} {step.get('done')}/{step.get('total')} passes{left})"
 
 
-def progress_printer(job_id: str, stream: Any = None) -> tuple[Callable[[Job], None], Callable[[], None]]:
-    """A service job's progress on stderr (tqdm on a terminal; one line per stage/10% step in logs)."""
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``: a time span as people read it."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class Timing:
+    """Elapsed time since the first update, and an ETA from the progress made since then (``fraction`` in
+    [0, 1]): the rate of this wait, so a job that was half done when we started is not credited with it."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.clock = clock or time.monotonic
+        self.start: float | None = None
+        self.first = 0.0
+
+    def text(self, fraction: float, ended: bool = False) -> str:
+        now = self.clock()
+        if self.start is None:
+            self.start, self.first = now, fraction
+        elapsed = now - self.start
+        out = f"elapsed {duration(elapsed)}"
+        if not ended and fraction > self.first and elapsed > 0:
+            out += f", ETA {duration(elapsed * (1 - fraction) / (fraction - self.first))}"
+        return out
+
+
+def progress_printer(
+    job_id: str, stream: Any = None, clock: Callable[[], float] | None = None
+) -> tuple[Callable[[Job], None], Callable[[], None]]:
+    """A service job's progress on stderr (tqdm on a terminal; one line per stage/10% step in logs), with the
+    elapsed time and an ETA on both."""
     stream = stream or sys.stderr
     tty = hasattr(stream, "isatty") and stream.isatty()
     state: dict[str, Any] = {"bar": None, "last": None}
+    timing = Timing(clock)
 
     if tty:
         try:
@@ -78,20 +114,21 @@ def progress_printer(job_id: str, stream: Any = None) -> tuple[Callable[[Job], N
     def update(job: Job) -> None:
         p = job.progress
         pct = round(p.fraction * 100)
+        when = timing.text(p.fraction, ended=job.status in ("succeeded", "failed", "canceled"))
         if tty:
             bar = state["bar"]
             if bar is None:
                 bar = state["bar"] = tqdm(total=100, file=stream, unit="%", desc=job_id, leave=True,
                                           bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
             bar.n = pct
-            bar.set_postfix_str(f"{job.status} {p.stage} {p.done}/{p.total}{_step_text(job)}", refresh=False)
+            bar.set_postfix_str(f"{job.status} {p.stage} {p.done}/{p.total}{_step_text(job)}, {when}", refresh=False)
             bar.refresh()
             return
         key = (job.status, p.stage, pct // 10)
         if key != state["last"]:
             state["last"] = key
             where = job.status if p.stage in (job.status, "done") else f"{job.status} {p.stage} {p.done}/{p.total}"
-            print(f"{job_id}: {where} ({pct}%)", file=stream, flush=True)
+            print(f"{job_id}: {where} ({pct}%, {when})", file=stream, flush=True)
 
     def close() -> None:
         if state["bar"] is not None:

@@ -33,8 +33,12 @@ def _progress_bar() -> tuple[Callable[[str, int, int], None], Callable[[], None]
         step = stage.startswith(STEP_PREFIX)  # inside one long salience call (Score-CAM's masked passes)
         if bar is None:
             desc = f"  {stage[len(STEP_PREFIX):]} (this call)" if step else stage
+            # smoothing=0: the rate is the average since the bar opened (the models load before the first
+            # batch, so an instantaneous rate opened with a meaningless figure); elapsed and ETA follow from it.
             bar = bars[stage] = tqdm(
-                total=total, desc=desc, unit="pass" if step else "img", file=sys.stderr, leave=not step
+                total=total, desc=desc, unit="pass" if step else "img", file=sys.stderr, leave=not step, smoothing=0,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [elapsed {elapsed}, ETA {remaining}, "
+                "{rate_fmt}]",
             )
         elif done < bar.n or total != bar.total:  # the next call: its own elapsed time and ETA
             bar.reset(total=total)
