@@ -18,6 +18,7 @@ from etm.measures.geometry import GeometryMeasure
 from etm.measures.localisation import LocalisationMeasure
 from etm.measures.noise import NoiseMeasure
 from etm.measures.oos_set import OosSetMeasure
+from etm.measures.robustness import RobustnessMeasure
 from etm.measures.sparseness import SparsenessMeasure
 from etm.measures.stability import StabilityMeasure
 
@@ -55,6 +56,7 @@ for _cls in (
 # Opt-in families (#20): not in the default list nor in ['all'], so existing jobs and reports are unchanged.
 register_measure(SparsenessMeasure)
 register_measure(LocalisationMeasure)
+register_measure(RobustnessMeasure)
 
 # Bump when a change alters any reported number: it is part of the result-cache key.
 # 1.1.0: the paper variants follow the authors' 8-bit arithmetic; 1.2.0: Score-CAM weighs at most 256 channels

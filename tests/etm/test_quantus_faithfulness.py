@@ -181,3 +181,60 @@ def test_pointing_game_counts_every_tied_maximum(setup: dict) -> None:
     assert cols["pointing_game"][0, 0] == 1.0
     assert np.isnan(cols["pointing_game"][1:, 0]).all()  # empty regions have no value
     assert cols["topk_intersection"][0, 0] == 0.0  # the single top pixel is (0, 0): the lower index
+
+
+# -- robustness ---------------------------------------------------------------------------------------------
+class SameDraws:
+    """A Quantus ``perturb_func`` that adds, at its i-th call, the service's i-th draw (``perturbed``): Quantus's
+    own ``uniform_noise`` draws from numpy's global generator, the service from keyed per-image streams."""
+
+    def __init__(self, images: torch.Tensor, seeds: torch.Tensor, radius: float) -> None:
+        self.images, self.seeds, self.radius, self.calls = images, seeds, radius, 0
+
+    def __call__(self, arr: np.ndarray, indices: np.ndarray, **kwargs) -> np.ndarray:
+        from etm.measures.robustness import perturbed
+
+        x = perturbed(self.images, self.seeds, self.calls, self.radius).numpy().reshape(arr.shape)
+        self.calls += 1
+        return x
+
+
+def test_sensitivities_equal_quantus(setup: dict) -> None:
+    from etm.measures.robustness import RobustnessMeasure
+
+    res, images = setup["clean"], setup["images"]
+    n_samples, radius, which = 4, 0.2, "upsampled"  # Quantus compares input-size maps
+    m = RobustnessMeasure({"n_samples": n_samples, "radius": radius, "map": which, "bootstrap_resamples": 100})
+    ctx = make_ctx(setup)
+    cols = m.per_image(ctx)
+    by_name = {r.name: r for r in m.summarize(cols, None, 0)}
+
+    def explain(model: object, inputs: np.ndarray, targets: np.ndarray, **kwargs) -> np.ndarray:
+        # The service's maps of the images Quantus passes (the job's rule: the target re-decided on them).
+        return getattr(compute_salience(setup["model"], torch.from_numpy(np.asarray(inputs, np.float32)), "gradcam"),
+                       which).numpy()[:, None]
+
+    x = images.numpy()
+    a = getattr(res, which).numpy()[:, None]
+    for cls, variant in ((quantus.MaxSensitivity, "robustness.max_sensitivity"),
+                         (quantus.AvgSensitivity, "robustness.avg_sensitivity")):
+        # Quantus defaults kept: abs=False, normalise=False, difference + Frobenius norms, lower_bound = radius.
+        q = cls(nr_samples=n_samples, lower_bound=radius, perturb_func=SameDraws(images, ctx.image_seeds, radius),
+                disable_warnings=True)
+        theirs = q(model=setup["eager"], x_batch=x, y_batch=res.targets.numpy(), a_batch=a, explain_func=explain,
+                   device="cpu", batch_size=N)
+        # Convention: an all-zero clean map divides by a zero norm: inf in Quantus, no value (NaN, counted) here.
+        theirs = np.asarray(theirs, np.float64)
+        assert np.array_equal(np.isinf(theirs), (a.reshape(N, -1) == 0).all(axis=1))
+        _close(by_name[variant].per_image, np.where(np.isinf(theirs), np.nan, theirs), f"{cls.__name__} ({which} map)")
+
+
+def test_sensitivity_draws_are_per_image_and_batch_independent(setup: dict) -> None:
+    from etm.measures.robustness import perturbed, sensitivity_noise
+
+    seeds = make_ctx(setup).image_seeds
+    whole = perturbed(setup["images"], seeds, 3, 0.2)
+    part = perturbed(setup["images"][2:5], seeds[2:5], 3, 0.2)
+    assert torch.equal(whole[2:5], part)
+    noise = sensitivity_noise(seeds, 0, (3, SIZE, SIZE), 0.2)
+    assert float(noise.abs().max()) <= 0.2 and not torch.equal(noise[0], noise[1])
