@@ -14,6 +14,7 @@ from etm.measures.agreement import AgreementMeasure
 from etm.measures.base import Measure
 from etm.measures.degradation import DegradationMeasure
 from etm.measures.entropy import EntropyMeasure
+from etm.measures.faithfulness import FaithfulnessMeasure
 from etm.measures.geometry import GeometryMeasure
 from etm.measures.localisation import LocalisationMeasure
 from etm.measures.noise import NoiseMeasure
@@ -57,6 +58,7 @@ for _cls in (
 register_measure(SparsenessMeasure)
 register_measure(LocalisationMeasure)
 register_measure(RobustnessMeasure)
+register_measure(FaithfulnessMeasure)
 
 # Bump when a change alters any reported number: it is part of the result-cache key.
 # 1.1.0: the paper variants follow the authors' 8-bit arithmetic; 1.2.0: Score-CAM weighs at most 256 channels

@@ -57,12 +57,15 @@ def _images_and_masks() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tie_free(maps: torch.Tensor) -> torch.Tensor:
-    """The map plus a tiny offset decreasing with the pixel index: the same order as the service's stable sort
-    (ties to the lower index), and no ties left for Quantus's unstable ``np.argsort(-a)`` to break otherwise."""
-    n = maps.shape[0]
-    p = maps[0].numel()
-    ramp = torch.arange(p, 0, -1, dtype=torch.float64).view(1, *maps.shape[1:]) / p * 1e-6
-    return (maps.double() + ramp).float().expand(n, *maps.shape[1:]).contiguous()
+    """Each map replaced by its descending rank (ties to the lower pixel index, the service's stable order) scaled
+    to (0, 1]: the same order as the service's, with values 1 / (H*W) apart, so no ties or float32 near-ties are
+    left for Quantus's unstable ``np.argsort(-a)`` or pytorch-grad-cam's percentile threshold to cut otherwise."""
+    flat = maps.flatten(1)
+    p = flat.shape[1]
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    vals = torch.empty_like(flat, dtype=torch.float64)
+    vals.scatter_(1, order, torch.arange(p, 0, -1, dtype=torch.float64).expand_as(flat).contiguous() / p)
+    return vals.view_as(maps).float()
 
 
 @pytest.fixture(scope="module")
@@ -238,3 +241,179 @@ def test_sensitivity_draws_are_per_image_and_batch_independent(setup: dict) -> N
     assert torch.equal(whole[2:5], part)
     noise = sensitivity_noise(seeds, 0, (3, SIZE, SIZE), 0.2)
     assert float(noise.abs().max()) <= 0.2 and not torch.equal(noise[0], noise[1])
+
+
+# -- ROAD ---------------------------------------------------------------------------------------------------
+# At 32x32, removing 25, 50 and 75 % is the same pixel count under the three rules: the service's round half up,
+# Quantus's int(k% * H * W) and pytorch-grad-cam's "value >= np.percentile(map, 100 - k)" (on a tie-free map).
+ROAD_PCTS = [25.0, 50.0, 75.0]
+
+
+def _road_cols(setup: dict, images: torch.Tensor, pcts: list[float], noise: float) -> tuple[dict, SalienceResult]:
+    from etm.measures.faithfulness import FaithfulnessMeasure
+
+    clean = compute_salience(setup["model"], images, "gradcam")
+    clean = replace(clean, upsampled=tie_free(clean.upsampled))
+    ctx = replace(make_ctx(setup, clean), images=images)
+    m = FaithfulnessMeasure({"variants": ["degradation.road"], "percentages": pcts, "noise": noise})
+    return m.per_image(ctx), clean
+
+
+def test_road_equals_pytorch_grad_cam_road_combined(setup: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytorch_grad_cam.metrics.road as pgc_road
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    from etm.measures.faithfulness import FaithfulnessMeasure, road_draws
+
+    images = setup["images"]
+    cols, clean = _road_cols(setup, images, ROAD_PCTS, 0.01)
+    seeds = make_ctx(setup).image_seeds
+    count_to_pct = {int(round(p / 100 * SIZE * SIZE)): p for p in ROAD_PCTS}
+    original = pgc_road.NoisyLinearImputer
+
+    class SameDrawsImputer(original):
+        """pytorch-grad-cam's imputer with its ``torch.randn_like`` times 0, plus the service's draws for that
+        image and percentage (the linear system is pytorch-grad-cam's own)."""
+
+        def __init__(self, noise: float = 0.01, **kwargs: object) -> None:
+            super().__init__(noise=0.0)
+            self.std = noise
+
+        def __call__(self, img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            out = super().__call__(img, mask)
+            i = next(j for j in range(N) if torch.equal(img, images[j]))
+            gone = (mask.reshape(-1) == 0).nonzero().flatten()
+            z = road_draws(seeds[i : i + 1], count_to_pct[gone.numel()], tuple(img.shape))[0].float()
+            flat = out.reshape(img.shape[0], -1)
+            flat[:, gone] = flat[:, gone] + self.std * z.reshape(img.shape[0], -1)[:, gone]
+            return flat.reshape_as(img)
+
+    monkeypatch.setattr(pgc_road, "NoisyLinearImputer", SameDrawsImputer)
+    targets = [ClassifierOutputSoftmaxTarget(int(t)) for t in clean.targets]
+    cams = clean.upsampled.numpy()
+    pct_args = [100 - int(p) for p in ROAD_PCTS]  # pytorch-grad-cam's percentile: the share kept
+    theirs = pgc_road.ROADCombined(percentiles=pct_args)(images, cams, targets, setup["eager"])
+    m = FaithfulnessMeasure({"variants": ["degradation.road"], "percentages": ROAD_PCTS, "bootstrap_resamples": 100})
+    ours = m.summarize(cols, None, 0)[0].per_image
+    _close(ours, np.asarray(theirs, np.float64), "ROAD combined vs pytorch-grad-cam ROADCombined")
+    clean_scores = clean.scores.numpy().astype(np.float64)
+    for j, p in enumerate(ROAD_PCTS):  # and each curve point: score after removal - clean score
+        morf = pgc_road.ROADMostRelevantFirst(percentile=100 - int(p))(images, cams, targets, setup["eager"])
+        lerf = pgc_road.ROADLeastRelevantFirst(percentile=100 - int(p))(images, cams, targets, setup["eager"])
+        _close(cols["road_morf"][:, 0, j] - clean_scores, morf, f"ROAD MoRF {p:g}% vs pytorch-grad-cam")
+        _close(cols["road_lerf"][:, 0, j] - clean_scores, lerf, f"ROAD LeRF {p:g}% vs pytorch-grad-cam")
+
+
+def test_road_imputation_equals_quantus_and_pytorch_grad_cam(setup: dict) -> None:
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+    from quantus.functions.perturb_func import noisy_linear_imputation as quantus_imputation
+
+    from etm.ops.road import noisy_linear_imputation
+
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        img = setup["images"][i]
+        gone = rng.random((SIZE, SIZE)) < (0.2, 0.5, 0.9)[i]
+        ours = noisy_linear_imputation(img, gone, 0.0, None)
+        pgc = NoisyLinearImputer(noise=0.0)(img, torch.from_numpy((~gone).astype(np.float32)))
+        q = quantus_imputation(img.numpy(), indices=np.flatnonzero(gone), noise=0.0)
+        _close(ours.numpy(), pgc.numpy(), f"imputation of {gone.mean():.0%} vs pytorch-grad-cam")
+        _close(ours.numpy(), q, f"imputation of {gone.mean():.0%} vs Quantus")
+
+
+def _pack(x: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] -> [N, 1, H, 3W], the channels side by side (bench/degradation.py's layout for Quantus)."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 1, 3).reshape(n, 1, h, c * w)
+
+
+def test_road_prediction_kept_equals_quantus_road() -> None:
+    """Quantus 0.6.0's ROAD (MoRF only) returns, per percentage, the share of images whose predicted class is
+    still ``y_batch``. Its top-k indexes the channel-broadcast map with pixel indices, which raises IndexError on
+    3-channel images. So, as bench/degradation.py does for PixelFlipping, it gets the image with its channels side
+    by side ([N, 1, H, 3W], unpacked before the network) and a map whose 3 copies of a pixel differ by a tiny
+    offset (contiguous in its order): its top ``int(3HW * k%)`` features are then the 3 channels of the service's
+    top ``k% * HW`` pixels, and its perturb function is its own ``noisy_linear_imputation`` applied to the unpacked
+    image at those pixels. Its imputation noise comes from numpy's global generator: both sides use 0. A trained
+    benchmark model at 64x64, on both classes, so that decisions flip."""
+    from quantus.functions.perturb_func import noisy_linear_imputation as quantus_imputation
+
+    from benchdata import paths
+    from benchdata.replicate import ensure_data
+    from etm.datasets import iter_batches, load_dataset
+    from etm.evaluation import image_seeds
+    from etm.measures.faithfulness import FaithfulnessMeasure
+    from etm.models.pt2_model import load_exported_program
+
+    ensure_data()
+    pt2 = paths.family_files("xent", "pt2")[0]
+    model = load_model(pt2, threads=1)
+    ds = load_dataset(paths.FACES_DIR, split="test")
+    spread = list(range(0, len(ds), max(1, len(ds) // 16)))[:16]  # both classes
+    images = next(iter(iter_batches(ds, spread, 16, tuple(model.metadata.input_size)))).images
+    n, c, h, w = images.shape
+    net = load_exported_program(pt2).module()
+    mean = torch.tensor(model.metadata.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.metadata.std).view(1, 3, 1, 1)
+
+    class Packed(torch.nn.Module):
+        def forward(self, xp: torch.Tensor) -> torch.Tensor:
+            x = xp.reshape(xp.shape[0], h, c, w).permute(0, 2, 1, 3)
+            return net((x - mean) / std)
+
+    def perturb(arr: np.ndarray, indices: np.ndarray, **kwargs) -> np.ndarray:
+        img = arr.reshape(h, c, w).transpose(1, 0, 2)  # unpack [1, H, 3W] -> [3, H, W]
+        y, rest = np.divmod(np.asarray(indices), c * w)
+        pixels = np.unique(y * w + rest % w)
+        out = quantus_imputation(np.ascontiguousarray(img), indices=pixels, noise=0.0)
+        return out.transpose(1, 0, 2).reshape(arr.shape)
+
+    clean = compute_salience(model, images, "gradcam")
+    rank = tie_free(clean.upsampled)
+    clean = replace(clean, upsampled=rank)
+    keys = [f"img{i}.png" for i in range(n)]
+    ctx = BatchContext(
+        keys=keys, images=images, labels=torch.full((n,), -1), masks=None, has_mask=torch.zeros(n, dtype=torch.bool),
+        image_seeds=image_seeds(0, keys), clean=[clean], salience_fn=lambda r, x: compute_salience(model, x),
+        logits_fn=lambda r, x: model.logits(x), probabilities_fn=lambda r, lg: model.probabilities(lg),
+    )
+    # 16, 64, 256, 512 and 2048 of the 4096 pixels: whole counts under every rule (the synthetic cue is small, so
+    # the decisions flip within the first few percent).
+    pcts = [100 * m / (h * w) for m in (16, 64, 256, 512, 2048)]
+    cols = FaithfulnessMeasure({"variants": ["degradation.road"], "percentages": pcts, "noise": 0.0}).per_image(ctx)
+    a_px = _pack(torch.stack([rank.double() + k / (8.0 * h * w) for k in (2, 1, 0)], dim=1)).numpy()
+    q = quantus.ROAD(percentages=pcts, perturb_func=perturb, disable_warnings=True, display_progressbar=False)
+    theirs = q(model=Packed().eval(), x_batch=_pack(images).numpy(), y_batch=clean.targets.numpy(), a_batch=a_px,
+               device="cpu", batch_size=n)
+    ours = np.nanmean(cols["road_kept_morf"][:, 0, :], axis=0)
+    print("ROAD prediction kept (MoRF), per percentage:", ours.tolist())
+    assert len(set(ours.tolist())) > 1  # the check has teeth: decisions flip as pixels go
+    _close(ours, np.array([theirs[p] for p in pcts]), "ROAD prediction kept vs Quantus ROAD")
+
+
+# -- insertion ----------------------------------------------------------------------------------------------
+def test_insertion_is_the_petsiuk_game(setup: dict) -> None:
+    """No reference library ships insertion in these versions: the curve is checked against its definition."""
+    from etm.measures.faithfulness import FaithfulnessMeasure
+    from etm.ops.blur import gaussian_blur
+
+    res = setup["clean"]
+    up = tie_free(res.upsampled)
+    ctx = make_ctx(setup, replace(res, upsampled=up))
+    steps = [0.0, 10.0, 50.0, 100.0]
+    m = FaithfulnessMeasure({"variants": ["degradation.insertion"], "steps": steps, "reference_size": None,
+                             "bootstrap_resamples": 100})
+    cols = m.per_image(ctx)
+    start = gaussian_blur(setup["images"], 5.0)
+    order = torch.argsort(up.flatten(1), dim=1, descending=True)
+    with torch.no_grad():
+        for j, s in enumerate(steps):
+            n_in = int(np.floor(s / 100 * SIZE * SIZE + 0.5))
+            inserted = torch.zeros(N, SIZE * SIZE, dtype=torch.bool)
+            inserted.scatter_(1, order[:, :n_in], True)
+            x = torch.where(inserted.view(N, 1, SIZE, SIZE), setup["images"], start)
+            want = torch.softmax(setup["eager"](x), 1).gather(1, res.targets.view(-1, 1))[:, 0].numpy()
+            _close(cols["insertion"][:, 0, j], want, f"insertion at {s:g}%")
+    r = m.summarize(cols, None, 0)[0]
+    want_auc = np.trapezoid(cols["insertion"][:, 0, :], np.asarray(steps) / 100, axis=1)
+    _close(r.per_image, want_auc, "insertion AUC")
