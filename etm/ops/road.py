@@ -47,6 +47,8 @@ def linear_imputation(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
     m = idx.size
     if m == 0:
         return np.zeros((c, 0))
+    if m == h * w:  # no known pixel: the system is singular (its rows sum to 0)
+        raise ValueError("noisy linear imputation needs at least one pixel that is not removed")
     flat = image.reshape(c, h * w).astype(np.float64)
     var = np.full(h * w, -1, dtype=np.int64)
     var[idx] = np.arange(m)

@@ -94,6 +94,11 @@ BAD = [
     ("faithfulness", {"percentages": [0, 100]}, "percentages"),
     ("faithfulness", {"insertion_start": "noise"}, "insertion_start"),
     ("faithfulness", {"steps": [0]}, "steps"),
+    ("faithfulness", {"variants": ["degradation.deletion"]}, "variants"),
+    ("faithfulness", {"mean_color": [0.5, 2.0, 0.5]}, "mean_color"),
+    ("faithfulness", {"noise": -1.0}, "noise"),
+    ("robustness", {"map": "pixels"}, "map"),
+    ("sparseness", {"threshold": 0.5}, "threshold"),
 ]
 
 

@@ -170,6 +170,27 @@ def test_localisation_equals_quantus(setup: dict, threshold: float) -> None:
     assert np.array_equal(cols["has_mask"], np.ones(N, bool))
 
 
+def test_localisation_without_masks_has_no_value(setup: dict) -> None:
+    from etm.measures.localisation import LocalisationMeasure
+
+    m = LocalisationMeasure({"bootstrap_resamples": 100})
+    results = m.summarize(m.per_image(make_ctx(setup, masks=False)), None, 0)
+    assert [r.value for r in results] == [None, None, None]
+    assert all("mask" in r.details["message"] for r in results)
+
+
+def test_road_keeps_one_pixel_and_refuses_an_all_removed_image() -> None:
+    from etm.ops.road import linear_imputation, noisy_linear_imputation
+
+    img = torch.rand(3, 4, 4)
+    gone = np.ones((4, 4), bool)
+    with pytest.raises(ValueError, match="at least one pixel"):
+        linear_imputation(img.numpy(), gone)
+    gone[0, 0] = False  # one known pixel: every removed pixel takes its value (a connected harmonic fill)
+    out = noisy_linear_imputation(img, gone, 0.0, None)
+    assert torch.allclose(out, img[:, :1, :1].expand(3, 4, 4), atol=1e-6)
+
+
 def test_pointing_game_counts_every_tied_maximum(setup: dict) -> None:
     from etm.measures.localisation import LocalisationMeasure
 
