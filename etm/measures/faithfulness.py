@@ -1,16 +1,16 @@
 """Faithfulness by removal and insertion: ``degradation.road`` and ``degradation.insertion``, opt-in.
 
-``degradation.road`` (Rong et al. 2022, ROAD: RemOve And Debias). For each percentage k (10, 20, ..., 90 by
-default), the k% most (MoRF) or least (LeRF) salient pixels of the clean upsampled map are removed, all channels of
-a pixel together, ``round(k% * H * W)`` pixels (half up, as ``degradation.deletion``), ties in the map by pixel
-index. Removed pixels are imputed by noisy linear imputation (``etm.ops.road``: the 8-neighbour linear system,
-plus Gaussian noise of standard deviation ``noise``, 0.01 as both reference implementations), and the score of the
-clean image's target class is recorded. Per image: ``mean_k (score_LeRF(k) - score_MoRF(k)) / 2``, which is
-pytorch-grad-cam's ``ROADCombined`` (its score differences share the clean score, which cancels). Higher = removing
-what the map calls salient hurts more than removing what it calls irrelevant = a more faithful map. The details
-also give Quantus's ROAD curve: the share of images whose predicted class stays the clean target after removal.
-The noise of an image at percentage k is keyed by its seed and k (the same field for MoRF and LeRF), so shards and
-batches draw the same noise.
+``degradation.road`` (Rong et al. 2022, ROAD: RemOve And Debias). For each percentage k (1, 3, ..., 99 by default,
+Quantus's; pytorch-grad-cam's are 10, ..., 90), the k% most (MoRF) or least (LeRF) salient pixels of the clean
+upsampled map are removed, all channels of a pixel together, ``int(H * W * k / 100)`` pixels (Quantus's count), ties
+in the map by pixel index. Removed pixels are imputed by noisy linear imputation (``etm.ops.road``: the 8-neighbour
+linear system, plus Gaussian noise of standard deviation ``noise``, 0.01 as both reference implementations), and the
+score of the clean image's target class is recorded. Per image: ``mean_k (score_LeRF(k) - score_MoRF(k)) / 2``,
+which is pytorch-grad-cam's ``ROADCombined`` (its score differences share the clean score, which cancels). Higher =
+removing what the map calls salient hurts more than removing what it calls irrelevant = a more faithful map. The
+details also give Quantus's ROAD curve: the share of images whose predicted class stays the clean target after
+removal. The noise of an image at percentage k is keyed by its seed and k (the same field for MoRF and LeRF), so
+shards and batches draw the same noise.
 
 ``degradation.insertion`` (Petsiuk et al. 2018, RISE's insertion game): start from the image blurred with sigma
 ``insertion_sigma`` (5 px at 224 px, Petsiuk's blur, scaled with the input as ``degradation``'s lengths) or from
@@ -53,6 +53,12 @@ def road_draws(seeds: torch.Tensor, percentage: float, shape: tuple[int, ...]) -
     return gaussian_noise(seeds.cpu(), road_stream(percentage), shape)
 
 
+def road_counts(percentages: list[float], n_pixels: int) -> list[int]:
+    """Pixels removed at each percentage: ``int(n_pixels * k / 100)``, Quantus's expression (floor), at most
+    ``n_pixels - 1`` (imputation needs a known pixel)."""
+    return [min(int(n_pixels * k / 100), n_pixels - 1) for k in percentages]
+
+
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().to("cpu", torch.float64).numpy()
 
@@ -73,10 +79,10 @@ def _increasing(values: Any, lo: float, hi: float, open_ends: bool, what: str, m
 class FaithfulnessMeasure(Measure):
     """ROAD (MoRF and LeRF with noisy linear imputation) and the insertion game.
 
-    Params: ``variants`` (a non-empty subset of the two; both by default), ``percentages`` (ROAD, strictly between
-    0 and 100, 10..90 by default), ``noise`` (ROAD's imputation noise std, 0.01), ``steps`` (insertion, percent
-    inserted, 0..100 by 10), ``insertion_start`` (``blur`` or ``mean``), ``insertion_sigma`` (5), ``mean_color``
-    (RGB in [0, 1]), ``reference_size`` (224; null = sigma in plain pixels), ``bootstrap_resamples``.
+    Params: ``variants`` (a non-empty subset of the two; both by default), ``percentages`` (ROAD, strictly between 0
+    and 100, Quantus's 1..99 by 2 by default), ``noise`` (ROAD's imputation noise std, 0.01), ``steps`` (insertion,
+    percent inserted, 0..100 by 10), ``insertion_start`` (``blur`` or ``mean``), ``insertion_sigma`` (5),
+    ``mean_color`` (RGB in [0, 1]), ``reference_size`` (224; null = sigma in plain pixels), ``bootstrap_resamples``.
 
     Columns: ROAD: ``road_morf``, ``road_lerf`` [N, K, P] (score after removal), ``road_kept_morf``,
     ``road_kept_lerf`` [N, K, P] (the predicted class is still the clean target); insertion: ``insertion``
@@ -129,7 +135,7 @@ class FaithfulnessMeasure(Measure):
     def default_params(self) -> dict[str, Any]:
         return {
             "variants": [ROAD, INSERTION],
-            "percentages": [float(k) for k in range(10, 100, 10)],
+            "percentages": [float(k) for k in range(1, 100, 2)],  # Quantus's default (pytorch-grad-cam: 10..90)
             "noise": 0.01,
             "steps": [float(s) for s in range(0, 101, 10)],
             "insertion_start": "blur",
@@ -163,8 +169,7 @@ class FaithfulnessMeasure(Measure):
         n, k = len(ctx.keys), ctx.n_runs
         c, h, w = ctx.images.shape[1:]
         pcts = self.params["percentages"]
-        # At least one pixel stays: imputation needs a known neighbour (only a tiny input rounds k < 100 to all).
-        counts = [min(m, h * w - 1) for m in deleted_counts([p / 100 for p in pcts], h * w)]
+        counts = road_counts(pcts, h * w)
         noise = float(self.params["noise"])
         images = ctx.images.detach().cpu()
         draws = [road_draws(ctx.image_seeds, p, (c, h, w)) if noise else None for p in pcts]
@@ -261,7 +266,7 @@ class FaithfulnessMeasure(Measure):
             "orders": list(ROAD_ORDERS),
             "imputation": "noisy linear (8 neighbours, weights 1/6 edge, 1/12 diagonal), SciPy spsolve",
             "noise": float(self.params["noise"]),
-            "pixels_removed": "round(k% * H * W), half up; ties by pixel index",
+            "pixels_removed": "int(H * W * k / 100) (Quantus's), at most H * W - 1; ties by pixel index",
             "map": "upsampled",
             "bootstrap_resamples": reps,
         }

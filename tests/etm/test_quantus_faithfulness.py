@@ -265,8 +265,8 @@ def test_sensitivity_draws_are_per_image_and_batch_independent(setup: dict) -> N
 
 
 # -- ROAD ---------------------------------------------------------------------------------------------------
-# At 32x32, removing 25, 50 and 75 % is the same pixel count under the three rules: the service's round half up,
-# Quantus's int(k% * H * W) and pytorch-grad-cam's "value >= np.percentile(map, 100 - k)" (on a tie-free map).
+# At 32x32, removing 25, 50 and 75 % is the same pixel count under both rules: the service's (and Quantus's)
+# int(H * W * k / 100) and pytorch-grad-cam's "value >= np.percentile(map, 100 - k)" (on a tie-free map).
 ROAD_PCTS = [25.0, 50.0, 75.0]
 
 
@@ -289,7 +289,7 @@ def test_road_equals_pytorch_grad_cam_road_combined(setup: dict, monkeypatch: py
     images = setup["images"]
     cols, clean = _road_cols(setup, images, ROAD_PCTS, 0.01)
     seeds = make_ctx(setup).image_seeds
-    count_to_pct = {int(round(p / 100 * SIZE * SIZE)): p for p in ROAD_PCTS}
+    count_to_pct = {int(SIZE * SIZE * p / 100): p for p in ROAD_PCTS}
     original = pgc_road.NoisyLinearImputer
 
     class SameDrawsImputer(original):
@@ -438,3 +438,20 @@ def test_insertion_is_the_petsiuk_game(setup: dict) -> None:
     r = m.summarize(cols, None, 0)[0]
     want_auc = np.trapezoid(cols["insertion"][:, 0, :], np.asarray(steps) / 100, axis=1)
     _close(r.per_image, want_auc, "insertion AUC")
+
+
+def test_defaults_are_quantus_defaults() -> None:
+    """The contract: these measures take Quantus 0.6.0's defaults where Quantus has them."""
+    from etm.measures.faithfulness import FaithfulnessMeasure, road_counts
+    from etm.measures.localisation import LocalisationMeasure
+    from etm.measures.robustness import RobustnessMeasure
+
+    rob = RobustnessMeasure().params
+    for cls in (quantus.MaxSensitivity, quantus.AvgSensitivity):
+        q = cls(disable_warnings=True)
+        assert rob["n_samples"] == q.nr_samples
+        assert rob["radius"] == q.perturb_func.keywords["lower_bound"]
+    road = quantus.ROAD(disable_warnings=True)
+    assert FaithfulnessMeasure().params["percentages"] == [float(p) for p in road.percentages]
+    assert road_counts(road.percentages, 64 * 64) == [int(64 * 64 * p / 100) for p in road.percentages]
+    assert LocalisationMeasure().params["k"] == quantus.TopKIntersection(disable_warnings=True).k
