@@ -12,8 +12,10 @@ run eagerly in PyTorch), same images, same maps, same steps, same baseline, same
   when the map is constant on the patch grid with distinct patch values, i.e. the 8x8 native map
   (ranked) upsampled by nearest neighbour; its values are ``score(x) - score(x after r patches)``.
 - pytorch-grad-cam ``ROADMostRelevantFirst`` at 10..90 % removed: its noisy linear imputation is
-  not one of our baselines, so only speed is compared, plus the part that coincides: the set of
-  pixels it removes must be our MoRF order's first pixels.
+  not one of the deletion baselines, so only speed is compared, plus the parts that coincide: the set
+  of pixels it removes must be our MoRF order's first pixels, and its imputation (noise off) must be
+  ``etm.ops.road``'s, the one ``degradation.road`` uses (tests/etm/test_quantus_faithfulness.py
+  compares the whole ROAD measure).
 
 The anchors compute one MoRF curve, so ours is timed computing that one too (``orders: ["morf"]``,
 one forward pass per step, as theirs). The default three-order run (MoRF, LeRF and the random order:
@@ -238,6 +240,19 @@ def run(n_images: int = 64, road_images: int = 8, reps: int = 2, threads: int = 
                 bad += not torch.equal(removed, ranks[i] < int(removed.sum()))
         rep.check("ROAD removes our MoRF order's first pixels", bad == 0,
                   f"{bad} of {len(pcts) * m_road} (image, step) pixel sets differ")
+        # degradation.road's imputation (etm/ops/road.py) against pytorch-grad-cam's, noise off on both sides.
+        from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+        from etm.ops.road import noisy_linear_imputation
+
+        worst = 0.0
+        for k in (10, 50, 90):
+            for i in range(m_road):
+                gone = ranks[i].view(h, w) < int(round(k / 100 * h * w))
+                theirs = NoisyLinearImputer(noise=0.0)(images[i], (~gone).float())
+                worst = max(worst, float((noisy_linear_imputation(images[i], gone, 0.0, None) - theirs).abs().max()))
+        rep.check("ROAD imputation = pytorch-grad-cam NoisyLinearImputer", worst <= 1e-5,
+                  f"max |diff| = {worst:.2e} over {3 * m_road} (image, step) imputations (noise 0, tol 1e-5)")
         sub = replace(clean_px, native=res.native[:m_road], upsampled=clean_px.upsampled[:m_road],
                       logits=res.logits[:m_road], targets=res.targets[:m_road], scores=res.scores[:m_road],
                       predicted=res.predicted[:m_road])

@@ -14,9 +14,13 @@ from etm.measures.agreement import AgreementMeasure
 from etm.measures.base import Measure
 from etm.measures.degradation import DegradationMeasure
 from etm.measures.entropy import EntropyMeasure
+from etm.measures.faithfulness import FaithfulnessMeasure
 from etm.measures.geometry import GeometryMeasure
+from etm.measures.localisation import LocalisationMeasure
 from etm.measures.noise import NoiseMeasure
 from etm.measures.oos_set import OosSetMeasure
+from etm.measures.robustness import RobustnessMeasure
+from etm.measures.sparseness import SparsenessMeasure
 from etm.measures.stability import StabilityMeasure
 
 MEASURES: dict[str, type[Measure]] = {}
@@ -49,6 +53,12 @@ for _cls in (
     AccuracyMeasure,
 ):
     register_measure(_cls)
+
+# Opt-in families (#20): not in the default list nor in ['all'], so existing jobs and reports are unchanged.
+register_measure(SparsenessMeasure)
+register_measure(LocalisationMeasure)
+register_measure(RobustnessMeasure)
+register_measure(FaithfulnessMeasure)
 
 # Bump when a change alters any reported number: it is part of the result-cache key.
 # 1.1.0: the paper variants follow the authors' 8-bit arithmetic; 1.2.0: Score-CAM weighs at most 256 channels
