@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from client import builtin_names
 from client.endpoints import job_body
 from client.exit_codes import ExitCode, UsageError, exit_code_for
 from client.gate import format_table, parse_requirements
@@ -425,16 +426,35 @@ def cmd_mlflow_log(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------------------
 
 
+_REMOTE_DEFAULTS = {"url": None, "api_key": None, "timeout_http": 60.0, "retries": 5, "json": False}
+
+
+def _add_remote_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """The service options. They go on the top parser (with the real defaults, ``$ETM_API_URL`` and
+    ``$ETM_API_KEY`` read then) and on every remote subcommand with ``SUPPRESS`` defaults, so that
+    ``etm --url X jobs list`` and ``etm jobs list --url X`` both work and a subcommand never resets a value
+    given before it."""
+
+    def default(name: str) -> object:
+        if suppress:
+            return argparse.SUPPRESS
+        env = {"url": ENV_URL, "api_key": ENV_KEY}.get(name)
+        return os.environ.get(env) if env else _REMOTE_DEFAULTS[name]
+
+    g = p.add_argument_group("service (also accepted before the subcommand)")
+    g.add_argument("--url", default=default("url"), help=f"service URL (default ${ENV_URL}, else "
+                   "http://127.0.0.1:8000)")
+    g.add_argument("--api-key", default=default("api_key"), help=f"bearer token (default ${ENV_KEY})")
+    g.add_argument("--http-timeout", dest="timeout_http", type=float, default=default("timeout_http"),
+                   help="seconds per request (default 60)")
+    g.add_argument("--retries", type=int, default=default("retries"),
+                   help="tries per request when the service is busy (429/503) or unreachable (default 5)")
+    g.add_argument("--json", action="store_true", default=default("json"), help="print JSON instead of a table")
+
+
 def _remote_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("service")
-    g.add_argument("--url", default=os.environ.get(ENV_URL), help=f"service URL (default ${ENV_URL}, else "
-                   "http://127.0.0.1:8000)")
-    g.add_argument("--api-key", default=os.environ.get(ENV_KEY), help=f"bearer token (default ${ENV_KEY})")
-    g.add_argument("--http-timeout", dest="timeout_http", type=float, default=60.0, help="seconds per request")
-    g.add_argument("--retries", type=int, default=5,
-                   help="tries per request when the service is busy (429/503) or unreachable (default 5)")
-    g.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_remote_options(p, suppress=True)
     return p
 
 
@@ -457,7 +477,8 @@ def _cmd_local(args: argparse.Namespace) -> int:
 def _local_options(p: argparse.ArgumentParser) -> None:
     """Options of ``salience`` and ``score``, with the domain's defaults (``jobs submit`` has the same names but
     leaves what is not given to the service)."""
-    p.add_argument("--method", default="gradcam", help="salience method (default gradcam)")
+    p.add_argument("--method", default="gradcam",
+                   help="salience method (default gradcam): " + ", ".join(builtin_names.METHODS))
     p.add_argument("--layer", default="auto", help="target layer: auto, torchcam or a layer/node name")
     p.add_argument(
         "--profile",
@@ -489,7 +510,9 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True)
     p.add_argument("--ood", default=None, help="out-of-set dataset folder")
     p.add_argument("--ood-split", default=None)
-    p.add_argument("--measures", default="all", help="all (all but the opt-in families) or a comma list")
+    p.add_argument("--measures", default="all",
+                   help="a comma list of " + ", ".join(builtin_names.MEASURES) + "; or all (the default): every one "
+                   "but the opt-in " + ", ".join(builtin_names.OPT_IN))
     p.add_argument("--params", default=None, help="JSON file of per-measure parameters")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--max-images", type=int, default=None)
@@ -503,6 +526,15 @@ def _add_local_commands(sub: argparse._SubParsersAction) -> None:
         sub.choices[name].set_defaults(func=_cmd_local)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{version('explain-to-me')} (explain-to-me)"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (explain-to-me, not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The one parser of ``etm``: every subcommand, local and remote."""
     parser = argparse.ArgumentParser(
@@ -511,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
         "service (models, datasets, jobs, compare, gate, leaderboard, mlflow-log)",
         epilog="exit codes: " + ", ".join(f"{int(c)} {c.name.lower()}" for c in ExitCode) + " (docs/CLIENT.md)",
     )
+    parser.add_argument("--version", action="version", version=f"etm {_version()}")
+    _add_remote_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_local_commands(sub)
     remote = _remote_options()
@@ -545,9 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood", default=None, help="out-of-set dataset id")
     p.add_argument("--ood-split", default=None)
     p.add_argument("--measures", nargs="+", default=None, metavar="MEASURE",
-                   help="measure families (space or comma separated), or all: every one but the opt-in ones (default)")
+                   help="measure families, space or comma separated: " + ", ".join(builtin_names.MEASURES)
+                   + "; or all (the default): every one but the opt-in " + ", ".join(builtin_names.OPT_IN))
     p.add_argument("--params", default=None, help="per-measure parameters: JSON or a JSON file")
-    p.add_argument("--method", default=None, help="salience method (default gradcam)")
+    p.add_argument("--method", default=None,
+                   help="salience method (default gradcam): " + ", ".join(builtin_names.METHODS))
     p.add_argument("--layer", default=None, help="target layer: auto, torchcam or a layer/node name")
     p.add_argument("--profile", choices=("default", "paper"), default=None,
                    help="paper: every choice of the authors' released code at once")

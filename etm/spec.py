@@ -40,6 +40,7 @@ def _measures_enum(schema: dict[str, Any]) -> None:
     from etm.measures import MEASURES
 
     schema.setdefault("items", {})["enum"] = [*MEASURES, "all"]
+    schema["x-opt-in"] = [n for n, c in MEASURES.items() if c.opt_in]  # not in the default list nor in 'all'
     listed = ", ".join(f"`{n}` ({c.title}{', opt-in' if c.opt_in else ''})" for n, c in MEASURES.items())
     schema["description"] = (
         "Measure families to compute (default, or ['all']: every family but the opt-in ones, which cost several "

@@ -68,3 +68,13 @@ def test_method_enum_names_are_distinct_for_generators() -> None:
     names = method["x-enum-varnames"]
     assert len(names) == len(set(names)) == len(method["enum"]) and "GRADCAM_PLUS_PLUS" in names
     JobRequest.model_validate({**EXAMPLE_JOB, "method": "gradcam++"})  # still accepted as input
+
+
+def test_client_builtin_names_are_the_documents() -> None:
+    """The names `etm --help` lists are written from the document (`make openapi`); the check fails when stale."""
+    from api.export_openapi import NAMES_FILE, names_text
+
+    assert NAMES_FILE.read_text() == names_text(json.loads(OPENAPI_FILE.read_text())), "run `make openapi`"
+    from client import builtin_names
+
+    assert "gradcam++" in builtin_names.METHODS and set(builtin_names.OPT_IN) <= set(builtin_names.MEASURES)

@@ -121,7 +121,7 @@ def test_one_exit_code_table_and_the_docs_agree() -> None:
     doc = (REPO / "docs" / "CLIENT.md").read_text()
     for code in ExitCode:
         assert f"| **{int(code)}** | `{code.name}` |" in doc, code
-    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 130]
+    assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 75, 130]
     failed = Job.from_json({"id": "j-1", "status": "failed", "links": {}, "error": {"title": "Boom"}})
     cases = {
         ExitCode.FAILED: [JobFailed(failed)],
@@ -130,6 +130,8 @@ def test_one_exit_code_table_and_the_docs_agree() -> None:
         ExitCode.SERVICE: [ApiError({"status": 502, "title": "Bad gateway"}), ConnectionFailed("x")],
         ExitCode.INTERNAL: [RuntimeError("x"), KeyError("x")],
         ExitCode.INTERRUPTED: [KeyboardInterrupt()],
+        ExitCode.NOT_FINISHED: [ApiError({"status": 409, "type": "https://explain-to-me.dev/problems/job-not-finished",
+                                          "detail": "job j-1 is running (40% done); Poll GET /v1/jobs/j-1"})],
     }
     for code, errors in cases.items():
         for exc in errors:

@@ -308,12 +308,18 @@ def test_progress_printer_draws_a_bar_on_a_terminal_and_lines_in_logs() -> None:
     assert "100%" in tty.getvalue() and "|" in tty.getvalue() and "succeeded" in tty.getvalue()
 
     log = io.StringIO()
-    update, close = progress_printer("j-1", log)
+    ticks = iter([0.0, 10.0, 11.0, 100.0, 130.0])  # seconds at each update
+    update, close = progress_printer("j-1", log, clock=lambda: next(ticks))
     for j in states:
         update(j)
     close()
-    assert log.getvalue().splitlines() == ["j-1: queued (0%)", "j-1: running in-set 8/32 (22%)",
-                                           "j-1: running in-set 32/32 (90%)", "j-1: succeeded (100%)"]
+    # ETA from the rate of this wait: 0.22 done in 10 s -> 0.78 left takes ~35 s; at 0.9 after 100 s, 11 s.
+    assert log.getvalue().splitlines() == [
+        "j-1: queued (0%, elapsed 0 s)",
+        "j-1: running in-set 8/32 (22%, elapsed 10 s, ETA 35 s)",
+        "j-1: running in-set 32/32 (90%, elapsed 1 min 40 s, ETA 11 s)",
+        "j-1: succeeded (100%, elapsed 2 min 10 s)",
+    ]
 
 
 def test_an_endpoint_handles_its_own_errors_in_both_clients(stub: Stub) -> None:

@@ -115,6 +115,35 @@ def test_not_finished_and_unknown_jobs_raise_problems(client: Client, ids: dict[
     assert exc.value.status == 422 and "m-0000000000000000" in exc.value.detail
 
 
+def test_cli_habits_version_global_options_and_not_finished(capsys: pytest.CaptureFixture[str], kit: ServiceKit,
+                                                            ids: dict[str, Any]) -> None:
+    """`etm --version`; service options before the subcommand; a job not finished yet exits 75 (not 2, bad input)
+    with a hint that names the etm command; the progress lines say the elapsed time."""
+    v = subprocess.run([PY, "-m", "client.cli", "--version"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert v.returncode == 0 and re.match(r"etm \S+ \(explain-to-me", v.stdout), v.stdout + v.stderr
+    code, out, err = run_etm(capsys, "--url", kit.base_url, "--json", "jobs", "list", "--limit", "1")
+    assert code == 0 and isinstance(json.loads(out), list), err
+    m = ids["models"]
+    submitted = []
+    for seed in (7, 8):  # one worker: the second waits behind the first
+        code, out, err = run_etm(capsys, "--url", kit.base_url, "jobs", "submit", "--candidate", f"a={m[0]}",
+                                 "--dataset", ids["dataset"], "--measures", "noise", "--seed", str(seed),
+                                 "--max-images", "16", "--bootstrap", "100")
+        assert code == 0, err
+        submitted.append(out.strip())
+    try:
+        code, out, err = run_etm(capsys, "compare", submitted[1], "--url", kit.base_url)
+        assert code == 75, (code, err)
+        assert f"etm jobs wait {submitted[1]}" in err and "/v1/" not in err, err
+        code, _, err = run_etm(capsys, "jobs", "wait", submitted[0], "--url", kit.base_url, "--timeout", "120")
+        assert code == 0 and "elapsed" in err, err
+    finally:
+        for job in submitted:
+            run_etm(capsys, "jobs", "cancel", job, "--url", kit.base_url)
+    code, _, err = run_etm(capsys, "jobs", "status", "j-00000000000000000000", "--url", kit.base_url)
+    assert code == 2 and "`etm jobs list`" in err, err
+
+
 def test_async_client_same_answers(kit: ServiceKit, ids: dict[str, Any], done: dict[str, Any]) -> None:
     m = ids["models"]
 
