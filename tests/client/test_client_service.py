@@ -321,7 +321,7 @@ def test_mlflow_log_into_an_existing_training_run_twice(capsys: pytest.CaptureFi
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     ml = MlflowClient(tracking_uri=uri)
-    exp_id = ml.create_experiment("training")
+    exp_id = ml.create_experiment("training", artifact_location=(tmp_path / "artifacts").as_uri())
     train = ml.create_run(exp_id, run_name="train run0")
     ml.log_metric(train.info.run_id, "loss", 0.25)
     job_id, report = done["job"].id, done["report"]
