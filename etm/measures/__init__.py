@@ -17,6 +17,7 @@ from etm.measures.entropy import EntropyMeasure
 from etm.measures.geometry import GeometryMeasure
 from etm.measures.noise import NoiseMeasure
 from etm.measures.oos_set import OosSetMeasure
+from etm.measures.sanity import SanityMeasure
 from etm.measures.stability import StabilityMeasure
 
 MEASURES: dict[str, type[Measure]] = {}
@@ -49,6 +50,7 @@ for _cls in (
     AccuracyMeasure,
 ):
     register_measure(_cls)
+register_measure(SanityMeasure)  # opt-in: runs only when a job names it
 
 # Bump when a change alters any reported number: it is part of the result-cache key.
 # 1.1.0: the paper variants follow the authors' 8-bit arithmetic; 1.2.0: Score-CAM weighs at most 256 channels
