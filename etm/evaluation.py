@@ -187,6 +187,8 @@ def make_measures(spec: EvaluationSpec, family: Family) -> dict[str, Measure]:
         if hasattr(m, "positive_index"):
             m.positive_index = family.models[0].metadata.positive_index  # type: ignore[attr-defined]
         m.pascore_class = pascore_class(spec, family)
+        if hasattr(m, "layer_counts"):  # the sanity checks' cost depends on each run's number of layers
+            m.layer_counts = [len(randomization.layers(model)) for model in family.models]  # type: ignore[attr-defined]
         out[name] = m
     return out
 

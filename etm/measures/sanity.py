@@ -111,12 +111,15 @@ class SanityMeasure(Measure):
         return {"bootstrap_resamples": DEFAULT_RESAMPLES, "seed": QUANTUS_SEED, "similarity": "spearman",
                 "random_logit_similarity": "ssim", "independent": 0, "n_bins": 100}
 
-    def passes_per_image(self, n_runs: int, n_layers: int | None = None) -> dict[str, int]:
-        """L salience passes for the cascade (eMPRT reuses its last), L more with ``independent``, one for random
-        logit; L is the model's layer count (None: counted as 1 here, the report states the real count)."""
-        layers = n_layers or 1
-        per_run = layers * (2 if self.params["independent"] else 1) + 1
-        return {"salience": per_run * n_runs, "forward": 0}
+    # Per run, its number of randomisable layers L (set by the plan, ``etm.evaluation.make_measures``).
+    layer_counts: list[int] | None = None
+
+    def passes_per_image(self, n_runs: int) -> dict[str, int]:
+        """Per run: L salience passes for the cascade (eMPRT reuses its last), L more with ``independent``, one for
+        random logit."""
+        counts = self.layer_counts or [1] * n_runs
+        per_layer = 2 if self.params["independent"] else 1
+        return {"salience": sum(per_layer * n + 1 for n in counts), "forward": 0}
 
     # -- per image -------------------------------------------------------------------------------
     def per_image(self, ctx: BatchContext) -> Columns:
