@@ -115,14 +115,6 @@ def _sanity_verdicts(flat: dict[str, list[MeasureResult]]) -> dict[str, dict[str
     return out
 
 
-def _salience_based_variants() -> set[str]:
-    """The variants whose values come from salience maps (families with ``needs_salience``), but the sanity
-    checks themselves: the measures a failed sanity check makes untrustworthy."""
-    from etm.measures import MEASURES
-
-    return {v for name, cls in MEASURES.items() if cls.needs_salience and name != "sanity" for v in cls.variants}
-
-
 def build_report(
     spec: EvaluationSpec,
     dataset: Dataset,
@@ -159,7 +151,9 @@ def build_report(
     if verdicts:  # only jobs that ran the sanity checks carry the verdict: other reports keep their bytes
         for cand in candidates:
             cand["sanity"] = verdicts.get(cand["name"], {"passed": None, "rule": "", "message": "not checked"})
-        mark_untrusted(comparison, verdicts, _salience_based_variants())
+        from etm.measures.sanity import salience_based_variants
+
+        mark_untrusted(comparison, verdicts, salience_based_variants())
     report = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,

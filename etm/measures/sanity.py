@@ -240,6 +240,14 @@ def mprt_verdict(value: float | None, ci: tuple[float, float] | list[float] | No
     return {"passed": passed, "threshold": threshold, "upper": upper, "rule": rule}
 
 
+def salience_based_variants() -> set[str]:
+    """The variants whose values come from salience maps (families with ``needs_salience``), but the sanity
+    checks themselves: the measures a failed sanity check makes untrustworthy."""
+    from etm.measures import MEASURES  # the registry imports this module
+
+    return {v for name, cls in MEASURES.items() if cls.needs_salience and name != "sanity" for v in cls.variants}
+
+
 def _other_classes(ctx: BatchContext, run: int, targets: torch.Tensor) -> torch.Tensor:
     """Per image a class other than its target, uniform among the others, drawn from the image's seed."""
     n_classes = int(ctx.probabilities_fn(run, ctx.clean[run].logits[:1]).shape[1])

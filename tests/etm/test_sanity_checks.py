@@ -116,3 +116,56 @@ def test_a_model_without_layers_is_bad_input(tmp_path: Path, dataset_dir: Path, 
                           measures=["sanity"], method="edges", max_images=4, bootstrap_resamples=100)
     with pytest.raises(BadInput, match="no layer whose weights can be randomised"):
         evaluate(spec)
+
+
+def test_page_cli_leaderboard_gate_and_schema_read_the_verdict(reports: dict[str, dict[str, Any]]) -> None:
+    import html
+    import json
+
+    import jsonschema
+
+    from api.pages import render_report_html
+    from api.routers.leaderboards import Board
+    from client.cli import comparison_table
+    from client.gate import evaluate as gate
+    from client.gate import parse_requirements
+    from client.types import Report
+    from etm.leaderboard import build_boards
+
+    schema = json.loads((Path(__file__).resolve().parents[2] / "openapi" / "report.schema.json").read_text())
+    good, bad = reports["gradcam"], reports["edges"]
+    for r in (good, bad):
+        jsonschema.validate(r, schema)
+
+    typed = Report(bad)
+    assert typed.comparison.sanity is not None and typed.comparison.sanity.untrusted == ["cyborg", "xent"]
+    assert typed.sanity("xent")["passed"] is False and Report(good).sanity("xent")["passed"] is True
+    assert all(not e.trusted for e in typed.comparison.measures["entropy.spatial"].ranking)
+    assert typed.comparison.measures["entropy.spatial"].best == []
+
+    table = comparison_table(typed)
+    assert "sanity check: NOT TRUSTWORTHY: cyborg, xent" in table and "!#" in table
+    assert "first places: xent 0, cyborg 0" in table or "first places: cyborg 0, xent 0" in table
+    assert "every candidate passed" in comparison_table(Report(good))
+
+    page = html.unescape(render_report_html(bad))
+    assert "Not trustworthy:" in page and "failed the randomisation sanity check" in page and "✗ untrusted" in page
+    assert "Every candidate passed the randomisation sanity check" in html.unescape(render_report_html(good))
+
+    job = {"id": "j-1", "spec": bad["config"], "finished_at": 1.0, "status": "succeeded"}
+    (board,) = [Board.model_validate(b) for b in build_boards([(job, bad)])]
+    entries = board.measures["entropy.spatial"].ranking
+    assert all(e.trusted is False and e.first_place is False for e in entries)
+    assert all(c.sanity and c.sanity["passed"] is False for c in board.candidates)
+    assert all(e.trusted for e in board.measures["sanity.mprt"].ranking)  # the check itself is not marked
+
+    # The CI gate: sanity.mprt is a measure like any other
+    assert gate(good, parse_requirements(["sanity.mprt:ci_high<=0.5"])).passed
+    failed = gate(bad, parse_requirements(["sanity.mprt:ci_high<=0.5", "sanity.random_logit<0.9"]))
+    assert not failed.passed and len(failed.failures) == 4
+
+
+def test_reports_without_sanity_have_no_verdict_fields(toys: Any) -> None:
+    report = evaluate(_spec("gradcam", ["entropy"])).report
+    assert all("sanity" not in c for c in report["candidates"]) and "sanity" not in report["comparison"]
+    assert all("trusted" not in e for m in report["comparison"]["measures"].values() for e in m["ranking"])
