@@ -189,3 +189,18 @@ def test_benchmark_onnx_has_bn_folded(tmp_path: Path) -> None:
     assert [n for n in layer_names(pt2) if n in layer_names(onnx)] == layer_names(onnx)
     assert len(layer_names(pt2)) == 9 and len(layer_names(onnx)) == 5
     assert json.loads(Path(str(family_files("xent", "pt2")[0]) + ".json").read_text())["input_size"] == [64, 64]
+
+
+def test_onnx_and_pt2_jobs_give_the_same_sanity_numbers(tmp_path: Path, dataset_dir: Path) -> None:
+    """The whole measure through the evaluation on the ONNX and the .pt2 export of one TinyNet (Grad-CAM: the
+    ONNX head gradient from the randomised graph's initializers, the .pt2 autograd through its parameters)."""
+    paths = {fmt: tiny_family(tmp_path / fmt, k=1, fmt=fmt)[0] for fmt in ("pt2", "onnx")}
+    cols = {}
+    for fmt, path in paths.items():
+        spec = EvaluationSpec(candidates=[{"name": "c", "models": [str(path)]}], dataset=str(dataset_dir),
+                              measures=["sanity"], max_images=8, bootstrap_resamples=100,
+                              measure_params={"sanity": {"independent": 1}})
+        cols[fmt] = evaluate(spec).columns["c"]["sanity"]
+    for key in ("mprt", "mprt_independent", "random_logit"):
+        np.testing.assert_allclose(cols["onnx"][key], cols["pt2"][key], atol=1e-4, err_msg=key)
+    assert (cols["onnx"]["layer_names"] == cols["pt2"]["layer_names"]).all()
