@@ -330,11 +330,12 @@ def comparison_table(report: Report, include_all: bool = False) -> str:
         ranked = cmp_.measures.get(m)
         direction = ranked.direction if ranked else "-"
         ranks = [e.rank for e in ranked.ranking] if ranked else []
+        untrusted = {e.candidate for e in ranked.ranking if not e.trusted} if ranked else set()
         cells = []
         for cand in names:
             md = report.measure(cand, m) or {}
             rank = cmp_.rank_of(cand, m)
-            star = "*" if rank is not None and holds_first_place(rank, ranks) else " "
+            star = "!" if cand in untrusted else "*" if rank is not None and holds_first_place(rank, ranks) else " "
             prefix = f"{star}#{rank} " if rank is not None else ""
             cells.append(f"{prefix}{num(md.get('value'))} {ci_text(md.get('ci'))}".strip() if md else "-")
         rows.append((m, direction, *cells))
@@ -347,6 +348,13 @@ def comparison_table(report: Report, include_all: bool = False) -> str:
         "first places: " + ", ".join(f"{k} {v}" for k, v in wins.items()),
         "Pareto set: " + (", ".join(cmp_.pareto_set) or "(empty)"),
     ]
+    if cmp_.sanity is not None:
+        failed = cmp_.sanity.untrusted
+        footer.append(
+            "sanity check: " + (f"NOT TRUSTWORTHY: {', '.join(failed)} ({cmp_.sanity.rule}); ! = salience-based "
+                                "measure of a candidate that failed, ranked but holding no first place"
+                                if failed else f"every candidate passed ({cmp_.sanity.rule})")
+        )
     return out + "\n" + "\n".join(footer)
 
 

@@ -183,6 +183,8 @@ class RankEntry:
     value: float | None
     ci: CI
     tied_with: list[str]
+    # False when the candidate failed the sanity check and this measure is salience-based (see SanityVerdict).
+    trusted: bool = True
 
 
 @dataclass(frozen=True)
@@ -205,8 +207,8 @@ class MeasureRanking:
 
     @property
     def best(self) -> list[str]:
-        """The candidates ranked first (more than one when tied)."""
-        return [e.candidate for e in self.ranking if e.rank == 1]
+        """The candidates ranked first (more than one when tied), but those marked not trustworthy."""
+        return [e.candidate for e in self.ranking if e.rank == 1 and e.trusted]
 
     def difference(self, a: str, b: str) -> PairedDifference | None:
         """``a - b`` (either order is stored; this flips it when needed)."""
@@ -221,13 +223,33 @@ class MeasureRanking:
 
 
 @dataclass(frozen=True)
+class SanityVerdict:
+    """``comparison.sanity`` of a job that ran the randomisation sanity checks (``sanity.*``): the candidates whose
+    maps failed (``untrusted``) under ``rule``, those without a verdict, and the salience-based measures on which
+    the failed candidates' ranking entries are marked ``trusted: false`` and hold no first place."""
+
+    untrusted: list[str]
+    unchecked: list[str]
+    rule: str
+    measures_affected: list[str]
+    note: str = ""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SanityVerdict:
+        return cls(list(d.get("untrusted") or []), list(d.get("unchecked") or []), str(d.get("rule", "")),
+                   list(d.get("measures_affected") or []), str(d.get("note", "")))
+
+
+@dataclass(frozen=True)
 class Comparison:
-    """The report's ``comparison``: per directed measure, the ranking and paired differences."""
+    """The report's ``comparison``: per directed measure, the ranking and paired differences; ``sanity`` when the
+    job ran the sanity checks."""
 
     candidates: list[str]
     measures: dict[str, MeasureRanking]
     pareto_set: list[str]
     method: str = ""
+    sanity: SanityVerdict | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Comparison:
@@ -237,7 +259,8 @@ class Comparison:
                 name=name,
                 direction=m["direction"],
                 ranking=[
-                    RankEntry(e["candidate"], int(e["rank"]), e.get("value"), _ci(e.get("ci")), list(e["tied_with"]))
+                    RankEntry(e["candidate"], int(e["rank"]), e.get("value"), _ci(e.get("ci")), list(e["tied_with"]),
+                              bool(e.get("trusted", True)))
                     for e in m.get("ranking", [])
                 ],
                 paired_differences=[
@@ -250,6 +273,7 @@ class Comparison:
             measures=measures,
             pareto_set=list(d.get("pareto_set") or []),
             method=str(d.get("method", "")),
+            sanity=SanityVerdict.from_json(d["sanity"]) if isinstance(d.get("sanity"), Mapping) else None,
         )
 
     def rank_of(self, candidate: str, measure: str) -> int | None:
@@ -290,6 +314,14 @@ class Report:
         for c in self.raw.get("candidates", []):
             if c["name"] == candidate:
                 return (c.get("measures") or {}).get(name)
+        return None
+
+    def sanity(self, candidate: str) -> dict[str, Any] | None:
+        """The candidate's sanity verdict (``passed``, ``trusted``, ``rule``, ``threshold``, ``upper``), or None when
+        the job did not run the sanity checks."""
+        for c in self.raw.get("candidates", []):
+            if c["name"] == candidate:
+                return c.get("sanity")
         return None
 
     def value(self, candidate: str, name: str) -> float | None:

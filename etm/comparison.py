@@ -135,9 +135,45 @@ def holds_first_place(rank: int, ranks: Collection[int]) -> bool:
 
 
 def first_place_holders(ranking: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Who holds first place on one ranked measure (its ``ranking`` entries: ``candidate``, ``rank``)."""
+    """Who holds first place on one ranked measure (its ``ranking`` entries: ``candidate``, ``rank``). An entry
+    marked ``trusted: false`` (its candidate failed the sanity check, see ``mark_untrusted``) holds none."""
     ranks = [e["rank"] for e in ranking]
-    return [str(e["candidate"]) for e in ranking if holds_first_place(e["rank"], ranks)]
+    return [
+        str(e["candidate"]) for e in ranking if holds_first_place(e["rank"], ranks) and e.get("trusted", True)
+    ]
+
+
+# -- the sanity verdict ------------------------------------------------------------------------------
+
+UNTRUSTED_NOTE = (
+    "failed the randomisation sanity check (sanity.mprt): its maps barely change when the model's weights are "
+    "re-initialised, so its salience-based measures are not evidence about the model; they are shown, marked, and "
+    "hold no first place"
+)
+
+
+def mark_untrusted(comparison: dict[str, Any], verdicts: Mapping[str, Mapping[str, Any]],
+                   salience_based: Collection[str]) -> None:
+    """Record the sanity verdicts in a report's ``comparison`` block (in place): ``comparison["sanity"]`` names
+    the candidates that failed and the rule, and on every salience-based measure their ranking entries get
+    ``trusted: false`` (so ``first_place_holders`` skips them). ``verdicts``: candidate -> ``passed``/``rule``/...
+    (``etm.measures.sanity.mprt_verdict``); a candidate without a verdict is not judged."""
+    failed = sorted(c for c, v in verdicts.items() if v.get("passed") is False)
+    affected = sorted(m for m in comparison.get("measures", {}) if m in salience_based)
+    rule = next((v.get("rule") for v in verdicts.values() if v.get("rule")), "")
+    comparison["sanity"] = {
+        "untrusted": failed,
+        "unchecked": sorted(
+            c for c in comparison.get("candidates", []) if (verdicts.get(c) or {}).get("passed") is None
+        ),
+        "rule": rule,
+        "measures_affected": affected if failed else [],
+        "note": UNTRUSTED_NOTE if failed else "",
+    }
+    for m in affected:
+        for e in comparison["measures"][m]["ranking"]:
+            if e["candidate"] in failed:
+                e["trusted"] = False
 
 
 def first_places(comparison: Mapping[str, Any]) -> dict[str, int]:

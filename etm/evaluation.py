@@ -41,12 +41,12 @@ from etm.errors import BadInput, Canceled, ModelRuntimeError
 from etm.measures import needs_salience
 from etm.measures.base import BatchContext, Columns, Measure
 from etm.measures.params import measure_for
-from etm.models import checks
+from etm.models import checks, randomization
 from etm.models.base import Model, ModelOutOfMemory, OutputNotFinite, is_out_of_memory, release_memory
 from etm.models.compatibility import check_input_sizes, require_method
 from etm.models.loader import load_model
 from etm.report import EvaluationResult, build_report
-from etm.salience.registry import compute_salience, forward_only
+from etm.salience.registry import compute_salience, explain_targets, forward_only
 from etm.spec import EvaluationSpec
 
 ProgressFn = Callable[[str, int, int], None]
@@ -160,6 +160,8 @@ class Family:
     name: str
     models: list[Model]
     refs: list[str] = field(default_factory=list)  # the spec's model references, to name a failing run
+    # The last randomised copy made for the sanity checks: ((run, layers, seed), model); see _context.
+    randomized: tuple[Any, Any] = (None, None)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -185,6 +187,8 @@ def make_measures(spec: EvaluationSpec, family: Family) -> dict[str, Measure]:
         if hasattr(m, "positive_index"):
             m.positive_index = family.models[0].metadata.positive_index  # type: ignore[attr-defined]
         m.pascore_class = pascore_class(spec, family)
+        if hasattr(m, "layer_counts"):  # the sanity checks' cost depends on each run's number of layers
+            m.layer_counts = [len(randomization.layers(model)) for model in family.models]  # type: ignore[attr-defined]
         out[name] = m
     return out
 
@@ -230,6 +234,24 @@ def _context(spec: EvaluationSpec, fam: Family, batch: Any) -> BatchContext:
             raise _named_fault(exc, fam, run, batch.keys) from exc
 
     clean = [clean_pass(r) for r in range(len(fam.models))]
+
+    def layers(run: int) -> list[str]:
+        ref = fam.refs[run] if run < len(fam.refs) else f"#{run}"
+        found = randomization.require_layers(fam.models[run], f"candidate {fam.name!r}, model {ref}")
+        return [layer.name for layer in found]
+
+    def explain(run: int, images: torch.Tensor, targets: torch.Tensor, layers: tuple[str, ...], seed: int) -> Any:
+        model = fam.models[run]
+        if layers:
+            key = (run, layers, seed)
+            if fam.randomized[0] != key:  # one randomised copy per family at a time: memory stays one model
+                fam.randomized = (key, randomization.randomized(model, layers, seed))
+            model = fam.randomized[1]
+        try:
+            return explain_targets(model, images, targets, spec.method, spec.layer, spec.method_params, seeds)
+        except ModelRuntimeError as exc:
+            raise _named_fault(exc, fam, run, batch.keys) from exc
+
     return BatchContext(
         keys=list(batch.keys),
         images=images,
@@ -243,6 +265,8 @@ def _context(spec: EvaluationSpec, fam: Family, batch: Any) -> BatchContext:
         probabilities_fn=lambda run, logits: fam.models[run].probabilities(logits),
         seed=spec.seed,
         pascore_class=pascore_class(spec, fam),
+        layers_fn=layers,
+        explain_fn=explain,
     )
 
 

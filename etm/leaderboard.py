@@ -11,6 +11,9 @@ candidate's numbers (its companions, ``measures``, ``overlays``, ``batch_size``)
   scored both, else non-overlapping 95% CIs; rank = 1 + the number of candidates significantly better,
   equal ranks are ties, first place as everywhere else (:func:`etm.comparison.holds_first_place`).
   With one job per board this is exactly the ranking in that job's report.
+- the sanity verdict (``sanity.*``, docs/MEASURES.md): a candidate whose newest report with a verdict says it
+  failed is marked ``trusted: false`` on every salience-based measure, and holds no first place there (as in
+  that job's report); its entry in ``candidates`` carries the verdict.
 
 Plain dicts in and out (the API validates them into its response models).
 """
@@ -70,6 +73,8 @@ def _group(finished: Iterable[tuple[dict[str, Any], dict[str, Any]]], only: str 
                         entry["measures"][mname] = m
             elif cand["name"] != entry["name"] and cand["name"] not in entry["aliases"]:
                 entry["aliases"].append(cand["name"])
+            if "sanity" not in entry and isinstance(cand.get("sanity"), dict):  # the newest verdict
+                entry["sanity"] = cand["sanity"]
             entry["jobs"].append(job["id"])
         for mname, cm in ((report.get("comparison") or {}).get("measures") or {}).items():
             met, beats = g["met"].setdefault(mname, set()), g["beats"].setdefault(mname, set())
@@ -95,6 +100,12 @@ def _labels(cands: dict[Ident, dict[str, Any]]) -> dict[Ident, str]:
     return label
 
 
+def _salience_based() -> set[str]:
+    from etm.measures.sanity import salience_based_variants  # the registry: only when a candidate failed
+
+    return salience_based_variants()
+
+
 def build_boards(
     finished: Iterable[tuple[dict[str, Any], dict[str, Any]]], only: str | None = None
 ) -> list[dict[str, Any]]:
@@ -105,10 +116,16 @@ def build_boards(
         cands: dict[Ident, dict[str, Any]] = g["cands"]
         label = _labels(cands)
         measures: dict[str, Any] = {}
+        failed = {i for i, e in cands.items() if (e.get("sanity") or {}).get("passed") is False}
+        salience_based = _salience_based() if failed else set()
         for mname in sorted({m for e in cands.values() for m in e["measures"]} & set(g["met"])):
             have = {ident: e["measures"][mname] for ident, e in cands.items() if mname in e["measures"]}
             direction = next(iter(have.values()))["direction"]
             ranking = rank_across_jobs(have, direction, g["met"][mname], g["beats"][mname], label.__getitem__)
+            if mname in salience_based:
+                for e in ranking:
+                    if e["key"] in failed:
+                        e["trusted"], e["first_place"] = False, False
             measures[mname] = {
                 "direction": direction,
                 "ranking": [
@@ -123,7 +140,8 @@ def build_boards(
             "n_jobs": len(g["jobs"]),
             "updated_at": g["updated"],
             "candidates": [
-                {"name": label[i], "models": list(i), "aliases": e["aliases"], "jobs": e["jobs"]}
+                {"name": label[i], "models": list(i), "aliases": e["aliases"], "jobs": e["jobs"],
+                 **({"sanity": e["sanity"]} if "sanity" in e else {})}
                 for i, e in cands.items()
             ],
             "measures": measures,

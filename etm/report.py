@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from etm.comparison import compare
+from etm.comparison import compare, mark_untrusted
 from etm.datasets import Dataset
 from etm.measures import MEASURES_VERSION
 from etm.measures.base import Columns, Measure, MeasureResult
@@ -102,6 +102,19 @@ class EvaluationResult:
         tmp.replace(out_dir / "report.json")  # the report appears only when complete
 
 
+def _sanity_verdicts(flat: dict[str, list[MeasureResult]]) -> dict[str, dict[str, Any]]:
+    """Candidate -> its sanity verdict (``etm.measures.sanity.mprt_verdict``), for candidates scored with
+    ``sanity.mprt``; empty when the job did not run the sanity checks."""
+    from etm.measures.sanity import MPRT
+
+    out: dict[str, dict[str, Any]] = {}
+    for cand, rs in flat.items():
+        for r in rs:
+            if r.name == MPRT and "verdict" in r.details:
+                out[cand] = {**r.details["verdict"], "trusted": r.details["verdict"]["passed"] is not False}
+    return out
+
+
 def build_report(
     spec: EvaluationSpec,
     dataset: Dataset,
@@ -133,6 +146,14 @@ def build_report(
                 "passes_per_image": {"clean": {"salience": 0, "forward": 0, k_clean: len(fam.models)}, **passes},
             }
         )
+    comparison = compare(flat, spec.seed, spec.bootstrap_resamples)
+    verdicts = _sanity_verdicts(flat)
+    if verdicts:  # only jobs that ran the sanity checks carry the verdict: other reports keep their bytes
+        for cand in candidates:
+            cand["sanity"] = verdicts.get(cand["name"], {"passed": None, "rule": "", "message": "not checked"})
+        from etm.measures.sanity import salience_based_variants
+
+        mark_untrusted(comparison, verdicts, salience_based_variants())
     report = {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -140,7 +161,7 @@ def build_report(
         "dataset": dataset.describe(),
         "ood_dataset": ood.describe() if ood is not None else None,
         "candidates": candidates,
-        "comparison": compare(flat, spec.seed, spec.bootstrap_resamples),
+        "comparison": comparison,
         # Likely metadata mistakes, each with its fix (etm.models.checks; docs/MODELS.md).
         "warnings": warnings or [],
         "provenance": {

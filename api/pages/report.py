@@ -112,8 +112,9 @@ class _Context:
 
     def first(self, cand: str, name: str) -> bool:
         ranking = (self.cmp_measures.get(name) or {}).get("ranking") or []
-        rank = next((e["rank"] for e in ranking if e["candidate"] == cand), None)
-        return rank is not None and holds_first_place(rank, [e["rank"] for e in ranking])
+        entry = next((e for e in ranking if e["candidate"] == cand), None)
+        return entry is not None and entry.get("trusted", True) and holds_first_place(
+            entry["rank"], [e["rank"] for e in ranking])
 
     # -- sections --------------------------------------------------------------------------------
     def nav(self) -> list[tuple[str, str]]:
@@ -137,10 +138,15 @@ class _Context:
         cards = []
         for c in self.cands:
             acc = self.m(c, "accuracy").get("value")
+            verdict = self.by_name[c].get("sanity") or {}
             cards.append({"cand": c, "pareto": c in pareto, "runs": self.by_name[c].get("n_runs", "?"),
-                          "wins": wins[c], "accuracy": acc if finite(acc) else None})
+                          "wins": wins[c], "accuracy": acc if finite(acc) else None,
+                          "sanity": verdict.get("passed") if verdict else "unchecked"})
+        sanity = self.cmp.get("sanity") or {}
         return {"cards": cards, "n_ranked": len(self.ranked), "best": best, "pareto": pareto,
-                "leaders": [c for c, w in wins.items() if w == best and best > 0]}
+                "leaders": [c for c, w in wins.items() if w == best and best > 0],
+                "untrusted": list(sanity.get("untrusted") or []), "sanity_rule": sanity.get("rule", ""),
+                "sanity_ran": bool(sanity)}
 
     def ranking(self) -> list[dict[str, Any]]:
         rows = []
@@ -149,7 +155,8 @@ class _Context:
             entries = cm["ranking"]
             ranks = [e["rank"] for e in entries]
             chips = [{"cand": e["candidate"], "rank": e["rank"], "tied": bool(e.get("tied_with")),
-                      "value": e.get("value"), "first": holds_first_place(e["rank"], ranks)} for e in entries]
+                      "value": e.get("value"), "untrusted": e.get("trusted", True) is False,
+                      "first": e.get("trusted", True) and holds_first_place(e["rank"], ranks)} for e in entries]
             pds = cm.get("paired_differences") or []
             diff: dict[str, Any] | None = None
             if len(pds) == 1:

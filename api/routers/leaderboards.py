@@ -34,6 +34,8 @@ class LeaderboardEntry(BaseModel):
     tied_with: list[str]
     first_place: bool = Field(..., description="Rank 1 on a measure where not every candidate ranks 1 (the rule "
                               "of etm.comparison.holds_first_place, as on the report page and in etm compare).")
+    trusted: bool = Field(True, description="False on a salience-based measure when the candidate failed the "
+                          "randomisation sanity check (sanity.mprt; docs/MEASURES.md): ranked, but no first place.")
 
 
 class LeaderboardMeasure(BaseModel):
@@ -46,6 +48,8 @@ class LeaderboardCandidate(BaseModel):
     models: list[str]
     aliases: list[str] = Field(..., description="Other names the same models were submitted under.")
     jobs: list[str] = Field(..., description="Finished jobs that scored it, newest first.")
+    sanity: dict[str, Any] | None = Field(None, description="The candidate's sanity verdict from its newest report "
+                                          "that ran the sanity checks (passed, trusted, rule, threshold, upper).")
 
 
 class Board(BaseModel):

@@ -20,6 +20,7 @@ from etm.measures.localisation import LocalisationMeasure
 from etm.measures.noise import NoiseMeasure
 from etm.measures.oos_set import OosSetMeasure
 from etm.measures.robustness import RobustnessMeasure
+from etm.measures.sanity import SanityMeasure
 from etm.measures.sparseness import SparsenessMeasure
 from etm.measures.stability import StabilityMeasure
 
@@ -55,6 +56,7 @@ for _cls in (
     register_measure(_cls)
 
 # Opt-in families (#20): not in the default list nor in ['all'], so existing jobs and reports are unchanged.
+register_measure(SanityMeasure)
 register_measure(SparsenessMeasure)
 register_measure(LocalisationMeasure)
 register_measure(RobustnessMeasure)

@@ -49,6 +49,12 @@ class BatchContext:
         inset: on out-of-set batches, what the measure's ``finish_inset`` made of the in-set pass.
         pascore_class: the score measures report (``EvaluationSpec.score``): None = the probability
             of the target class; a class index = the paper's PAScore, ``sigmoid(logits)[:, c]``.
+        layers_fn: ``layers_fn(run)`` the run's randomisable layers, input to output
+            (``etm.models.randomization``; BadInput when it has none). For the sanity checks.
+        explain_fn: ``explain_fn(run, images, targets, layers, seed)`` salience of ``images`` with the job's
+            method and layer, explaining the given per-image ``targets`` [N] (not re-decided), on a copy of the
+            run's model whose ``layers`` were re-initialised with ``seed`` (``()``: the model as loaded). For the
+            sanity checks; None where the plan offers no randomisation.
     """
 
     keys: list[str]
@@ -64,6 +70,8 @@ class BatchContext:
     seed: int = 0
     inset: dict[str, Any] = field(default_factory=dict)
     pascore_class: int | None = None
+    layers_fn: Callable[[int], list[str]] | None = None
+    explain_fn: Callable[[int, torch.Tensor, torch.Tensor, tuple[str, ...], int], SalienceResult] | None = None
 
     @property
     def n_runs(self) -> int:

@@ -198,6 +198,38 @@ def compute_salience(
     )
 
 
+def explain_targets(
+    model: Model,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    method: str = "gradcam",
+    layer: str = "auto",
+    params: dict[str, Any] | None = None,
+    seeds: torch.Tensor | None = None,
+) -> SalienceResult:
+    """``compute_salience`` explaining a given class per image (``targets`` [N], model class indices), not the
+    target rule: one call per distinct class, each image's result put back in its row. ``seeds`` are the images'."""
+    t = targets.detach().cpu().long()
+    if seeds is None or len(seeds) != len(images):
+        seeds = torch.arange(len(images), dtype=torch.int64)
+    parts: list[tuple[torch.Tensor, SalienceResult]] = []
+    for c in torch.unique(t).tolist():
+        idx = torch.nonzero(t == c).flatten()
+        sub = images[idx.to(images.device)]
+        parts.append((idx, compute_salience(model, sub, method, int(c), layer, params, seeds=seeds[idx])))
+    first = parts[0][1]
+
+    def gather(name: str) -> torch.Tensor:
+        ref = getattr(first, name)
+        out = torch.empty((len(images), *ref.shape[1:]), dtype=ref.dtype, device=ref.device)
+        for idx, res in parts:
+            out[idx.to(ref.device)] = getattr(res, name)
+        return out
+
+    fields = ("native", "upsampled", "logits", "targets", "scores", "predicted")
+    return SalienceResult(**{f: gather(f) for f in fields}, native_is_input_size=first.native_is_input_size)
+
+
 def forward_only(model: Model, images: torch.Tensor, target: str | int = "predicted") -> SalienceResult:
     """The clean pass of a job whose measures need no map (accuracy only): logits, targets, scores and
     predictions from one forward pass, and 1x1 zero maps that no measure reads. No method runs, so none

@@ -97,3 +97,12 @@ def test_a_wrong_cache_hit_fails_figure_6(capsys):
                        "report_bytes": 100}}
     assert print_reports([to_report(res)]) == 1
     assert "differs from the computed one" in capsys.readouterr().out
+
+
+def test_sanity_cost_figure_agrees_with_quantus():
+    from bench import sanity
+
+    rep = sanity.run(n_images=4, reps=1, quick=True)
+    _assert_checks(rep)
+    if have("quantus"):
+        assert "MPRT per layer = Quantus MPRT" in {c.name for c in rep.checks}
