@@ -18,6 +18,7 @@ from etm.measures.geometry import GeometryMeasure
 from etm.measures.noise import NoiseMeasure
 from etm.measures.oos_set import OosSetMeasure
 from etm.measures.stability import StabilityMeasure
+from etm.measures.strategies import StrategiesMeasure
 
 MEASURES: dict[str, type[Measure]] = {}
 
@@ -49,6 +50,7 @@ for _cls in (
     AccuracyMeasure,
 ):
     register_measure(_cls)
+register_measure(StrategiesMeasure)  # opt-in (#20): SpRAy clustering of the maps
 
 # Bump when a change alters any reported number: it is part of the result-cache key.
 # 1.1.0: the paper variants follow the authors' 8-bit arithmetic; 1.2.0: Score-CAM weighs at most 256 channels
