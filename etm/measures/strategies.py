@@ -276,6 +276,8 @@ class StrategiesMeasure(Measure):
         out.update(
             n_clusters=int(got["n_clusters"]),
             graph_components=got["components"],
+            # the largest gap at the bound: more strategies may exist than max_clusters lets the rule say
+            at_max_clusters=bool(got["n_clusters"] == int(p["max_clusters"])),
             eigenvalues=[_r(v, 8) for v in got["eigenvalues"]],
             eigengaps=[_r(v, 8) for v in got["gaps"]],
             clusters=clusters,

@@ -111,3 +111,35 @@ def test_too_few_images_is_bad_input_in_the_library(family_onnx: list[Path], dat
     spec = _spec(family_onnx, dataset_dir, max_images=4)  # fewer than n_neighbors + 1 = 5
     with pytest.raises(BadInput, match="strategies needs at least 5 images"):
         evaluate(spec)
+
+
+def _cols(maps: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(maps)
+    grid = maps.reshape(n, 1, 8, 8).astype(np.float32)
+    empty = np.isnan(grid).all(axis=(2, 3))
+    keys = np.array([f"i{j:03d}" for j in range(n)])
+    return {"maps": grid, "empty": empty, "predicted": pred.reshape(n, 1), "key": keys}
+
+
+def test_a_class_with_too_few_maps_is_reported_not_clustered() -> None:
+    maps = _blobs(20, [(1, 1), (6, 6)])
+    pred = np.zeros(len(maps), dtype=np.int64)
+    pred[:3] = 1  # three maps predicted class 1: fewer than n_neighbors + 1
+    (res,) = StrategiesMeasure({"n_neighbors": 5, "max_clusters": 4}).summarize(_cols(maps, pred), None, 0)
+    one = res.details["classes"]["1"]
+    assert "clusters" not in one and "3 maps predicted this class" in one["message"]
+    assert "n_neighbors=5" in one["message"]
+    zero = res.details["classes"]["0"]
+    assert zero["n_clusters"] == 2 and [c["size"] for c in zero["clusters"]] == [20, 17]
+    assert res.value == 2.0 and res.n == 37 and res.ci is None
+    # representatives are the members closest to their cluster's mean map, nearest first
+    d = [r["distance"] for r in zero["clusters"][0]["representatives"]]
+    assert d == sorted(d)
+
+
+def test_all_empty_maps_make_the_variant_unavailable() -> None:
+    maps = np.full((12, 64), np.nan)
+    (res,) = StrategiesMeasure({"n_neighbors": 5, "max_clusters": 4}).summarize(
+        _cols(maps, np.zeros(12, dtype=np.int64)), None, 0
+    )
+    assert res.value is None and res.n_empty == 12 and "every map is empty" in res.details["message"]
