@@ -97,3 +97,12 @@ def test_a_wrong_cache_hit_fails_figure_6(capsys):
                        "report_bytes": 100}}
     assert print_reports([to_report(res)]) == 1
     assert "differs from the computed one" in capsys.readouterr().out
+
+
+def test_strategies_adds_no_pass_and_recovers_planted_groups():
+    from bench import strategies
+
+    rep = strategies.run(n_images=16, n_maps=300, reps=1, quick=True)
+    _assert_checks(rep)
+    assert {"strategies: model passes per image beyond the clean pass", "cluster 300 maps at 7x7",
+            "cluster 300 maps at 56x56"} <= {r.name for r in rep.rows}
