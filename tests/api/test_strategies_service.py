@@ -8,9 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from etm.evaluation import Resolver, evaluate
+from etm.report import SCHEMA_FILE
 from etm.spec import EvaluationSpec
 from tests.servicekit import ServiceKit
 
@@ -71,6 +73,7 @@ def test_sharded_job_clusters_and_page(kit: ServiceKit, ids: dict[str, Any]) -> 
     paths = ids["paths"]
     local = evaluate(EvaluationSpec.model_validate(job["spec"]),
                      Resolver(model_path=lambda i: paths[i], dataset_path=lambda i: paths[i], threads=1)).report
+    jsonschema.validate(served, json.loads(SCHEMA_FILE.read_text()))
     got, want = (x["candidates"][0]["measures"]["strategies.clusters"] for x in (served, local))
     assert got == want and got["value"] >= 1
 
