@@ -56,7 +56,17 @@ def print_reports(reports: list[Report], out=None) -> int:
 
 
 def _figures(quick: bool, n_eval: int | None, scale_ns: list[int] | None) -> dict[str, Callable[[], Report]]:
-    from bench import degradation, evaluation, maps, salience, sanity, scaling, service_overhead, transformer
+    from bench import (
+        degradation,
+        evaluation,
+        maps,
+        salience,
+        sanity,
+        scaling,
+        service_overhead,
+        strategies,
+        transformer,
+    )
 
     if quick:
         return {
@@ -69,6 +79,7 @@ def _figures(quick: bool, n_eval: int | None, scale_ns: list[int] | None) -> dic
             "6": lambda: service_overhead.figure(clients=4, rounds=1, phase_seconds=1.0, think=0.2),
             "8": lambda: transformer.run(batch=2, size=32, reps=1, tiny=True),
             "9": lambda: sanity.run(n_images=4, reps=1, quick=True),
+            "10": lambda: strategies.run(n_images=16, n_maps=300, reps=1, quick=True),
         }
     return {
         "1": lambda: salience.run(),
@@ -79,12 +90,14 @@ def _figures(quick: bool, n_eval: int | None, scale_ns: list[int] | None) -> dic
         "6": lambda: service_overhead.figure(clients=50, rounds=3, phase_seconds=5.0),
         "8": lambda: transformer.run(),
         "9": lambda: sanity.run(),
+        "10": lambda: strategies.run(),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    ap.add_argument("--only", nargs="*", default=None, help="figures to run (1..6, 8, 9; 7 is gpu.sh); default all")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="figures to run (1..6, 8, 9, 10; 7 is bench/gpu.sh); default all")
     ap.add_argument("--quick", action="store_true", help="toy sizes: checks only, figures meaningless")
     ap.add_argument("--n-eval", type=int, default=None, help="images for figure 2 (default 256)")
     ap.add_argument("--scale-ns", type=int, nargs="*", default=None, help="N values for figure 5")

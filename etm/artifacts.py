@@ -8,6 +8,11 @@ the maps the measures saw. PNGs carry no time stamps, so equal inputs give equal
 
 Names: ``overlay_<candidate>_<nn>.png``, ``overlays.json`` (which image each ``nn`` is, with the
 predictions) and ``curves.json`` (every measure's curves from the report, per candidate).
+
+With ``strategies`` in the job, each cluster's representative images (from the report) get an overlay too:
+``strategy_<candidate>_c<class>_k<cluster>_<i>.png``, listed in ``overlays.json`` under ``"strategies"``. These
+show the map of the run the representative point belongs to (clusters are of (image, run) points), scaled
+to [0, 1], whatever ``overlays`` says (they are part of the measure's result, not the overlay sample).
 """
 
 from __future__ import annotations
@@ -149,5 +154,58 @@ def compute_artifacts(
         index["overlays"][fam.name] = names
         if progress:
             progress("artifacts", done + 1, len(families))
+    wanted = strategy_representatives(report)
+    if wanted:
+        families = families or load_families(spec, resolver)
+        index["strategies"] = _strategy_overlays(spec, ds, families, wanted, out)
     out["overlays.json"] = json.dumps(index, indent=1, sort_keys=True).encode()
     return out
+
+
+def strategy_representatives(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per candidate, the representatives of every ``strategies`` cluster: key, run, class, cluster, rank."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cand in report.get("candidates", []):
+        det = ((cand.get("measures") or {}).get("strategies.clusters") or {}).get("details") or {}
+        for cls, c in (det.get("classes") or {}).items():
+            for cl in c.get("clusters") or []:
+                for rank, rep in enumerate(cl.get("representatives") or []):
+                    entry = {"key": rep["key"], "run": int(rep["run"]), "class": cls, "cluster": cl["cluster"]}
+                    out.setdefault(cand["name"], []).append({**entry, "rank": rank})
+    return out
+
+
+def _strategy_overlays(
+    spec: EvaluationSpec, ds: Any, families: list[Any], wanted: dict[str, list[dict[str, Any]]], out: dict[str, bytes]
+) -> dict[str, list[dict[str, Any]]]:
+    """Render the representatives' overlays into ``out``; returns their index entries per candidate."""
+    from etm.evaluation import image_seeds
+    from etm.salience.registry import compute_salience
+
+    where = {it.key: i for i, it in enumerate(ds.items)}
+    index: dict[str, list[dict[str, Any]]] = {}
+    for fam in families:
+        reps = [r for r in wanted.get(fam.name, []) if r["key"] in where and r["run"] < len(fam.models)]
+        idx = sorted({where[r["key"]] for r in reps})
+        if not idx:
+            continue
+        row = {ds.items[i].key: j for j, i in enumerate(idx)}
+        images, maps = None, {}
+        for batch in iter_batches(ds, idx, len(idx), fam.input_size):  # one batch: a few images per cluster
+            seeds = image_seeds(spec.seed, batch.keys)
+            images = batch.images.cpu().numpy()
+            for run in sorted({r["run"] for r in reps}):
+                res = compute_salience(
+                    fam.models[run], batch.images, spec.method, spec.target, spec.layer, spec.method_params,
+                    seeds=seeds,
+                )
+                up = res.upsampled.detach().float().cpu()
+                peak = up.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+                maps[run] = torch.where(peak > 1e-12, up / peak, torch.zeros_like(up)).numpy()
+        entries = []
+        for r in reps:
+            name = f"strategy_{fam.name}_c{r['class']}_k{r['cluster']}_{r['rank']}.png"
+            out[name] = overlay_png(images[row[r["key"]]], maps[r["run"]][row[r["key"]]])  # type: ignore[index]
+            entries.append({"name": name, **r})
+        index[fam.name] = entries
+    return index

@@ -15,7 +15,7 @@ from typing import Any
 from etm.datasets.splits import choose_split
 from etm.errors import BadInput, DatasetError
 from etm.measures import MEASURES_VERSION, needs_salience
-from etm.measures.params import check_measure_params
+from etm.measures.params import check_measure_params, measure_for
 from etm.models.base import Capability, n_classes
 from etm.models.compatibility import check_input_sizes, require_method, target_index
 from etm.salience.registry import check_method_params
@@ -89,6 +89,8 @@ def check_spec(registry: Registry, spec: EvaluationSpec) -> CheckedSpec:
     n_images = next(s["n_images"] for s in dataset["splits"] if s["split"] == split)
     if spec.max_images is not None:
         n_images = min(n_images, spec.max_images)
+    for name in spec.measures:  # e.g. strategies: too few images to cluster
+        measure_for(spec, name).check_images(n_images)
     return CheckedSpec(spec, recs, dataset, ood, n_images, cache_key(spec, recs, dataset, ood), tenant=registry.tenant)
 
 

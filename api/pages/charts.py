@@ -132,3 +132,47 @@ def heatmap(mat: Sequence[Sequence[Any]]) -> dict[str, Any] | None:
         centre = lab + i * cell + cell / 2
         rows.append({"i": i, "lx": lab - 6, "ly": _f(centre + 4), "cx": _f(centre), "cy": lab - 8, "cells": cells})
     return {"w": size, "h": size, "side": cell - 1, "rows": rows, "card_w": max(size, 240) + 34}
+
+
+def _jet(v: float) -> str:
+    """The overlays' colour ramp (etm.artifacts.colormap: blue low, red high) for a value in [0, 1]."""
+    t = max(0.0, min(1.0, v))
+    r, g, b = (max(0.0, min(1.0, 1.5 - abs(4 * t - c))) for c in (3, 2, 1))
+    return f"rgb({round(r * 255)},{round(g * 255)},{round(b * 255)})"
+
+
+def map_heat(grid: Sequence[Sequence[Any]], side: int = 84) -> dict[str, Any] | None:
+    """A small salience map (e.g. a cluster's mean map) as coloured cells, scaled to its own peak."""
+    vals = [float(v) for row in grid for v in row if finite(v)]
+    if not grid or not vals:
+        return None
+    h, w = len(grid), len(grid[0])
+    top = max(vals) or 1.0
+    cell = side / max(h, w)
+    cells = [
+        {"x": _f(j * cell), "y": _f(i * cell), "fill": _jet(float(v) / top) if finite(v) else "#ddd",
+         "title": f"cell ({i}, {j}): {fmt(v)}"}
+        for i, row in enumerate(grid) for j, v in enumerate(row)
+    ]
+    return {"w": _f(w * cell), "h": _f(h * cell), "side": _f(cell + 0.3), "cells": cells}
+
+
+def scatter(xs: Sequence[Any], ys: Sequence[Any], colors: Sequence[str], titles: Sequence[str],
+            size: int = 220) -> dict[str, Any] | None:
+    """Points of a 2-D embedding, each in its cluster's colour; the axes carry no units (only positions matter)."""
+    pts = [(float(x), float(y), c, t) for x, y, c, t in zip(xs, ys, colors, titles, strict=True)
+           if finite(x) and finite(y)]
+    if not pts:
+        return None
+    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+    sx, sy = (x1 - x0) or 1.0, (y1 - y0) or 1.0
+    m = 8
+
+    def px(v: float) -> str:
+        return _f(m + (size - 2 * m) * (v - x0) / sx)
+
+    def py(v: float) -> str:
+        return _f(size - m - (size - 2 * m) * (v - y0) / sy)
+
+    return {"w": size, "h": size, "dots": [{"x": px(x), "y": py(y), "color": c, "title": t} for x, y, c, t in pts]}

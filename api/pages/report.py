@@ -42,7 +42,12 @@ FAMILIES: tuple[tuple[str, str, str], ...] = (
     ("agreement.", "Agreement with people", "How well salience matches human annotation masks. Higher: "
      "the model looks where people look."),
     ("accuracy", "Accuracy", "Classification performance, for context: not ranked (no per-image values to pair)."),
+    ("strategies.", "Strategies", "Clusters of similar salience maps per predicted class (SpRAy); the Strategies "
+     "section shows them. Not ranked: more or fewer strategies is neither better nor worse."),
 )
+
+# Cluster colours of the strategies section (cluster 0 = the largest); distinct from the candidates' chips.
+CLUSTER_COLORS = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499")
 
 CURVE_AXES = {
     "oos.noise": ("amount", "share of pixels replaced by salt-and-pepper noise"),
@@ -127,6 +132,8 @@ class _Context:
             items.append(("curves", "Curves"))
         if self.stability_measures():
             items.append(("stability", "Stability"))
+        if self.strategies():
+            items.append(("strategies", "Strategies"))
         items.append(("provenance", "Provenance"))
         return items
 
@@ -269,6 +276,53 @@ class _Context:
             blocks.append({"name": n, "maps": maps})
         return blocks
 
+    def strategies(self) -> list[dict[str, Any]]:
+        """Per candidate with a ``strategies.clusters`` result: per predicted class, its clusters for the page."""
+        blocks = []
+        rendered = self.overlays.get("strategies") or {}
+        for c in self.cands:
+            m = self.m(c, "strategies.clusters")
+            det = m.get("details") or {}
+            if not m or not (det.get("classes") or det.get("message")):
+                continue
+            runs = self.by_name[c].get("runs") or [{}]
+            names = ((runs[0].get("metadata") or {}).get("class_names")) or []
+            pngs = {(e.get("class"), e.get("cluster"), e.get("rank")): e.get("name") for e in rendered.get(c, [])}
+            classes = []
+            for key, cd in (det.get("classes") or {}).items():
+                label = names[int(key)] if key.isdigit() and int(key) < len(names) else key
+                clusters = []
+                for cl in cd.get("clusters") or []:
+                    reps = []
+                    for rank, rep in enumerate(cl.get("representatives") or []):
+                        data = self.images.get(pngs.get((key, cl["cluster"], rank)) or "")
+                        uri = "data:image/png;base64," + base64.b64encode(data).decode() if data else None
+                        short = str(rep["key"]).rsplit("/", 1)[-1]
+                        reps.append({"uri": uri, "key": rep["key"], "short": short, "run": rep["run"]})
+                    per_run = cl.get("share_per_run") or []
+                    clusters.append({
+                        "i": cl["cluster"], "color": CLUSTER_COLORS[cl["cluster"] % len(CLUSTER_COLORS)],
+                        "size": cl["size"], "share": fmt(cl["share"]), "peak": tuple(cl.get("peak") or ()),
+                        "per_run": " / ".join(fmt(v) for v in per_run) if len(per_run) > 1 else "",
+                        "heat": charts.map_heat(cl.get("mean_map") or []), "reps": reps,
+                    })
+                emb = cd.get("embedding") or {}
+                scat = None
+                if emb.get("x"):
+                    cols = [CLUSTER_COLORS[int(k) % len(CLUSTER_COLORS)] for k in emb["cluster"]]
+                    tips = [f"{k} (run {r}): cluster {g}" for k, r, g in zip(emb["key"], emb["run"], emb["cluster"],
+                                                                            strict=True)]
+                    scat = charts.scatter(emb["x"], emb["y"], cols, tips)
+                classes.append({
+                    "name": label, "n_points": cd.get("n_points", 0), "n_images": cd.get("n_images", 0),
+                    "n_clusters": cd.get("n_clusters"), "message": cd.get("message"), "clusters": clusters,
+                    "gaps": ", ".join(f"{v:.3f}" for v in cd.get("eigengaps") or []), "scatter": scat,
+                    "at_bound": bool(cd.get("at_max_clusters")),
+                })
+            blocks.append({"cand": c, "classes": classes, "message": det.get("message"),
+                           "pooling": "Points: " + str(det.get("pooling", ""))})
+        return blocks
+
     def provenance(self) -> dict[str, Any]:
         p = self.r.get("provenance") or {}
         cfg = self.r.get("config") or {}
@@ -316,5 +370,5 @@ def render_report_html(
         directions={n: ctx.direction(n) for n in ctx.measures}, nav=ctx.nav(),
         warnings=list(report.get("warnings") or []),
         summary=ctx.summary(), ranking=ctx.ranking(), measure_rows=ctx.measure_rows(), overlays=ctx.overlay_grid(),
-        curves=ctx.curves(), stability=ctx.stability(), provenance=ctx.provenance(),
+        curves=ctx.curves(), stability=ctx.stability(), strategies=ctx.strategies(), provenance=ctx.provenance(),
     )

@@ -23,7 +23,8 @@ router = APIRouter(
 
 
 def _overlays(store: Any, job: JobRecord) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
-    """The job's overlays.json and the PNGs it names (what is missing is left out, not an error)."""
+    """The job's overlays.json and the PNGs it names, the strategies' representatives included (what is missing
+    is left out, not an error)."""
     names = {a["name"] for a in _artifacts(store, job)}
     if "overlays.json" not in names:
         return None, {}
@@ -33,7 +34,7 @@ def _overlays(store: Any, job: JobRecord) -> tuple[dict[str, Any] | None, dict[s
     except (NotFound, ValueError):
         return None, {}
     images: dict[str, bytes] = {}
-    for entries in (index.get("overlays") or {}).values():
+    for entries in [*(index.get("overlays") or {}).values(), *(index.get("strategies") or {}).values()]:
         for e in entries:
             name = e.get("name")
             if name in names and name not in images:

@@ -23,6 +23,7 @@ from etm.measures.robustness import RobustnessMeasure
 from etm.measures.sanity import SanityMeasure
 from etm.measures.sparseness import SparsenessMeasure
 from etm.measures.stability import StabilityMeasure
+from etm.measures.strategies import StrategiesMeasure
 
 MEASURES: dict[str, type[Measure]] = {}
 
@@ -54,6 +55,7 @@ for _cls in (
     AccuracyMeasure,
 ):
     register_measure(_cls)
+register_measure(StrategiesMeasure)  # opt-in (#20): SpRAy clustering of the maps
 
 # Opt-in families (#20): not in the default list nor in ['all'], so existing jobs and reports are unchanged.
 register_measure(SanityMeasure)

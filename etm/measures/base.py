@@ -196,6 +196,11 @@ class Measure(ABC):
     def default_params(self) -> dict[str, Any]:
         return {}
 
+    def check_images(self, n_images: int) -> None:
+        """Raise ``BadInput`` when a job of ``n_images`` images cannot give this measure a value at all (checked
+        at admission, so the service refuses the job with 422 before it runs). The default accepts any count."""
+        return None
+
     def passes_per_image(self, n_runs: int) -> dict[str, int]:
         """Model passes this measure adds per image beyond the shared clean pass:
         ``{"salience": a, "forward": b}`` (for the report and the benchmarks)."""

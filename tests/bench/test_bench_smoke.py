@@ -106,3 +106,12 @@ def test_sanity_cost_figure_agrees_with_quantus():
     _assert_checks(rep)
     if have("quantus"):
         assert "MPRT per layer = Quantus MPRT" in {c.name for c in rep.checks}
+
+
+def test_strategies_adds_no_pass_and_recovers_planted_groups():
+    from bench import strategies
+
+    rep = strategies.run(n_images=16, n_maps=300, reps=1, quick=True)
+    _assert_checks(rep)
+    assert {"strategies: model passes per image beyond the clean pass", "cluster 300 maps at 7x7",
+            "cluster 300 maps at 56x56"} <= {r.name for r in rep.rows}
