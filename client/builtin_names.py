@@ -21,6 +21,8 @@ MEASURES = (
     'degradation',
     'agreement',
     'accuracy',
+    'strategies',
+    'sanity',
     'sparseness',
     'localisation',
     'robustness',
@@ -28,6 +30,8 @@ MEASURES = (
 )
 # Run only when named: not in the default list, nor in 'all'.
 OPT_IN = (
+    'strategies',
+    'sanity',
     'sparseness',
     'localisation',
     'robustness',

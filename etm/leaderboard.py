@@ -110,7 +110,7 @@ def build_boards(
     finished: Iterable[tuple[dict[str, Any], dict[str, Any]]], only: str | None = None
 ) -> list[dict[str, Any]]:
     """Boards from ``(job record, report)`` pairs of succeeded jobs on one dataset, newest job first; ``only``:
-    just that measure."""
+    just that measure (boards that never ranked it are left out)."""
     boards = []
     for key, g in _group(finished, only).items():
         cands: dict[Ident, dict[str, Any]] = g["cands"]
@@ -134,6 +134,8 @@ def build_boards(
                     for e in ranking
                 ],
             }
+        if only is not None and not measures:
+            continue  # asked for one measure: a board without it says nothing
         boards.append({
             "config_key": key,
             "config": g["config"],

@@ -25,7 +25,9 @@ from etm.measures.base import Columns, Measure, MeasureResult
 from etm.spec import EvaluationSpec
 
 SCHEMA = "https://explain-to-me.dev/schemas/report.json"
-SCHEMA_VERSION = "1.1.0"  # 1.1.0: warnings (likely metadata mistakes), top level and per run
+# 1.1.0: warnings (likely metadata mistakes), top level and per run; 1.2.0: the sanity verdict (candidates[].sanity,
+# comparison.sanity, ranking entries' trusted) and the opt-in families' details (strategies' clusters). Additive.
+SCHEMA_VERSION = "1.2.0"
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "openapi" / "report.schema.json"
 _LIBS = ("explain-to-me", "torch", "onnxruntime", "onnx", "numpy", "scipy", "scikit-image", "pillow")
 
