@@ -89,4 +89,4 @@ def test_etm_salience_shows_the_calls_progress(path: Path, dataset_dir: Path, tm
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "scorecam (this call)" in err and "384/384" in err  # 24 images x 16 channels
-    assert re.search(r"384/384 \[\d\d:\d\d<\d\d:\d\d", err)  # elapsed<remaining
+    assert re.search(r"384/384 \[elapsed \d\d:\d\d, ETA \d\d:\d\d", err)  # elapsed and remaining
