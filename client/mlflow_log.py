@@ -72,18 +72,18 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     return mlflow.get_tracking_uri()
 
 
-def candidate_metrics(report: Any, name: str, measures: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def candidate_metrics(report: Any, name: str, measures: dict[str, Any]) -> dict[str, float]:
     """``{measure: value, measure.ci_low, measure.ci_high, measure.rank}`` of one candidate, keys MLflow takes."""
     out: dict[str, float] = {}
     for mname, m in measures.items():
         v, ci = m.get("value"), m.get("ci")
         if isinstance(v, int | float):
-            out[_key(prefix + mname)] = float(v)
+            out[_key(mname)] = float(v)
         if isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, int | float) for x in ci):
-            out[_key(f"{prefix}{mname}.ci_low")], out[_key(f"{prefix}{mname}.ci_high")] = float(ci[0]), float(ci[1])
+            out[_key(f"{mname}.ci_low")], out[_key(f"{mname}.ci_high")] = float(ci[0]), float(ci[1])
         rank = report.comparison.rank_of(name, mname)
         if rank is not None:
-            out[_key(f"{prefix}{mname}.rank")] = float(rank)
+            out[_key(f"{mname}.rank")] = float(rank)
     return out
 
 
@@ -201,7 +201,8 @@ def log_job(
                              tags=[RunTag("etm.models", ",".join(models)[:5000])])
             ml.set_terminated(cid)
             children[name] = cid
-            parent_metrics.update(candidate_metrics(report, name, cand.get("measures") or {}, f"{prefix}{name}."))
+            # The same values on the parent, under the candidate's name (``_key`` works character by character).
+            parent_metrics.update({_key(f"{prefix}{name}.") + k: v for k, v in values.items()})
         if not any(k in parent.data.metrics for k in parent_metrics):
             metrics = [Metric(k, v, stamp, 0) for k, v in parent_metrics.items()]
             for i in range(0, len(metrics), 900):
